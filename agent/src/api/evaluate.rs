@@ -1,0 +1,113 @@
+//! `POST /evaluate` and `POST /evaluate/batch`: P0.4's evaluation API.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::decision::Decision;
+use crate::event::Event;
+
+use super::{ApiError, AppState, json};
+
+#[derive(Debug, Deserialize)]
+pub struct EvaluateQuery {
+    /// Evaluate without recording anything.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// One policy's result, as P0.4 returns it (plus `event_id` and `missing_fields`).
+#[derive(Debug, Serialize)]
+pub struct PolicyResult {
+    event_id: String,
+    policy_id: u64,
+    policy_name: String,
+    policy_version: u64,
+    matched: bool,
+    /// The action, modifiers and reversibility apply only to a match; null otherwise.
+    action: Option<String>,
+    modifiers: Option<Box<RawValue>>,
+    reversibility_sec: Option<u64>,
+    execution_time_ms: f64,
+    /// Fields the condition read that the incident lacks (each made its comparison false).
+    missing_fields: Vec<String>,
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    query: Result<Query<EvaluateQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<PolicyResult>>, ApiError> {
+    let Query(query) = query?;
+    let body = body?;
+    let event = parse_event(&state, &body, "")?;
+    let input = String::from_utf8_lossy(&body).into_owned();
+    let decision = state
+        .decider
+        .decide(event.into_incident(), input, query.dry_run)
+        .await;
+    Ok(Json(results(&decision)))
+}
+
+pub async fn batch(
+    State(state): State<AppState>,
+    query: Result<Query<EvaluateQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Vec<PolicyResult>>>, ApiError> {
+    let Query(query) = query?;
+    let raw: Vec<Box<RawValue>> = json::parse(&body?)?;
+    // Every event is checked before any is evaluated: a bad batch records nothing.
+    let mut events = Vec::with_capacity(raw.len());
+    for (index, item) in raw.iter().enumerate() {
+        events.push(parse_event(
+            &state,
+            item.get().as_bytes(),
+            &format!("[{index}]"),
+        )?);
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for (event, item) in events.into_iter().zip(raw) {
+        let decision = state
+            .decider
+            .decide(event.into_incident(), item.get().to_owned(), query.dry_run)
+            .await;
+        out.push(results(&decision));
+    }
+    Ok(Json(out))
+}
+
+fn parse_event(state: &AppState, bytes: &[u8], at: &str) -> Result<Event, ApiError> {
+    json::parse::<Event>(bytes).map_err(|err| {
+        state.metrics.evaluation_errors.inc();
+        err.within(at)
+    })
+}
+
+fn results(decision: &Decision) -> Vec<PolicyResult> {
+    decision
+        .evaluation
+        .iter()
+        .map(|(policy, verdict)| {
+            let matched = verdict.outcome.matched;
+            PolicyResult {
+                event_id: decision.incident.id.clone(),
+                policy_id: policy.id,
+                policy_name: policy.name.to_string(),
+                policy_version: policy.version,
+                matched,
+                action: matched.then(|| policy.action.to_string()),
+                modifiers: matched.then(|| policy.modifiers.clone()),
+                reversibility_sec: matched.then_some(policy.reversibility_sec),
+                execution_time_ms: verdict.elapsed_ns as f64 / 1e6,
+                missing_fields: policy
+                    .condition
+                    .missing_fields(verdict.outcome)
+                    .map(str::to_owned)
+                    .collect(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,43 @@
+//! `GET /health` (P0.4's shape, plus what an operator checks first) and `GET /metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use crate::clock::{now_us, rfc3339};
+use crate::metrics;
+
+use super::{ApiError, AppState};
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    status: &'static str,
+    timestamp: String,
+    node_id: String,
+    version: &'static str,
+    /// Store revision: the number of policy changes this node has recorded.
+    policy_revision: u64,
+    active_policies: usize,
+    audit_head: u64,
+}
+
+pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    Ok(Json(Health {
+        status: "healthy",
+        timestamp: rfc3339(now_us()),
+        node_id: state.node_id.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+        policy_revision: state.policies.revision()?,
+        active_policies: state.policies.active_count(),
+        audit_head: state.audit.head()?,
+    }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+}

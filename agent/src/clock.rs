@@ -1,0 +1,45 @@
+//! Wall-clock time as the agent stores it (Unix microseconds) and shows it (RFC 3339, UTC).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Now, in Unix microseconds.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// `2026-11-23T09:41:07.123456Z`.
+pub fn rfc3339(unix_us: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_us) * 1_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix_us.to_string())
+}
+
+/// Parses an RFC 3339 time (with offset) into Unix microseconds.
+pub fn parse_rfc3339(text: &str) -> Result<i64, time::error::Parse> {
+    let t = OffsetDateTime::parse(text, &Rfc3339)?;
+    Ok((t.unix_timestamp_nanos() / 1_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let us = 1_795_000_000_123_456;
+        let text = rfc3339(us);
+        assert_eq!(text, "2026-11-18T08:26:40.123456Z");
+        assert_eq!(parse_rfc3339(&text).unwrap(), us);
+        assert_eq!(
+            parse_rfc3339("2026-11-18T09:26:40.123456+01:00").unwrap(),
+            us
+        );
+        assert!(parse_rfc3339("yesterday").is_err());
+    }
+}

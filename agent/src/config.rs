@@ -1,0 +1,417 @@
+//! The agent's configuration: embedded defaults, then a TOML file, then `MESH_AGENT_<KEY>`
+//! environment variables, then command-line flags, each overriding the one before.
+//!
+//! Every problem is reported with where it came from: the file's line and column, or the
+//! environment variable's name, and what was expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override config keys (`audit.capacity` is
+/// `MESH_AGENT_AUDIT_CAPACITY`).
+pub const ENV_PREFIX: &str = "MESH_AGENT_";
+
+/// A config problem, saying where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("`{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the daemon can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id; defaults to the host name.
+    pub node_id: Option<String>,
+    /// Where the data file lives.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    pub http_listen: SocketAddr,
+    /// Policy files imported at start (idempotently).
+    pub policies_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries kept; the oldest is dropped first.
+    pub capacity: u64,
+    /// Longest time an accepted entry waits before it is committed (what a crash can lose).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_id: None,
+            data_dir: PathBuf::from("./mesh-data"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8004)),
+            policies_dir: None,
+            log_format: LogFormat::Human,
+            max_body_bytes: 1024 * 1024,
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            capacity: 100_000,
+            commit_interval_ms: 200,
+        }
+    }
+}
+
+/// How an environment variable's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+}
+
+/// Every key, with its type; an environment variable for any other key is refused as a typo.
+const KEYS: &[(&str, Kind)] = &[
+    ("node_id", Kind::Text),
+    ("data_dir", Kind::Text),
+    ("http_listen", Kind::Text),
+    ("policies_dir", Kind::Text),
+    ("log_format", Kind::Text),
+    ("max_body_bytes", Kind::Integer),
+    ("audit.capacity", Kind::Integer),
+    ("audit.commit_interval_ms", Kind::Integer),
+];
+
+impl Config {
+    /// Defaults, overridden by `file` (if given) and then by `MESH_AGENT_*` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+                ConfigError::Env {
+                    var: env_var_name(&err.path().to_string()),
+                    message: err.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(node_id) = &self.node_id {
+            validate_node_id(node_id).map_err(|message| ConfigError::Invalid {
+                key: "node_id",
+                message,
+            })?;
+        }
+        if self.audit.capacity == 0 {
+            return Err(ConfigError::Invalid {
+                key: "audit.capacity",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !(1..=60_000).contains(&self.audit.commit_interval_ms) {
+            return Err(ConfigError::Invalid {
+                key: "audit.commit_interval_ms",
+                message: "must be between 1 and 60000".into(),
+            });
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The node id: configured, or the host name.
+    pub fn resolved_node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            let cleaned: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            if cleaned.is_empty() {
+                "mesh-agent".into()
+            } else {
+                cleaned
+            }
+        })
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.audit.commit_interval_ms)
+    }
+}
+
+/// A node id is used in file names and certificates: letters, digits, `-`, `_`, `.`; 1-128 long.
+pub fn validate_node_id(node_id: &str) -> Result<(), String> {
+    if node_id.is_empty() || node_id.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if let Some(bad) = node_id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+    {
+        return Err(format!(
+            "contains `{bad}`; use letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    // Deserializing the text straight into `Config` gives errors with line, column and the key.
+    toml::from_str::<Config>(&text).map_err(|err| ConfigError::File {
+        path: shown.clone(),
+        message: err.to_string(),
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|err| ConfigError::File {
+            path: shown,
+            message: err.to_string(),
+        })
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, text) in env {
+        let Some(suffix) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((key, kind)) = KEYS.iter().find(|(key, _)| env_var_name(key) == var) else {
+            let known: Vec<String> = KEYS.iter().map(|(k, _)| env_var_name(k)).collect();
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!(
+                    "`{}` is not a config key; known variables: {}",
+                    suffix.to_lowercase(),
+                    known.join(", ")
+                ),
+            });
+        };
+        let value = match kind {
+            Kind::Text => toml::Value::String(text),
+            Kind::Integer => {
+                toml::Value::Integer(text.trim().parse().map_err(|_| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("expected an integer, found `{text}`"),
+                })?)
+            }
+        };
+        set_path(table, key, value);
+    }
+    Ok(())
+}
+
+/// `audit.capacity` -> `MESH_AGENT_AUDIT_CAPACITY`.
+fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8004");
+        assert!(!config.resolved_node_id().is_empty());
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let file =
+            write("node_id = \"edge-1\"\nhttp_listen = \"0.0.0.0:9000\"\n[audit]\ncapacity = 10\n");
+        let config = Config::load(
+            Some(file.path()),
+            env(&[
+                ("MESH_AGENT_AUDIT_CAPACITY", "20"),
+                ("MESH_AGENT_NODE_ID", "edge-2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.node_id.as_deref(), Some("edge-2"));
+        assert_eq!(config.audit.capacity, 20);
+        assert_eq!(config.http_listen.port(), 9000);
+        assert_eq!(config.audit.commit_interval_ms, 200);
+    }
+
+    #[test]
+    fn every_key_has_an_env_var_that_works() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("MESH_AGENT_NODE_ID", "n1"),
+                ("MESH_AGENT_DATA_DIR", "/tmp/x"),
+                ("MESH_AGENT_HTTP_LISTEN", "127.0.0.1:1"),
+                ("MESH_AGENT_POLICIES_DIR", "/p"),
+                ("MESH_AGENT_LOG_FORMAT", "json"),
+                ("MESH_AGENT_MAX_BODY_BYTES", "2048"),
+                ("MESH_AGENT_AUDIT_CAPACITY", "5"),
+                ("MESH_AGENT_AUDIT_COMMIT_INTERVAL_MS", "7"),
+            ]),
+        )
+        .unwrap();
+        let mut expected = Config {
+            node_id: Some("n1".into()),
+            data_dir: "/tmp/x".into(),
+            http_listen: "127.0.0.1:1".parse().unwrap(),
+            policies_dir: Some("/p".into()),
+            log_format: LogFormat::Json,
+            max_body_bytes: 2048,
+            audit: AuditConfig {
+                capacity: 5,
+                commit_interval_ms: 7,
+            },
+        };
+        assert_eq!(config, expected);
+        // And the key list covers every field: a fully set config serializes to exactly KEYS.
+        expected.node_id = Some("x".into());
+        let table = toml::Table::try_from(&expected).unwrap();
+        let mut found = Vec::new();
+        for (k, v) in &table {
+            match v.as_table() {
+                Some(inner) => found.extend(inner.keys().map(|ik| format!("{k}.{ik}"))),
+                None => found.push(k.clone()),
+            }
+        }
+        found.sort();
+        let mut listed: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+
+    #[test]
+    fn errors_say_where_and_what() {
+        let file = write("node_id = \"edge-1\"\nhtp_listen = \"0.0.0.0:9000\"\n");
+        let err = Config::load(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("htp_listen"),
+            "{err}"
+        );
+
+        let file = write("[audit]\ncapacity = \"lots\"\n");
+        let err = Config::load(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("capacity"), "{err}");
+
+        let err = Config::load(None, env(&[("MESH_AGENT_AUDIT_CAPACITY", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MESH_AGENT_AUDIT_CAPACITY") && err.contains("integer"),
+            "{err}"
+        );
+
+        let err = Config::load(None, env(&[("MESH_AGENT_HTTP_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MESH_AGENT_HTTP_LISTEN"), "{err}");
+
+        let err = Config::load(None, env(&[("MESH_AGENT_HTTP_LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MESH_AGENT_HTTP_LISTN") && err.contains("MESH_AGENT_HTTP_LISTEN"),
+            "{err}"
+        );
+
+        let err = Config::load(None, env(&[("MESH_AGENT_AUDIT_CAPACITY", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("audit.capacity"), "{err}");
+
+        let err = Config::load(None, env(&[("MESH_AGENT_NODE_ID", "edge 1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node_id") && err.contains("` `"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! `mesh-agent run`: opens the store, loads policies, starts the audit writer and the HTTP API, and
+//! shuts down cleanly on SIGTERM or SIGINT (stop accepting, finish requests, flush the audit, exit 0).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::api::{self, AppState};
+use crate::audit::{AuditLog, AuditSettings};
+use crate::config::Config;
+use crate::decision::Decider;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::policy::{PolicyService, files};
+use crate::store::Store;
+
+/// The data file's name inside `data_dir`.
+pub const DATA_FILE: &str = "agent.redb";
+
+/// Runs the agent until a shutdown signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node_id = config.resolved_node_id();
+    info!(node_id = %node_id, version = env!("CARGO_PKG_VERSION"), "starting mesh-agent (single node: no mesh configured)");
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let data_file = config.data_dir.join(DATA_FILE);
+    let store = {
+        let path = data_file.clone();
+        let node = node_id.clone();
+        tokio::task::spawn_blocking(move || Store::open(&path, &node)).await??
+    };
+    let store = Arc::new(store);
+    info!(path = %data_file.display(), "data file open");
+
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(Engine::new(Arc::clone(&metrics)));
+    let policies = Arc::new(PolicyService::new(
+        Arc::clone(&store),
+        Arc::clone(&engine),
+        Arc::clone(&metrics),
+    )?);
+
+    if let Some(dir) = &config.policies_dir {
+        let dir = dir.clone();
+        let service = Arc::clone(&policies);
+        let summary = tokio::task::spawn_blocking(move || {
+            let read = files::read_dir(&dir)?;
+            files::import(&service, read)
+        })
+        .await??;
+        info!(
+            created = summary.created,
+            updated = summary.updated,
+            unchanged = summary.unchanged,
+            "policy files imported"
+        );
+    }
+
+    let audit_settings = AuditSettings {
+        capacity: config.audit.capacity,
+        commit_interval: config.commit_interval(),
+    };
+    let (audit, audit_writer) =
+        AuditLog::start(store.database(), audit_settings, Arc::clone(&metrics))?;
+    let decider = Arc::new(Decider::new(engine, audit.clone(), node_id.clone()));
+
+    let state = AppState {
+        policies,
+        decider,
+        audit,
+        metrics,
+        node_id: Arc::from(node_id.as_str()),
+    };
+    let listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    info!(addr = %listener.local_addr()?, "HTTP API listening");
+
+    axum::serve(listener, api::router(state, config.max_body_bytes))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    info!("HTTP API stopped; flushing the audit ring");
+    audit_writer.close().await;
+    info!("mesh-agent stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        info!("interrupt received");
+    }
+}

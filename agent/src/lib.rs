@@ -1,0 +1,19 @@
+//! mesh-agent: a policy agent for every node of an edge mesh.
+//!
+//! Data flows one way: an incident arrives ([`api`], later MQTT intake), the [`engine`] evaluates it
+//! against the active policies, the [`decision`] is recorded in the [`audit`] ring. Policies change
+//! only through [`policy::PolicyService`], which writes the [`store`] and swaps the engine's policy
+//! set. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod decision;
+pub mod engine;
+pub mod event;
+pub mod metrics;
+pub mod policy;
+pub mod store;
+pub mod telemetry;

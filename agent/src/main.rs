@@ -1,0 +1,119 @@
+//! The `mesh-agent` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use mesh_agent::config::{Config, LogFormat};
+use mesh_agent::{daemon, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Policy agent for the nodes of an edge mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (embedded defaults: data in ./mesh-data, HTTP on 127.0.0.1:8004).
+    Run(RunArgs),
+    /// Check a config file (with the MESH_AGENT_* environment applied) and print the result.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file; MESH_AGENT_<KEY> variables and the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Directory of the data file.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// Import the policy files (*.rules.toml) in DIR at start, idempotently.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::CheckConfig { file } => check_config(file),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    if let Some(node_id) = args.node_id {
+        config.node_id = Some(node_id);
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.http_listen {
+        config.http_listen = addr;
+    }
+    if let Some(dir) = args.policies {
+        config.policies_dir = Some(dir);
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    if let Err(err) = config.validate() {
+        return fail(&err);
+    }
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(&err),
+    };
+    match runtime.block_on(daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "mesh-agent failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    match Config::load(Some(&file), std::env::vars()) {
+        Ok(config) => {
+            println!("{}: ok", file.display());
+            println!("node_id (resolved) = {:?}", config.resolved_node_id());
+            match toml::to_string_pretty(&config) {
+                Ok(text) => print!("{text}"),
+                Err(err) => return fail(&err),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::FAILURE
+}

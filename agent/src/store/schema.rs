@@ -1,0 +1,32 @@
+//! The redb tables of an agent's data file, and the schema version that names their layout.
+//!
+//! Schema history:
+//! - 1: `policies` (id -> `PolicyRecordV1`) and `meta` only; names were unique by scan, no history.
+//! - 2: adds a version, clock stamp and author to every policy (`PolicyRecord`), the `policy_names`
+//!   index, the `policy_history` of every change, and the `audit` ring.
+
+use redb::TableDefinition;
+
+/// The layout this build writes. `store::migrate` brings older files up to it.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Small named counters: schema version, store revision, last issued id, clock.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const META_SCHEMA: &str = "schema_version";
+pub const META_REVISION: &str = "revision";
+pub const META_LAST_ID: &str = "last_policy_id";
+pub const META_CLOCK_WALL: &str = "clock_wall_ms";
+pub const META_CLOCK_LOGICAL: &str = "clock_logical";
+
+/// Current policies: id -> encoded `PolicyRecord`.
+pub const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
+
+/// Unique name index: name -> id.
+pub const POLICY_NAMES: TableDefinition<&str, u64> = TableDefinition::new("policy_names");
+
+/// Every change ever made: (policy id, version) -> encoded `PolicyChange`.
+pub const POLICY_HISTORY: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("policy_history");
+
+/// The audit ring: sequence number -> encoded `AuditRecord`. Owned by `audit::ring`.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");

@@ -1,0 +1,37 @@
+//! Audit ring entries: one per evaluated event.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Record;
+
+/// One evaluation of one event against the active policy set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the ring: 1, 2, 3, ... for the lifetime of the data directory.
+    pub seq: u64,
+    pub at_us: i64,
+    pub node: String,
+    pub event_id: String,
+    /// The incident as received, as compact JSON text.
+    pub input_json: String,
+    pub results: Vec<AuditResult>,
+    /// Time spent evaluating every policy for this event.
+    pub execution_time_ns: u64,
+}
+
+/// One policy's verdict within an [`AuditRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditResult {
+    pub policy_id: u64,
+    pub policy_version: u64,
+    pub policy_name: String,
+    pub matched: bool,
+    pub execution_time_ns: u64,
+    /// Fields the condition read that the incident did not have.
+    pub missing_fields: Vec<String>,
+}
+
+impl Record for AuditRecord {
+    const FORMAT: u8 = 1;
+    const KIND: &'static str = "audit";
+}

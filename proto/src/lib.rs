@@ -1,0 +1,17 @@
+//! Wire and storage types of mesh-agent, and their versioned encoding. No I/O lives here.
+//!
+//! Every record is stored as one format byte followed by its postcard encoding ([`codec`]). Postcard
+//! is not self-describing, so a record type never changes shape in place: a new shape gets a new format
+//! byte and the old type stays here, so that a newer agent can still read what an older one wrote (see
+//! [`policy::PolicyRecordV1`]). JSON documents (definitions, incident inputs) travel as JSON text inside
+//! records, because postcard cannot carry `serde_json::Value`.
+
+pub mod audit;
+pub mod clock;
+pub mod codec;
+pub mod policy;
+
+pub use audit::{AuditRecord, AuditResult};
+pub use clock::Hlc;
+pub use codec::{DecodeError, Record, decode, encode};
+pub use policy::{ChangeOp, PolicyChange, PolicyRecord, PolicyRecordV1};
