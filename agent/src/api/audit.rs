@@ -86,10 +86,7 @@ pub async fn read(
         since_us,
         matched_only: query.matched,
     };
-    let (entries, head) = tokio::task::spawn_blocking(move || {
-        Ok::<_, ApiError>((log.read(ring_query)?, log.head()?))
-    })
-    .await??;
+    let (entries, head) = tokio::task::spawn_blocking(move || log.read(ring_query)).await??;
     Ok(Json(AuditPage {
         capacity: state.audit.settings().capacity,
         head,

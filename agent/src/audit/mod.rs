@@ -94,8 +94,8 @@ impl AuditLog {
         }
     }
 
-    /// Reads committed entries, newest first.
-    pub fn read(&self, query: Query) -> Result<Vec<AuditRecord>, StoreError> {
+    /// Reads committed entries, newest first, and the head sequence number of the same snapshot.
+    pub fn read(&self, query: Query) -> Result<(Vec<AuditRecord>, u64), StoreError> {
         ring::read(&self.db, query)
     }
 

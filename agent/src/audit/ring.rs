@@ -64,10 +64,14 @@ pub struct Query {
     pub matched_only: bool,
 }
 
-/// Reads entries newest first.
-pub fn read(db: &Database, query: Query) -> Result<Vec<AuditRecord>, StoreError> {
+/// Reads entries newest first, with the ring's head as of the same snapshot.
+pub fn read(db: &Database, query: Query) -> Result<(Vec<AuditRecord>, u64), StoreError> {
     let txn = db.begin_read().ctx("begin read")?;
     let table = txn.open_table(AUDIT).ctx("open audit ring")?;
+    let head = table
+        .last()
+        .ctx("read audit head")?
+        .map_or(0, |(k, _)| k.value());
     let mut out = Vec::with_capacity(query.limit.min(1024));
     for entry in table.iter().ctx("scan audit ring")?.rev() {
         if out.len() >= query.limit {
@@ -86,7 +90,7 @@ pub fn read(db: &Database, query: Query) -> Result<Vec<AuditRecord>, StoreError>
             out.push(record);
         }
     }
-    Ok(out)
+    Ok((out, head))
 }
 
 fn wanted(record: &AuditRecord, query: &Query) -> bool {

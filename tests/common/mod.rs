@@ -1,0 +1,283 @@
+//! Starts real `mesh-agent` processes for end-to-end tests, as a user would: the built binary, a
+//! data directory in a temp dir, a free port on loopback, and HTTP.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The agent binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mesh-agent");
+
+/// How long an agent may take to start or stop before the test fails (generous: CI is 2 cores).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The repository's `policies/` directory.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// How to start an agent.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn arg(mut self, arg: impl Into<String>) -> Options {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Options {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running agent; killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    options: Options,
+    http: reqwest::blocking::Client,
+    _tmp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent on a fresh data directory.
+    pub fn start(options: Options) -> Agent {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let log = tmp.path().join("agent.log");
+        let mut agent = Agent {
+            child: None,
+            addr: free_addr(),
+            data_dir,
+            log,
+            options,
+            http: reqwest::blocking::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .expect("http client"),
+            _tmp: tmp,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--node-id")
+            .arg("test-node")
+            .arg("--http-listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.options.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in &self.options.env {
+            cmd.env(key, value);
+        }
+        self.child = Some(cmd.spawn().expect("start mesh-agent"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "mesh-agent exited during start ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(resp) = self.http.get(self.url("/health")).send() {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh-agent not ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("agent running").id() as i32)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
+        self.wait_exit()
+    }
+
+    /// Sends SIGKILL: the agent gets no chance to flush anything.
+    pub fn crash(&mut self) {
+        kill(self.pid(), Signal::SIGKILL).expect("SIGKILL");
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh-agent did not exit:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the agent again on the same data directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.spawn();
+    }
+
+    /// Starts the agent again on the same data directory and port, with other options.
+    pub fn restart_with(&mut self, options: Options) {
+        self.options = options;
+        self.restart();
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        response(self.http.get(self.url(path)).send())
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        response(self.http.delete(self.url(path)).send())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        response(self.http.post(self.url(path)).json(body).send())
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        response(self.http.put(self.url(path)).json(body).send())
+    }
+
+    /// Sends a body as is (for malformed JSON and size limits).
+    pub fn post_raw(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+        response(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send(),
+        )
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics")
+    }
+
+    /// Polls `GET /audit` until its head reaches `seq` (entries become visible when committed).
+    pub fn wait_audit_head(&self, seq: u64) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, page) = self.get("/audit?limit=1");
+            assert_eq!(status, 200, "{page}");
+            if page["head"].as_u64() >= Some(seq) {
+                return page;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "audit head stuck at {}",
+                page["head"]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn response(result: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
+    let resp = result.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// An event body for `/evaluate`.
+pub fn event(event_type: &str, severity: f64, context: Value) -> Value {
+    serde_json::json!({ "event_type": event_type, "severity": severity, "context": context })
+}
+
+/// A policy body for `POST /policies`.
+pub fn policy(name: &str, condition: &str, priority: i64) -> Value {
+    serde_json::json!({
+        "name": name,
+        "description": format!("{name} description"),
+        "definition": {
+            "condition": condition,
+            "action": format!("act_{name}"),
+            "modifiers": {"k": name},
+            "reversibility_sec": 60
+        },
+        "active": true,
+        "priority": priority
+    })
+}
