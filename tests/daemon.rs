@@ -240,3 +240,20 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = policies_dir().join("../deploy/agent.example.toml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("node_id = \"edge-01\""), "{stdout}");
+}

@@ -114,10 +114,9 @@ impl Agent {
                     self.log_text()
                 );
             }
-            if let Ok(resp) = self.http.get(self.url("/health")).send() {
-                if resp.status().is_success() {
-                    return;
-                }
+            let health = self.http.get(self.url("/health")).send();
+            if health.is_ok_and(|resp| resp.status().is_success()) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -111,7 +111,7 @@ impl From<PolicyError> for ApiError {
             )
             .with("name", name)
             .with("existing_id", existing_id),
-            PolicyError::Store(err) => ApiError::internal(&err),
+            PolicyError::Store(err) => ApiError::internal(&*err),
         }
     }
 }

@@ -35,7 +35,7 @@ pub enum PolicyError {
     #[error("a policy named `{name}` already exists (id {existing_id})")]
     DuplicateName { name: String, existing_id: u64 },
     #[error(transparent)]
-    Store(StoreError),
+    Store(Box<StoreError>),
 }
 
 impl PolicyError {
@@ -55,7 +55,7 @@ impl From<StoreError> for PolicyError {
             StoreError::DuplicateName { name, existing_id } => {
                 PolicyError::DuplicateName { name, existing_id }
             }
-            other => PolicyError::Store(other),
+            other => PolicyError::Store(Box::new(other)),
         }
     }
 }
