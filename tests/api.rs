@@ -319,16 +319,27 @@ fn evaluate_matches_the_seed_rules_and_audits() {
     assert_eq!(newest["seq"], 3);
     assert_eq!(newest["input"]["event_type"], "network_latency");
     assert_eq!(newest["node"], "test-node");
-    let matched: Vec<&Value> = newest["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["matched"] == true)
-        .collect();
-    assert_eq!(matched.len(), 1);
-    assert_eq!(matched[0]["policy_name"], "network_latency_reroute");
-    assert_eq!(matched[0]["policy_version"], 1);
+    // Every policy was evaluated; the entry keeps the verdicts that say something.
+    assert_eq!(newest["policies_evaluated"], 4);
+    assert_eq!(newest["policy_revision"], 4);
+    let kept = newest["results"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{newest}");
+    assert_eq!(kept[0]["matched"], true);
+    assert_eq!(kept[0]["policy_name"], "network_latency_reroute");
+    assert_eq!(kept[0]["policy_version"], 1);
     assert_eq!(entries[1]["event_id"], assigned.as_str());
+    assert_eq!(
+        entries[1]["results"],
+        json!([{
+            "policy_id": cpu["policy_id"],
+            "policy_version": 1,
+            "policy_name": "cpu_spike_scale_out",
+            "matched": false,
+            "execution_time_ms": entries[1]["results"][0]["execution_time_ms"],
+            "missing_fields": ["incident.context.load_avg"]
+        }]),
+        "a policy that lacked a field is kept with what it lacked"
+    );
     assert_eq!(entries[2]["event_id"], "evt-1");
     assert_eq!(entries[2]["input"], leak, "the input is kept as received");
 
@@ -342,6 +353,9 @@ fn evaluate_matches_the_seed_rules_and_audits() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [1]);
+    let (_, page) = agent.get(&format!("/audit?policy_id={}", cpu["policy_id"]));
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["entries"][0]["seq"], 2);
     let (_, page) = agent.get("/audit?matched=true&limit=1");
     assert_eq!(page["entries"][0]["seq"], 3);
     let (_, page) = agent.get("/audit?since=2999-01-01T00:00:00Z");

@@ -59,8 +59,11 @@ impl Decider {
             node: self.node_id.clone(),
             event_id: incident.id.clone(),
             input_json,
+            policy_revision: evaluation.set.revision(),
+            policies_evaluated: evaluation.verdicts.len() as u32,
             results: evaluation
                 .iter()
+                .filter(|(_, verdict)| verdict.outcome.matched || verdict.outcome.any_missing())
                 .map(|(policy, verdict)| AuditResult {
                     policy_id: policy.id,
                     policy_version: policy.version,

@@ -14,6 +14,14 @@ pub struct AuditRecord {
     pub event_id: String,
     /// The incident as received, as compact JSON text.
     pub input_json: String,
+    /// The store revision of the policy set evaluated: the policies active at this revision are
+    /// the ones evaluated, which history can tell.
+    pub policy_revision: u64,
+    /// How many policies were evaluated.
+    pub policies_evaluated: u32,
+    /// The verdicts worth keeping: every policy that matched or lacked a field it read. Every other
+    /// policy of the set evaluated to "no match" on complete data. (Keeping all of them would cost
+    /// ~35 bytes per policy per event: 350 MB for a full ring of 100,000 events over 100 policies.)
     pub results: Vec<AuditResult>,
     /// Time spent evaluating every policy for this event.
     pub execution_time_ns: u64,

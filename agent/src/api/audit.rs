@@ -18,6 +18,7 @@ const MAX_LIMIT: usize = 10_000;
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     limit: Option<usize>,
+    /// Only entries in which this policy matched or lacked a field.
     policy_id: Option<u64>,
     /// RFC 3339 time; only entries at or after it.
     since: Option<String>,
@@ -42,6 +43,9 @@ struct EntryView {
     event_id: String,
     input: Box<RawValue>,
     execution_time_ms: f64,
+    policy_revision: u64,
+    policies_evaluated: u32,
+    /// Policies that matched or lacked a field; every other policy evaluated did not match.
     results: Vec<ResultView>,
 }
 
@@ -104,6 +108,8 @@ impl From<AuditRecord> for EntryView {
             // Stored inputs were valid JSON when received; anything else shows as null.
             input: RawValue::from_string(record.input_json).unwrap_or_default(),
             execution_time_ms: record.execution_time_ns as f64 / 1e6,
+            policy_revision: record.policy_revision,
+            policies_evaluated: record.policies_evaluated,
             results: record
                 .results
                 .into_iter()

@@ -56,7 +56,7 @@ pub fn append(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query {
     pub limit: usize,
-    /// Only entries in which this policy was evaluated.
+    /// Only entries in which this policy matched or lacked a field (the verdicts the ring keeps).
     pub policy_id: Option<u64>,
     /// Only entries at or after this time (Unix µs).
     pub since_us: Option<i64>,
