@@ -8,6 +8,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_agent::audit::{AuditLog, AuditSettings};
 use mesh_agent::decision::Decider;
+use mesh_agent::engine::rego::{RegoEngine, RegoSettings};
 use mesh_agent::engine::{Engine, Incident};
 use mesh_agent::metrics::Metrics;
 use mesh_agent::policy::{NewPolicy, PolicyService};
@@ -64,7 +65,10 @@ fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&tmp.path().join("bench.redb"), "bench").unwrap());
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(Arc::clone(&metrics)));
+    let rego = Arc::new(RegoEngine::new(RegoSettings {
+        time_limit: Duration::from_millis(250),
+    }));
+    let engine = Arc::new(Engine::new(rego, Arc::clone(&metrics)));
     let service = PolicyService::new(
         Arc::clone(&store),
         Arc::clone(&engine),

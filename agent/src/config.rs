@@ -56,6 +56,40 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub audit: AuditConfig,
+    pub rego: RegoConfig,
+}
+
+/// What a Rego decision is when its evaluation fails (time limit, or an error in the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Deny, with the reason as a violation.
+    FailClosed,
+    /// Allow, with the reason as a warning.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegoConfig {
+    /// Longest a Rego evaluation may run; past it, `fail_mode` decides.
+    pub time_limit_ms: u64,
+    pub fail_mode: FailMode,
+    /// How long a decision is reused for the same policy version and input; 0 disables the cache.
+    pub cache_ttl_sec: u64,
+    /// Most decisions the cache keeps.
+    pub cache_entries: usize,
+}
+
+impl Default for RegoConfig {
+    fn default() -> RegoConfig {
+        RegoConfig {
+            time_limit_ms: 250,
+            fail_mode: FailMode::FailClosed,
+            cache_ttl_sec: 30,
+            cache_entries: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +111,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             max_body_bytes: 1024 * 1024,
             audit: AuditConfig::default(),
+            rego: RegoConfig::default(),
         }
     }
 }
@@ -107,6 +142,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("max_body_bytes", Kind::Integer),
     ("audit.capacity", Kind::Integer),
     ("audit.commit_interval_ms", Kind::Integer),
+    ("rego.time_limit_ms", Kind::Integer),
+    ("rego.fail_mode", Kind::Text),
+    ("rego.cache_ttl_sec", Kind::Integer),
+    ("rego.cache_entries", Kind::Integer),
 ];
 
 impl Config {
@@ -148,6 +187,12 @@ impl Config {
         if !(1..=60_000).contains(&self.audit.commit_interval_ms) {
             return Err(ConfigError::Invalid {
                 key: "audit.commit_interval_ms",
+                message: "must be between 1 and 60000".into(),
+            });
+        }
+        if !(1..=60_000).contains(&self.rego.time_limit_ms) {
+            return Err(ConfigError::Invalid {
+                key: "rego.time_limit_ms",
                 message: "must be between 1 and 60000".into(),
             });
         }
@@ -334,6 +379,10 @@ mod tests {
                 ("MESH_AGENT_MAX_BODY_BYTES", "2048"),
                 ("MESH_AGENT_AUDIT_CAPACITY", "5"),
                 ("MESH_AGENT_AUDIT_COMMIT_INTERVAL_MS", "7"),
+                ("MESH_AGENT_REGO_TIME_LIMIT_MS", "9"),
+                ("MESH_AGENT_REGO_FAIL_MODE", "fail_open"),
+                ("MESH_AGENT_REGO_CACHE_TTL_SEC", "0"),
+                ("MESH_AGENT_REGO_CACHE_ENTRIES", "3"),
             ]),
         )
         .unwrap();
@@ -347,6 +396,12 @@ mod tests {
             audit: AuditConfig {
                 capacity: 5,
                 commit_interval_ms: 7,
+            },
+            rego: RegoConfig {
+                time_limit_ms: 9,
+                fail_mode: FailMode::FailOpen,
+                cache_ttl_sec: 0,
+                cache_entries: 3,
             },
         };
         assert_eq!(config, expected);

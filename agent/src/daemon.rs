@@ -2,6 +2,7 @@
 //! shuts down cleanly on SIGTERM or SIGINT (stop accepting, finish requests, flush the audit, exit 0).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -12,7 +13,9 @@ use crate::audit::{AuditLog, AuditSettings};
 use crate::config::Config;
 use crate::decision::Decider;
 use crate::engine::Engine;
+use crate::engine::rego::{RegoEngine, RegoSettings};
 use crate::metrics::Metrics;
+use crate::opa::{self, Evaluator, RegoService};
 use crate::policy::{PolicyService, files};
 use crate::store::Store;
 
@@ -36,7 +39,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(path = %data_file.display(), "data file open");
 
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(Arc::clone(&metrics)));
+    let rego_settings = RegoSettings {
+        time_limit: Duration::from_millis(config.rego.time_limit_ms),
+    };
+    let rego_engine = Arc::new(RegoEngine::new(rego_settings));
+    let rego = Arc::new(RegoService::new(
+        Arc::clone(&store),
+        Arc::clone(&rego_engine),
+        rego_settings,
+        Arc::clone(&metrics),
+    )?);
+    let evaluator = Arc::new(Evaluator::new(
+        rego_engine.clone(),
+        Arc::clone(&metrics),
+        config.rego.fail_mode,
+        Duration::from_secs(config.rego.cache_ttl_sec),
+        config.rego.cache_entries,
+    ));
+    let engine = Arc::new(Engine::new(rego_engine, Arc::clone(&metrics)));
     let policies = Arc::new(PolicyService::new(
         Arc::clone(&store),
         Arc::clone(&engine),
@@ -46,15 +66,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(dir) = &config.policies_dir {
         let dir = dir.clone();
         let service = Arc::clone(&policies);
-        let summary = tokio::task::spawn_blocking(move || {
-            let read = files::read_dir(&dir)?;
-            files::import(&service, read)
+        let rego = Arc::clone(&rego);
+        let (rego_changed, summary) = tokio::task::spawn_blocking(move || {
+            // Everything is read and checked before anything is imported; Rego goes first, since
+            // incident rules may name Rego rules.
+            let rego_dir = opa::files::read_dir(&dir, rego_settings)?;
+            let rules = files::read_dir(&dir)?;
+            let rego_changed = opa::files::import(&rego, rego_dir)?;
+            anyhow::Ok((rego_changed, files::import(&service, rules)?))
         })
         .await??;
         info!(
             created = summary.created,
             updated = summary.updated,
             unchanged = summary.unchanged,
+            rego_documents_changed = rego_changed,
             "policy files imported"
         );
     }
@@ -69,6 +95,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let state = AppState {
         policies,
+        rego,
+        evaluator,
         decider,
         audit,
         metrics,

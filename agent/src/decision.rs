@@ -63,7 +63,11 @@ impl Decider {
             policies_evaluated: evaluation.verdicts.len() as u32,
             results: evaluation
                 .iter()
-                .filter(|(_, verdict)| verdict.outcome.matched || verdict.outcome.any_missing())
+                .filter(|(_, verdict)| {
+                    verdict.outcome.matched
+                        || verdict.outcome.any_missing()
+                        || verdict.error.is_some()
+                })
                 .map(|(policy, verdict)| AuditResult {
                     policy_id: policy.id,
                     policy_version: policy.version,
@@ -71,10 +75,11 @@ impl Decider {
                     matched: verdict.outcome.matched,
                     execution_time_ns: verdict.elapsed_ns,
                     missing_fields: policy
-                        .condition
+                        .matcher
                         .missing_fields(verdict.outcome)
                         .map(str::to_owned)
                         .collect(),
+                    error: verdict.error.as_ref().map(ToString::to_string),
                 })
                 .collect(),
             execution_time_ns: evaluation.elapsed_ns,

@@ -14,6 +14,8 @@ pub mod decision;
 pub mod engine;
 pub mod event;
 pub mod metrics;
+pub mod opa;
 pub mod policy;
+pub mod policy_test;
 pub mod store;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::config::{Config, LogFormat};
-use mesh_agent::{daemon, telemetry};
+use mesh_agent::{daemon, policy_test, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,21 @@ enum Command {
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
+    },
+    /// Work with policy directories.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the test cases beside the policies in DIR (incident *.cases.toml, Rego NAME.cases/).
+    Test {
+        /// The policy directory (as given to `run --policies`).
+        dir: PathBuf,
+        /// Print every case, not only failures.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -57,6 +72,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::CheckConfig { file } => check_config(file),
+        Command::Policy(PolicyCommand::Test { dir, verbose }) => policy_test(&dir, verbose),
     }
 }
 
@@ -110,6 +126,30 @@ fn check_config(file: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => fail(&err),
+    }
+}
+
+fn policy_test(dir: &std::path::Path, verbose: bool) -> ExitCode {
+    let report = match policy_test::run(dir) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    for result in &report.results {
+        let label = format!("{}: {}", result.file.display(), result.name);
+        match &result.outcome {
+            Ok(()) if verbose => println!("PASS: {label}"),
+            Ok(()) => {}
+            Err(why) => println!("FAIL: {label}\n  {}", why.replace('\n', "\n  ")),
+        }
+    }
+    println!("{} passed, {} failed", report.passed(), report.failed());
+    if report.failed() == 0 && !report.results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if report.results.is_empty() {
+            eprintln!("error: no test cases found under {}", dir.display());
+        }
+        ExitCode::FAILURE
     }
 }
 

@@ -15,6 +15,22 @@ struct PolicyLabel {
     policy_name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpaPolicyLabel {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpaOutcomeLabel {
+    policy: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpaErrorLabel {
+    error_type: &'static str,
+}
+
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -33,6 +49,14 @@ pub struct Metrics {
     pub audit_appended: Counter,
     pub audit_commit_duration: Histogram,
     pub audit_pending: Gauge,
+    // Rego decisions, under the names the orchestrator's OPA client exported, so its dashboards
+    // and alerts keep working.
+    opa_evaluations: Family<OpaOutcomeLabel, Counter>,
+    opa_duration: Family<OpaPolicyLabel, Histogram>,
+    opa_errors: Family<OpaErrorLabel, Counter>,
+    pub opa_cache_hits: Counter,
+    pub opa_cache_requests: Counter,
+    pub rego_modules: Gauge,
 }
 
 impl Metrics {
@@ -94,8 +118,48 @@ impl Metrics {
             "Audit entries accepted but not yet committed",
             audit_pending.clone(),
         );
+        let opa_evaluations = Family::<OpaOutcomeLabel, Counter>::default();
+        registry.register(
+            "opa_evaluations",
+            "Rego decisions, by policy path and status (success, error)",
+            opa_evaluations.clone(),
+        );
+        let opa_duration = Family::<OpaPolicyLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(1e-6, 2.0, 20))) as fn() -> Histogram,
+        );
+        registry.register(
+            "opa_evaluation_duration_seconds",
+            "Time to evaluate one Rego decision (cache hits excluded)",
+            opa_duration.clone(),
+        );
+        let opa_errors = Family::<OpaErrorLabel, Counter>::default();
+        registry.register(
+            "opa_errors",
+            "Rego evaluations that failed, by error type (evaluation_timeout, evaluation_error)",
+            opa_errors.clone(),
+        );
+        let opa_cache_hits = Counter::default();
+        registry.register(
+            "opa_cache_hits",
+            "Decisions answered from the cache",
+            opa_cache_hits.clone(),
+        );
+        let opa_cache_requests = Counter::default();
+        registry.register(
+            "opa_cache_requests",
+            "Decisions looked up in the cache",
+            opa_cache_requests.clone(),
+        );
+        let rego_modules = Gauge::default();
+        registry.register("rego_modules", "Rego modules loaded", rego_modules.clone());
         Metrics {
             registry,
+            opa_evaluations,
+            opa_duration,
+            opa_errors,
+            opa_cache_hits,
+            opa_cache_requests,
+            rego_modules,
             evaluations,
             matches,
             evaluation_duration,
@@ -117,6 +181,26 @@ impl Metrics {
             self.evaluations.get_or_create_owned(&label),
             self.matches.get_or_create_owned(&label),
         )
+    }
+
+    /// Counts one Rego evaluation of `policy` (a data path), its time, and its error if any.
+    pub fn opa_evaluated(&self, policy: &str, seconds: f64, error: Option<&'static str>) {
+        let label = OpaPolicyLabel {
+            policy: policy.to_owned(),
+        };
+        self.opa_duration.get_or_create(&label).observe(seconds);
+        let status = if error.is_some() { "error" } else { "success" };
+        self.opa_evaluations
+            .get_or_create(&OpaOutcomeLabel {
+                policy: label.policy,
+                status,
+            })
+            .inc();
+        if let Some(error_type) = error {
+            self.opa_errors
+                .get_or_create(&OpaErrorLabel { error_type })
+                .inc();
+        }
     }
 
     /// Everything, in the OpenMetrics text format Prometheus scrapes.

@@ -1,132 +1,120 @@
-//! Runs every `*.cases.toml` under `policies/` against the rules beside it, through the same importer
-//! and engine the daemon uses.
+//! The example policies under `policies/` pass their own test cases, run by the same runner as
+//! `mesh-agent policy test`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use mesh_agent::engine::Engine;
-use mesh_agent::event::Event;
-use mesh_agent::metrics::Metrics;
-use mesh_agent::policy::{PolicyService, files};
-use mesh_agent::store::Store;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CasesFile {
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    event: serde_json::Value,
-    matches: Vec<String>,
-    #[serde(default)]
-    missing: Option<Vec<String>>,
-}
+use mesh_agent::policy::files;
+use mesh_agent::policy_test;
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
-fn case_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            case_files(&path, out);
-        } else if path.to_string_lossy().ends_with(".cases.toml") {
-            out.push(path);
-        }
-    }
-}
+/// The least number of cases each case file or folder must run, so that a lost file fails.
+const MIN_CASES: &[(&str, usize)] = &[
+    ("incidents/recovery.cases.toml", 12),
+    ("orchestrator/resource_limits.cases", 21),
+    ("orchestrator/sla_enforcement.cases", 19),
+    ("orchestrator/feature_flags.cases", 23),
+];
 
 #[test]
 fn every_policy_case_holds() {
-    let mut files_found = Vec::new();
-    case_files(&policies_dir(), &mut files_found);
-    assert!(!files_found.is_empty(), "no case files under policies/");
-    let mut checked = 0;
-    for cases_path in files_found {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&tmp.path().join("a.redb"), "case-runner").unwrap());
-        let metrics = Arc::new(Metrics::new());
-        let engine = Arc::new(Engine::new(Arc::clone(&metrics)));
-        let service = PolicyService::new(store, Arc::clone(&engine), metrics).unwrap();
-        // The rules are the files in the same directory as the cases.
-        let rules = files::read_dir(cases_path.parent().unwrap()).unwrap();
-        let imported = files::import(&service, rules).unwrap();
+    let report = policy_test::run(&policies_dir()).unwrap();
+    let failures: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {}: {e}", r.file.display(), r.name))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for (suffix, min) in MIN_CASES {
+        let found = report.count_for(suffix);
         assert!(
-            imported.created > 0,
-            "{}: no rules beside the cases",
-            cases_path.display()
+            found >= *min,
+            "{suffix}: {found} case(s) ran, expected at least {min}"
         );
-
-        let text = std::fs::read_to_string(&cases_path).unwrap();
-        let cases: CasesFile = toml::from_str(&text).unwrap();
-        for case in cases.case {
-            let event: Event = serde_json::from_value(case.event.clone()).unwrap_or_else(|e| {
-                panic!(
-                    "{}: case `{}`: bad event: {e}",
-                    cases_path.display(),
-                    case.name
-                )
-            });
-            let evaluation = engine.evaluate(&event.into_incident());
-            let matched: Vec<String> = evaluation.matched().map(|p| p.name.to_string()).collect();
-            let mut expected = case.matches.clone();
-            expected.sort();
-            let mut got = matched.clone();
-            got.sort();
-            assert_eq!(
-                got,
-                expected,
-                "{}: case `{}`",
-                cases_path.display(),
-                case.name
-            );
-            if let Some(missing) = case.missing {
-                let reported: Vec<String> = evaluation
-                    .iter()
-                    .flat_map(|(p, v)| {
-                        p.condition
-                            .missing_fields(v.outcome)
-                            .map(str::to_owned)
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                assert_eq!(
-                    reported,
-                    missing,
-                    "{}: case `{}`: missing fields",
-                    cases_path.display(),
-                    case.name
-                );
-            }
-            checked += 1;
-        }
     }
-    assert!(checked >= 12, "only {checked} cases ran");
 }
 
 #[test]
-fn every_rule_fires_on_some_case_and_not_on_another() {
-    // A rule no case makes fire (or no case keeps quiet) is untested.
+fn a_wrong_expectation_fails_its_case() {
+    // The runner must be able to fail: copy a policy with its cases and break one expectation.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = policies_dir().join("rego/neuralhive/orchestrator");
+    std::fs::copy(
+        src.join("resource_limits.rego"),
+        tmp.path().join("resource_limits.rego"),
+    )
+    .unwrap();
+    let cases = tmp.path().join("resource_limits.cases");
+    std::fs::create_dir(&cases).unwrap();
+    std::fs::copy(
+        src.join("resource_limits.cases/seed_example.input.json"),
+        cases.join("seed_example.input.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        cases.join("seed_example.output.json"),
+        r#"{"allow": false, "violations": [], "warnings": []}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        policies_dir().join("incidents/recovery.rules.toml"),
+        tmp.path().join("r.rules.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("r.cases.toml"),
+        "[[case]]\nname = \"wrong\"\nevent = { event_type = \"memory_leak\", severity = 9 }\nmatches = []\n",
+    )
+    .unwrap();
+    let report = policy_test::run(tmp.path()).unwrap();
+    assert_eq!((report.passed(), report.failed()), (0, 2), "{report:?}");
+}
+
+#[test]
+fn every_incident_rule_fires_on_some_case_and_not_on_another() {
+    // A rule no case makes fire (or no case of its own incident type keeps quiet) is untested.
     let dir = policies_dir().join("incidents");
     let rules = files::read_dir(&dir).unwrap();
     let text = std::fs::read_to_string(dir.join("recovery.cases.toml")).unwrap();
-    let cases: CasesFile = toml::from_str(&text).unwrap();
+    let cases: toml::Table = toml::from_str(&text).unwrap();
+    let cases = cases["case"].as_array().unwrap();
+    let matches = |case: &toml::Value, name: &str| {
+        case["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str() == Some(name))
+    };
     for rule in &rules {
         let name = &rule.policy.name;
+        let kind = rule
+            .policy
+            .definition
+            .condition
+            .as_deref()
+            .unwrap()
+            .split('\'')
+            .nth(1);
         assert!(
-            cases.case.iter().any(|c| c.matches.contains(name)),
+            cases.iter().any(|c| matches(c, name)),
             "{name} never matches"
         );
         assert!(
-            cases.case.iter().any(|c| !c.matches.contains(name)
-                && c.event.get("event_type").and_then(|t| t.as_str())
-                    == rule.policy.definition.condition.split('\'').nth(1)),
+            cases
+                .iter()
+                .any(|c| !matches(c, name) && c["event"]["event_type"].as_str() == kind),
             "{name} has no case of its own incident type that must not match"
         );
     }

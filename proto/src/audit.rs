@@ -37,6 +37,8 @@ pub struct AuditResult {
     pub execution_time_ns: u64,
     /// Fields the condition read that the incident did not have.
     pub missing_fields: Vec<String>,
+    /// Why the policy could not be evaluated (a Rego rule that failed or ran out of time).
+    pub error: Option<String>,
 }
 
 impl Record for AuditRecord {

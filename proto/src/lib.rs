@@ -9,9 +9,11 @@
 pub mod audit;
 pub mod clock;
 pub mod codec;
+pub mod document;
 pub mod policy;
 
 pub use audit::{AuditRecord, AuditResult};
 pub use clock::Hlc;
 pub use codec::{DecodeError, Record, decode, encode};
+pub use document::{DocKind, DocumentChange, DocumentRecord};
 pub use policy::{ChangeOp, PolicyChange, PolicyRecord, PolicyRecordV1};

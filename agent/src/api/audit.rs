@@ -57,6 +57,8 @@ struct ResultView {
     matched: bool,
     execution_time_ms: f64,
     missing_fields: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub async fn read(
@@ -120,6 +122,7 @@ impl From<AuditRecord> for EntryView {
                     matched: r.matched,
                     execution_time_ms: r.execution_time_ns as f64 / 1e6,
                     missing_fields: r.missing_fields,
+                    error: r.error,
                 })
                 .collect(),
         }

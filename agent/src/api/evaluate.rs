@@ -34,6 +34,9 @@ pub struct PolicyResult {
     execution_time_ms: f64,
     /// Fields the condition read that the incident lacks (each made its comparison false).
     missing_fields: Vec<String>,
+    /// Why this policy could not be evaluated (it then did not match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub async fn one(
@@ -103,10 +106,11 @@ fn results(decision: &Decision) -> Vec<PolicyResult> {
                 reversibility_sec: matched.then_some(policy.reversibility_sec),
                 execution_time_ms: verdict.elapsed_ns as f64 / 1e6,
                 missing_fields: policy
-                    .condition
+                    .matcher
                     .missing_fields(verdict.outcome)
                     .map(str::to_owned)
                     .collect(),
+                error: verdict.error.as_ref().map(ToString::to_string),
             }
         })
         .collect()

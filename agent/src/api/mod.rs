@@ -9,6 +9,7 @@ mod error;
 mod evaluate;
 mod health;
 mod json;
+mod opa;
 mod policies;
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+
+use crate::opa::{Evaluator, RegoService};
 
 use crate::audit::AuditLog;
 use crate::decision::Decider;
@@ -28,6 +31,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub policies: Arc<PolicyService>,
+    pub rego: Arc<RegoService>,
+    pub evaluator: Arc<Evaluator>,
     pub decider: Arc<Decider>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
@@ -50,6 +55,27 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/audit", get(audit::read))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .route("/v1/policies", get(opa::list_policies))
+        .route(
+            "/v1/policies/{*id}",
+            get(opa::get_policy)
+                .put(opa::put_policy)
+                .delete(opa::delete_policy),
+        )
+        .route(
+            "/v1/data",
+            get(opa::get_data_root)
+                .post(opa::post_data_root)
+                .put(opa::put_data_root),
+        )
+        .route(
+            "/v1/data/{*path}",
+            get(opa::get_data)
+                .post(opa::post_data)
+                .put(opa::put_data)
+                .delete(opa::delete_data),
+        )
+        .route("/v1/validate", post(opa::validate))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

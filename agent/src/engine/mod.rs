@@ -6,13 +6,16 @@
 
 pub mod condition;
 pub mod incident;
+pub mod matcher;
 mod policy_set;
+pub mod rego;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::engine::rego::{EvalError, RegoEngine};
 use crate::metrics::Metrics;
 
 pub use condition::Outcome;
@@ -22,14 +25,17 @@ pub use policy_set::{CompiledPolicy, PolicySet};
 /// The evaluator of this node.
 pub struct Engine {
     set: ArcSwap<PolicySet>,
+    rego: Arc<RegoEngine>,
     metrics: Arc<Metrics>,
 }
 
 /// One policy's verdict on one incident.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub outcome: Outcome,
     pub elapsed_ns: u64,
+    /// Set when the policy could not be evaluated (a failing Rego rule); it then did not match.
+    pub error: Option<EvalError>,
 }
 
 /// An incident evaluated against one policy set: `verdicts[i]` belongs to `set.policies()[i]`.
@@ -55,9 +61,10 @@ impl Evaluation {
 }
 
 impl Engine {
-    pub fn new(metrics: Arc<Metrics>) -> Engine {
+    pub fn new(rego: Arc<RegoEngine>, metrics: Arc<Metrics>) -> Engine {
         Engine {
             set: ArcSwap::from_pointee(PolicySet::default()),
+            rego,
             metrics,
         }
     }
@@ -78,12 +85,26 @@ impl Engine {
         let started = Instant::now();
         let mut verdicts = Vec::with_capacity(set.len());
         let mut policy_started = started;
+        let mut rego_input = None;
+        let mut rego = || {
+            let input = rego_input
+                .get_or_insert_with(|| matcher::rego_input(incident))
+                .clone();
+            (self.rego.current(), input)
+        };
         for policy in set.policies() {
-            let outcome = policy.condition.eval(incident);
+            let (outcome, error) = match policy.matcher.eval(incident, &mut rego) {
+                Ok(outcome) => (outcome, None),
+                Err(err) => {
+                    self.metrics.evaluation_errors.inc();
+                    (Outcome::from_match(false), Some(err))
+                }
+            };
             let now = Instant::now();
             verdicts.push(Verdict {
                 outcome,
                 elapsed_ns: now.duration_since(policy_started).as_nanos() as u64,
+                error,
             });
             policy_started = now;
             policy.evaluations.inc();

@@ -6,18 +6,18 @@ use mesh_proto::PolicyRecord;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
 
-use crate::engine::condition::Condition;
+use crate::engine::matcher::Matcher;
 use crate::metrics::Metrics;
 use crate::policy::{Definition, PolicyError};
 
-/// One active policy, ready to evaluate: condition compiled, response fields pre-serialized.
+/// One active policy, ready to evaluate: matcher compiled, response fields pre-serialized.
 #[derive(Debug)]
 pub struct CompiledPolicy {
     pub id: u64,
     pub version: u64,
     pub name: Arc<str>,
     pub priority: i64,
-    pub condition: Condition,
+    pub matcher: Matcher,
     pub action: Arc<str>,
     /// Serialized once here, so a response copies bytes instead of re-encoding a map.
     pub modifiers: Box<RawValue>,
@@ -74,7 +74,7 @@ impl PolicySet {
 fn compile(record: &PolicyRecord, metrics: &Metrics) -> Result<CompiledPolicy, PolicyError> {
     let definition = Definition::from_json(&record.definition_json)
         .map_err(|err| PolicyError::invalid("definition", err.to_string()))?;
-    let condition = definition.validate()?;
+    let matcher = definition.validate()?;
     let modifiers = serde_json::value::to_raw_value(&definition.modifiers)
         .map_err(|err| PolicyError::invalid("definition.modifiers", err.to_string()))?;
     let (evaluations, matches) = metrics.policy_counters(&record.name);
@@ -83,7 +83,7 @@ fn compile(record: &PolicyRecord, metrics: &Metrics) -> Result<CompiledPolicy, P
         version: record.version,
         name: Arc::from(record.name.as_str()),
         priority: record.priority,
-        condition,
+        matcher,
         action: Arc::from(definition.action.as_str()),
         modifiers,
         reversibility_sec: definition.reversibility_sec,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::engine::condition::Condition;
+use crate::engine::matcher::Matcher;
 
 use super::PolicyError;
 
@@ -12,7 +13,12 @@ use super::PolicyError;
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// When the rule matches, in the condition language (`engine::condition`).
-    pub condition: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Or: a Rego rule (`data.mesh.incidents.memory_leak.match`) that matches when `true`, with the
+    /// incident as `input`. Exactly one of `condition` and `rego` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rego: Option<String>,
     /// What P0.3 should do, e.g. `trigger_p0_3_recovery`.
     pub action: String,
     /// Parameters passed to P0.3 with the action.
@@ -28,31 +34,61 @@ pub struct Definition {
 #[serde(deny_unknown_fields)]
 pub struct DefinitionPatch {
     pub condition: Option<String>,
+    pub rego: Option<String>,
     pub action: Option<String>,
     pub modifiers: Option<Map<String, Value>>,
     pub reversibility_sec: Option<u64>,
 }
 
 impl Definition {
-    /// Checks every field and compiles the condition. Errors name the field, and for a condition
+    /// Checks every field and compiles the matcher. Errors name the field, and for a condition
     /// the column.
-    pub fn validate(&self) -> Result<Condition, PolicyError> {
+    pub fn validate(&self) -> Result<Matcher, PolicyError> {
         if self.action.trim().is_empty() {
             return Err(PolicyError::invalid(
                 "definition.action",
                 "must not be empty",
             ));
         }
-        Condition::compile(&self.condition).map_err(|err| PolicyError::Invalid {
-            field: "definition.condition".into(),
-            message: err.message,
-            column: Some(err.column),
-        })
+        match (&self.condition, &self.rego) {
+            (Some(condition), None) => Condition::compile(condition)
+                .map(Matcher::Condition)
+                .map_err(|err| PolicyError::Invalid {
+                    field: "definition.condition".into(),
+                    message: err.message,
+                    column: Some(err.column),
+                }),
+            (None, Some(path)) => {
+                if !is_rule_path(path) {
+                    return Err(PolicyError::invalid(
+                        "definition.rego",
+                        format!(
+                            "`{path}` is not a rule path like `data.mesh.incidents.memory_leak.match`"
+                        ),
+                    ));
+                }
+                Ok(Matcher::Rego { path: path.clone() })
+            }
+            (Some(_), Some(_)) => Err(PolicyError::invalid(
+                "definition",
+                "give either `condition` or `rego`, not both",
+            )),
+            (None, None) => Err(PolicyError::invalid(
+                "definition.condition",
+                "missing: give a `condition` (or a `rego` rule path)",
+            )),
+        }
     }
 
     pub fn apply(&mut self, patch: DefinitionPatch) {
+        // Giving one kind of matcher replaces the other.
         if let Some(condition) = patch.condition {
-            self.condition = condition;
+            self.condition = Some(condition);
+            self.rego = None;
+        }
+        if let Some(rego) = patch.rego {
+            self.rego = Some(rego);
+            self.condition = None;
         }
         if let Some(action) = patch.action {
             self.action = action;
@@ -74,4 +110,17 @@ impl Definition {
     pub fn from_json(text: &str) -> Result<Definition, serde_json::Error> {
         serde_json::from_str(text)
     }
+}
+
+/// `data.a.b_c.d`: `data` and at least one more identifier.
+fn is_rule_path(path: &str) -> bool {
+    let mut parts = path.split('.');
+    parts.next() == Some("data")
+        && path.contains('.')
+        && parts.all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }

@@ -32,6 +32,12 @@ pub enum FilesError {
         #[source]
         source: PolicyError,
     },
+    #[error("{path}: {source}")]
+    Rego {
+        path: String,
+        #[source]
+        source: crate::opa::OpaError,
+    },
     #[error("{path}: policy `{name}` is also defined in {first}")]
     Duplicate {
         path: String,
@@ -64,9 +70,7 @@ pub struct ImportSummary {
 
 /// Reads and checks every rules file under `dir`.
 pub fn read_dir(dir: &Path) -> Result<Vec<FilePolicy>, FilesError> {
-    let mut paths = Vec::new();
-    collect(dir, &mut paths)?;
-    paths.sort();
+    let paths = find_files(dir, &|name| name.ends_with(RULES_SUFFIX))?;
     let mut out: Vec<FilePolicy> = Vec::new();
     for path in paths {
         let shown = path.display().to_string();
@@ -126,7 +130,19 @@ pub fn import(
     Ok(summary)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilesError> {
+/// Every file under `dir` (recursively) whose name satisfies `wanted`, in path order.
+pub fn find_files(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>, FilesError> {
+    let mut out = Vec::new();
+    collect(dir, wanted, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn collect(
+    dir: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), FilesError> {
     let read_err = |source| FilesError::Read {
         path: dir.display().to_string(),
         source,
@@ -134,11 +150,11 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilesError> {
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
         if path.is_dir() {
-            collect(&path, out)?;
+            collect(&path, wanted, out)?;
         } else if path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(RULES_SUFFIX))
+            .is_some_and(wanted)
         {
             out.push(path);
         }

@@ -9,8 +9,8 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableHandle, WriteTra
 use tracing::info;
 
 use super::schema::{
-    AUDIT, META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID, META_REVISION, META_SCHEMA,
-    POLICIES, POLICY_HISTORY, POLICY_NAMES, SCHEMA_VERSION,
+    AUDIT, DOCUMENT_HISTORY, DOCUMENTS, META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID,
+    META_REVISION, META_SCHEMA, POLICIES, POLICY_HISTORY, POLICY_NAMES, SCHEMA_VERSION,
 };
 use super::{DbContext, StoreError};
 
@@ -33,6 +33,7 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 2 {
                 v1_to_v2(&txn, node_id)?;
             }
+            // 2 -> 3 only adds the document tables, created below like every table.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -41,6 +42,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
     txn.open_table(POLICY_HISTORY)
         .ctx("create policy history")?;
     txn.open_table(AUDIT).ctx("create audit ring")?;
+    txn.open_table(DOCUMENTS).ctx("create documents")?;
+    txn.open_table(DOCUMENT_HISTORY)
+        .ctx("create document history")?;
     txn.open_table(META)
         .ctx("create meta")?
         .insert(META_SCHEMA, SCHEMA_VERSION)

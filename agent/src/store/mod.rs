@@ -4,6 +4,7 @@
 //! store revision together, so a crash leaves either the whole change or none of it. The store knows
 //! nothing of what a definition means: `policy::PolicyService` validates before it writes here.
 
+mod documents;
 mod ids;
 pub mod migrate;
 pub mod schema;
@@ -20,6 +21,7 @@ use schema::{
     POLICY_HISTORY, POLICY_NAMES,
 };
 
+pub use documents::DocWrite;
 pub use ids::MAX_ID;
 
 /// Why a store operation failed.
@@ -29,6 +31,8 @@ pub enum StoreError {
     NotFound { id: u64 },
     #[error("a policy named `{name}` already exists (id {existing_id})")]
     DuplicateName { name: String, existing_id: u64 },
+    #[error("document `{key}` not found")]
+    DocumentNotFound { key: String },
     #[error("policy {id} changed concurrently (expected version {expected}, found {found})")]
     VersionConflict { id: u64, expected: u64, found: u64 },
     #[error("data file {path}: {source}")]
@@ -345,13 +349,7 @@ fn record_change(
     op: ChangeOp,
     record: &PolicyRecord,
 ) -> Result<(), StoreError> {
-    let mut meta = txn.open_table(META).ctx("open meta")?;
-    let revision = meta
-        .get(META_REVISION)
-        .ctx("read revision")?
-        .map_or(0, |v| v.value())
-        + 1;
-    meta.insert(META_REVISION, revision).ctx("write revision")?;
+    let revision = next_revision(txn)?;
     let change = PolicyChange {
         revision,
         op,
@@ -362,6 +360,18 @@ fn record_change(
         .insert((record.id, record.version), encode(&change).as_slice())
         .ctx("write policy history")?;
     Ok(())
+}
+
+/// Advances and returns the store revision: one per change, policies and documents alike.
+fn next_revision(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META).ctx("open meta")?;
+    let revision = meta
+        .get(META_REVISION)
+        .ctx("read revision")?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert(META_REVISION, revision).ctx("write revision")?;
+    Ok(revision)
 }
 
 fn allocate_id(txn: &WriteTransaction, now_ms: u64, tag: u64) -> Result<u64, StoreError> {

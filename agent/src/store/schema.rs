@@ -4,11 +4,12 @@
 //! - 1: `policies` (id -> `PolicyRecordV1`) and `meta` only; names were unique by scan, no history.
 //! - 2: adds a version, clock stamp and author to every policy (`PolicyRecord`), the `policy_names`
 //!   index, the `policy_history` of every change, and the `audit` ring.
+//! - 3: adds `documents` (Rego modules and data documents) and their `document_history`.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -30,3 +31,10 @@ pub const POLICY_HISTORY: TableDefinition<(u64, u64), &[u8]> =
 
 /// The audit ring: sequence number -> encoded `AuditRecord`. Owned by `audit::ring`.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Rego modules and data documents: `DocKind::key(name)` -> encoded `DocumentRecord`.
+pub const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+
+/// Every change to a document: (key, version) -> encoded `DocumentChange`.
+pub const DOCUMENT_HISTORY: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("document_history");

@@ -215,3 +215,78 @@ fn refuses_a_file_from_a_newer_schema() {
         other => panic!("expected NewerSchema, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn documents_are_versioned_with_history() {
+    use mesh_proto::DocKind;
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let put = |name: &str, body: &str| DocWrite::Put {
+        kind: DocKind::RegoModule,
+        name: name.into(),
+        body: body.into(),
+    };
+    let written = store
+        .write_documents(vec![put("a", "package a"), put("b", "package b")])
+        .unwrap();
+    assert_eq!(written.len(), 2);
+    // Same body again: no new version; another body: version 2.
+    assert!(
+        store
+            .write_documents(vec![put("a", "package a")])
+            .unwrap()
+            .is_empty()
+    );
+    let v2 = store
+        .write_documents(vec![put("a", "package a\nx := 1")])
+        .unwrap();
+    assert_eq!(v2[0].version, 2);
+    store
+        .write_documents(vec![DocWrite::Delete {
+            kind: DocKind::RegoModule,
+            name: "b".into(),
+        }])
+        .unwrap();
+    let names: Vec<String> = store
+        .list_documents(DocKind::RegoModule)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["a"]);
+    assert!(store.list_documents(DocKind::Data).unwrap().is_empty());
+    // Re-created after a delete, a document continues its version numbers.
+    let again = store.write_documents(vec![put("b", "package b")]).unwrap();
+    assert_eq!(again[0].version, 3);
+    let ops: Vec<_> = store
+        .document_history(DocKind::RegoModule, "b")
+        .unwrap()
+        .iter()
+        .map(|c| (c.op, c.document.version))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (ChangeOp::Create, 1),
+            (ChangeOp::Delete, 2),
+            (ChangeOp::Create, 3)
+        ]
+    );
+    assert_eq!(store.revision().unwrap(), 5);
+    // A failing batch changes nothing.
+    let err = store.write_documents(vec![
+        put("c", "package c"),
+        DocWrite::Delete {
+            kind: DocKind::Data,
+            name: "nope".into(),
+        },
+    ]);
+    assert!(matches!(err, Err(StoreError::DocumentNotFound { .. })));
+    assert!(
+        store
+            .get_document(DocKind::RegoModule, "c")
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.revision().unwrap(), 5);
+}

@@ -144,6 +144,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a test that reads no fields of its own (e.g. a Rego rule).
+    pub fn from_match(matched: bool) -> Outcome {
+        Outcome {
+            matched,
+            missing: 0,
+        }
+    }
+
     /// Whether any field read during the evaluation was missing.
     pub fn any_missing(&self) -> bool {
         self.missing != 0

@@ -1,0 +1,422 @@
+//! Rego, through `regorus`: the compiled set of modules and data, and its evaluation.
+//!
+//! A [`RegoSet`] is built whole from the stored modules and data (by `opa::RegoService`) and swapped
+//! in atomically, like the incident [`PolicySet`](super::PolicySet). regorus evaluates with
+//! `&mut self`, so instead of locking one engine, every thread that evaluates keeps its own clone of
+//! the prepared engine of the current set (clones share the parsed modules) and re-clones only when
+//! the set changes. Every evaluation runs under the configured time limit (regorus checks it
+//! cooperatively as it works).
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use regorus::utils::limits::ExecutionTimerConfig;
+
+/// regorus's answer when a path is not a rule (a package, data, or a partial path): such paths are
+/// evaluated as a query instead.
+const NOT_A_RULE: &str = "not a valid rule path";
+
+/// One Rego module to compile.
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    /// The module id (OPA's policy id), used as the file name in error locations.
+    pub id: String,
+    pub text: String,
+}
+
+/// Where a compile error is, in OPA's terms.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Location {
+    pub file: String,
+    pub row: u32,
+    pub col: u32,
+}
+
+/// One compile error, in OPA's shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CompileError {
+    /// `rego_parse_error` or `rego_compile_error`.
+    pub code: &'static str,
+    pub message: String,
+    pub location: Location,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Location { file, row, col } = &self.location;
+        write!(f, "{file}:{row}:{col}: {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Why an evaluation gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("evaluation of {path} exceeded its time limit of {limit_ms} ms")]
+    TimeLimit { path: String, limit_ms: u64 },
+    #[error("evaluation of {path} failed: {message}")]
+    Failed { path: String, message: String },
+    #[error("`{path}` is not a valid data path: {message}")]
+    InvalidPath { path: String, message: String },
+}
+
+impl EvalError {
+    /// A short label for metrics and error codes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EvalError::TimeLimit { .. } => "evaluation_timeout",
+            EvalError::Failed { .. } => "evaluation_error",
+            EvalError::InvalidPath { .. } => "invalid_path",
+        }
+    }
+}
+
+/// Limits that apply to every evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct RegoSettings {
+    pub time_limit: Duration,
+}
+
+/// Compiled modules and data at one store revision.
+pub struct RegoSet {
+    template: regorus::Engine,
+    /// Distinguishes sets for the per-thread clones (revisions can repeat across restarts).
+    generation: u64,
+    revision: u64,
+    settings: RegoSettings,
+    modules: usize,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's clone of the current set's engine: (generation, engine).
+    static WORKER: RefCell<Option<(u64, regorus::Engine)>> = const { RefCell::new(None) };
+}
+
+impl RegoSet {
+    /// Compiles `modules` with `data` (one JSON object, the root of `data`). On error nothing is
+    /// built: the caller keeps the set it had.
+    pub fn build(
+        modules: &[ModuleSource],
+        data: serde_json::Value,
+        revision: u64,
+        settings: RegoSettings,
+    ) -> Result<RegoSet, CompileError> {
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: settings.time_limit,
+            // Checking the clock every 64 work units keeps the overhead small and the overrun short.
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        });
+        for module in modules {
+            engine
+                .add_policy(module.id.clone(), module.text.clone())
+                .map_err(|err| compile_error("rego_parse_error", &module.id, &err))?;
+        }
+        engine
+            .add_data(regorus::Value::from(data))
+            .map_err(|err| compile_error("rego_compile_error", "data", &err))?;
+        // Preparing (dependency analysis, scheduling) happens on first evaluation: do it now, so
+        // that errors surface when a module is saved and clones start prepared.
+        let file = modules.last().map_or("data", |m| m.id.as_str());
+        engine
+            .eval_query("true".into(), false)
+            .map_err(|err| compile_error("rego_compile_error", file, &err))?;
+        Ok(RegoSet {
+            template: engine,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            revision,
+            settings,
+            modules: modules.len(),
+        })
+    }
+
+    /// An empty set (no modules, empty data).
+    pub fn empty(settings: RegoSettings) -> RegoSet {
+        match RegoSet::build(&[], serde_json::json!({}), 0, settings) {
+            Ok(set) => set,
+            // An engine with nothing in it prepares without error; if it ever did not, evaluations
+            // would report the failure instead.
+            Err(_) => RegoSet {
+                template: regorus::Engine::new(),
+                generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+                revision: 0,
+                settings,
+                modules: 0,
+            },
+        }
+    }
+
+    /// The same set, at the store revision its change was committed as.
+    pub fn at_revision(mut self, revision: u64) -> RegoSet {
+        self.revision = revision;
+        self
+    }
+
+    /// The store revision this set was built from: part of every cache key.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn module_count(&self) -> usize {
+        self.modules
+    }
+
+    /// Evaluates `path` (`data.a.b`) with `input`; `Ok(None)` when it is undefined.
+    pub fn evaluate(
+        &self,
+        path: &str,
+        input: Option<regorus::Value>,
+    ) -> Result<Option<regorus::Value>, EvalError> {
+        WORKER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let engine = match &mut *slot {
+                Some((generation, engine)) if *generation == self.generation => engine,
+                _ => {
+                    *slot = Some((self.generation, self.template.clone()));
+                    match &mut *slot {
+                        Some((_, engine)) => engine,
+                        None => unreachable!("just set"),
+                    }
+                }
+            };
+            engine.set_input(input.unwrap_or(regorus::Value::Undefined));
+            let value = match engine.eval_rule(path.to_owned()) {
+                Ok(value) => value,
+                Err(err) if err.to_string() == NOT_A_RULE => self.query(engine, path)?,
+                Err(err) => return Err(self.eval_error(path, &err)),
+            };
+            Ok((value != regorus::Value::Undefined).then_some(value))
+        })
+    }
+
+    fn query(&self, engine: &mut regorus::Engine, path: &str) -> Result<regorus::Value, EvalError> {
+        let results = engine
+            .eval_query(path.to_owned(), false)
+            .map_err(|err| self.eval_error(path, &err))?;
+        Ok(results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map_or(regorus::Value::Undefined, |e| e.value))
+    }
+
+    fn eval_error(&self, path: &str, err: &anyhow::Error) -> EvalError {
+        let timed_out = err.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<regorus::LimitError>(),
+                Some(regorus::LimitError::TimeLimitExceeded { .. })
+            )
+        }) || err.to_string().contains("exceeded time limit");
+        if timed_out {
+            return EvalError::TimeLimit {
+                path: path.to_owned(),
+                limit_ms: self.settings.time_limit.as_millis() as u64,
+            };
+        }
+        let message = format!("{err:#}");
+        if message.contains("--> <query>") || message.contains("<query>:") {
+            return EvalError::InvalidPath {
+                path: path.to_owned(),
+                message: last_error_line(&message).to_owned(),
+            };
+        }
+        EvalError::Failed {
+            path: path.to_owned(),
+            message: last_error_line(&message).to_owned(),
+        }
+    }
+}
+
+/// Holds the current [`RegoSet`].
+pub struct RegoEngine {
+    set: ArcSwap<RegoSet>,
+}
+
+impl RegoEngine {
+    pub fn new(settings: RegoSettings) -> RegoEngine {
+        RegoEngine {
+            set: ArcSwap::from_pointee(RegoSet::empty(settings)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<RegoSet> {
+        self.set.load_full()
+    }
+
+    pub fn replace(&self, set: RegoSet) {
+        self.set.store(Arc::new(set));
+    }
+}
+
+/// `a/b/c` -> `data.a.b.c`; segments that are not identifiers are quoted (`data.a["b-c"]`).
+pub fn data_path(slash_path: &str) -> String {
+    let mut out = String::from("data");
+    for segment in slash_path.split('/').filter(|s| !s.is_empty()) {
+        let identifier = segment
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if identifier {
+            out.push('.');
+            out.push_str(segment);
+        } else {
+            out.push_str(&format!("[{}]", serde_json::Value::from(segment)));
+        }
+    }
+    out
+}
+
+/// Turns a regorus error (`\n--> file:row:col\n ... \nerror: message`) into OPA's shape.
+fn compile_error(code: &'static str, default_file: &str, err: &anyhow::Error) -> CompileError {
+    let text = format!("{err:#}");
+    let mut location = Location {
+        file: default_file.to_owned(),
+        row: 0,
+        col: 0,
+    };
+    if let Some(rest) = text.split("--> ").nth(1) {
+        let head = rest.lines().next().unwrap_or_default();
+        let mut parts = head.rsplitn(3, ':');
+        let col = parts.next().and_then(|c| c.trim().parse().ok());
+        let row = parts.next().and_then(|r| r.trim().parse().ok());
+        if let (Some(col), Some(row), Some(file)) = (col, row, parts.next()) {
+            location = Location {
+                file: file.to_owned(),
+                row,
+                col,
+            };
+        }
+    }
+    CompileError {
+        code,
+        message: last_error_line(&text).to_owned(),
+        location,
+    }
+}
+
+/// The `error: ...` line of a regorus message, or the whole message if it has none.
+fn last_error_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .unwrap_or_else(|| text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RegoSettings {
+        RegoSettings {
+            time_limit: Duration::from_millis(200),
+        }
+    }
+
+    fn module(id: &str, text: &str) -> ModuleSource {
+        ModuleSource {
+            id: id.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn evaluates_rules_packages_and_data() {
+        let set = RegoSet::build(
+            &[module(
+                "ex.rego",
+                "package ex\n\nallow if input.user == data.admins[_]\n\nname := \"ex\"\n",
+            )],
+            serde_json::json!({"admins": ["ana"]}),
+            7,
+            settings(),
+        )
+        .unwrap();
+        let input = |user: &str| Some(regorus::Value::from(serde_json::json!({"user": user})));
+        assert_eq!(
+            set.evaluate("data.ex.allow", input("ana")).unwrap(),
+            Some(regorus::Value::from(true))
+        );
+        assert_eq!(
+            set.evaluate("data.ex.allow", input("bob")).unwrap(),
+            None,
+            "undefined"
+        );
+        let package = set.evaluate("data.ex", input("ana")).unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_value(&package).unwrap(),
+            serde_json::json!({"allow": true, "name": "ex"})
+        );
+        let admins = set.evaluate("data.admins", None).unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_value(&admins).unwrap(),
+            serde_json::json!(["ana"])
+        );
+        assert_eq!(set.evaluate("data.nothing.here", None).unwrap(), None);
+        assert_eq!(set.revision(), 7);
+    }
+
+    #[test]
+    fn parse_errors_carry_the_location() {
+        let err = RegoSet::build(
+            &[module(
+                "bad.rego",
+                "package bad\n\nallow if {\n  input.x ==\n}\n",
+            )],
+            serde_json::json!({}),
+            1,
+            settings(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, "rego_parse_error");
+        assert_eq!(err.location.file, "bad.rego");
+        assert!(err.location.row >= 4, "{err}");
+        assert!(err.location.col > 0, "{err}");
+        assert!(!err.message.contains("-->"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_evaluation_stops_at_the_time_limit() {
+        let set = RegoSet::build(
+            &[module(
+                "slow.rego",
+                "package slow\n\nspin := count([[x, y] | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000)])\n",
+            )],
+            serde_json::json!({}),
+            1,
+            RegoSettings {
+                time_limit: Duration::from_millis(20),
+            },
+        )
+        .unwrap();
+        let err = set.evaluate("data.slow.spin", None).unwrap_err();
+        assert_eq!(
+            err,
+            EvalError::TimeLimit {
+                path: "data.slow.spin".into(),
+                limit_ms: 20
+            }
+        );
+    }
+
+    #[test]
+    fn data_paths_quote_what_is_not_an_identifier() {
+        assert_eq!(
+            data_path("neuralhive/orchestrator/resource_limits"),
+            "data.neuralhive.orchestrator.resource_limits"
+        );
+        assert_eq!(data_path("a/b-c/"), "data.a[\"b-c\"]");
+        assert_eq!(data_path(""), "data");
+    }
+}

@@ -1,0 +1,37 @@
+//! What replaces the orchestrator's OPA server: Rego modules and data kept in the store
+//! ([`RegoService`]), decisions with a cache and a fail mode ([`Evaluator`]), and the aggregated
+//! validation of several policies ([`validate`]).
+
+mod cache;
+pub mod data_tree;
+mod evaluator;
+pub mod files;
+mod service;
+pub mod validate;
+
+use crate::engine::rego::CompileError;
+use crate::store::StoreError;
+
+pub use evaluator::{Decision, Evaluator, fail_decision};
+pub use service::RegoService;
+
+/// Why a module or data change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpaError {
+    #[error("error(s) occurred while compiling module(s): {0}")]
+    Compile(#[from] CompileError),
+    #[error("storage_not_found_error: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Data(#[from] data_tree::DataError),
+    #[error(transparent)]
+    Store(Box<StoreError>),
+}
+
+impl From<StoreError> for OpaError {
+    fn from(err: StoreError) -> OpaError {
+        OpaError::Store(Box::new(err))
+    }
+}

@@ -1,0 +1,62 @@
+//! Stored documents beside the incident rules: Rego modules and JSON data documents.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChangeOp, Hlc, Record};
+
+/// What a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DocKind {
+    /// Rego source; the name is the module id of OPA's policy API.
+    RegoModule,
+    /// A JSON document; the name is its `/`-separated path under `data` ("" for the root).
+    Data,
+}
+
+impl DocKind {
+    /// The prefix of this kind's keys in the documents table.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            DocKind::RegoModule => "rego:",
+            DocKind::Data => "data:",
+        }
+    }
+
+    /// The table key of the document `name` of this kind.
+    pub fn key(self, name: &str) -> String {
+        format!("{}{name}", self.prefix())
+    }
+}
+
+/// One document at one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    pub kind: DocKind,
+    pub name: String,
+    /// Rego source text, or compact JSON text.
+    pub body: String,
+    /// 1 on creation, +1 on every change; a delete is `last + 1` in the history.
+    pub version: u64,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+    pub stamp: Hlc,
+    pub author: String,
+}
+
+impl Record for DocumentRecord {
+    const FORMAT: u8 = 1;
+    const KIND: &'static str = "document";
+}
+
+/// One entry of a document's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentChange {
+    pub revision: u64,
+    pub op: ChangeOp,
+    pub document: DocumentRecord,
+}
+
+impl Record for DocumentChange {
+    const FORMAT: u8 = 1;
+    const KIND: &'static str = "document change";
+}
