@@ -11,7 +11,7 @@
 #   estimated_duration_unrealistic  low     resource.estimated_duration_ms below 1000 ms
 #   estimated_duration_unrealistic  medium  resource.estimated_duration_ms >= resource.sla.timeout_ms
 #   capabilities_not_allowed        high    one per required capability missing from the whitelist
-#   concurrent_tickets_limit        high    context.total_tickets >= parameters.max_concurrent_tickets
+#   concurrent_tickets_limit        high    input.context.total_tickets >= input.parameters.max_concurrent_tickets
 #
 # Expected input:
 #   {
@@ -64,15 +64,9 @@ min_estimated_duration_ms := 1000
 # total_tickets * 100 >= near_limit_percent * max_concurrent_tickets, which stays exact for integers.
 near_limit_percent := 80
 
-resource := object.get(input, "resource", {})
-
-sla := object.get(resource, "sla", {})
-
-parameters := object.get(input, "parameters", {})
-
-context := object.get(input, "context", {})
-
-risk_band := object.get(resource, "risk_band", null)
+# Inputs are read directly (input.resource.sla.timeout_ms, ...): a reference to an absent field is
+# undefined, which makes the check's body fail, so a check whose inputs are absent does not fire.
+# (Helper rules with object.get defaults read the same but cost a rule evaluation each.)
 
 result := {
 	"allow": count(violations) == 0,
@@ -81,6 +75,7 @@ result := {
 }
 
 violations contains v if {
+	risk_band := object.get(input, ["resource", "risk_band"], null)
 	not timeout_limits[risk_band]
 	v := {
 		"rule": "unknown_risk_band",
@@ -90,58 +85,60 @@ violations contains v if {
 }
 
 violations contains v if {
+	risk_band := input.resource.risk_band
 	limit := timeout_limits[risk_band]
-	sla.timeout_ms > limit
+	input.resource.sla.timeout_ms > limit
 	v := {
 		"rule": "timeout_exceeds_maximum",
 		"severity": "high",
 		"message": sprintf(
 			"timeout_ms %v exceeds the maximum of %v ms for risk_band %v.",
-			[sla.timeout_ms, limit, risk_band],
+			[input.resource.sla.timeout_ms, limit, risk_band],
 		),
 	}
 }
 
 violations contains v if {
+	risk_band := input.resource.risk_band
 	limit := retry_limits[risk_band]
-	sla.max_retries > limit
+	input.resource.sla.max_retries > limit
 	v := {
 		"rule": "retries_exceed_maximum",
 		"severity": "medium",
 		"message": sprintf(
 			"max_retries %v exceeds the maximum of %v for risk_band %v.",
-			[sla.max_retries, limit, risk_band],
+			[input.resource.sla.max_retries, limit, risk_band],
 		),
 	}
 }
 
 violations contains v if {
-	resource.estimated_duration_ms < min_estimated_duration_ms
+	input.resource.estimated_duration_ms < min_estimated_duration_ms
 	v := {
 		"rule": "estimated_duration_unrealistic",
 		"severity": "low",
 		"message": sprintf(
 			"estimated_duration_ms %v is below the minimum of %v ms.",
-			[resource.estimated_duration_ms, min_estimated_duration_ms],
+			[input.resource.estimated_duration_ms, min_estimated_duration_ms],
 		),
 	}
 }
 
 violations contains v if {
-	resource.estimated_duration_ms >= sla.timeout_ms
+	input.resource.estimated_duration_ms >= input.resource.sla.timeout_ms
 	v := {
 		"rule": "estimated_duration_unrealistic",
 		"severity": "medium",
 		"message": sprintf(
 			"estimated_duration_ms %v is not below timeout_ms %v.",
-			[resource.estimated_duration_ms, sla.timeout_ms],
+			[input.resource.estimated_duration_ms, input.resource.sla.timeout_ms],
 		),
 	}
 }
 
 violations contains v if {
-	allowed := object.get(parameters, "allowed_capabilities", [])
-	some capability in object.get(resource, "required_capabilities", [])
+	allowed := object.get(input, ["parameters", "allowed_capabilities"], [])
+	some capability in input.resource.required_capabilities
 	not capability in allowed
 	v := {
 		"rule": "capabilities_not_allowed",
@@ -152,26 +149,26 @@ violations contains v if {
 
 # >= rather than >: see the header.
 violations contains v if {
-	context.total_tickets >= parameters.max_concurrent_tickets
+	input.context.total_tickets >= input.parameters.max_concurrent_tickets
 	v := {
 		"rule": "concurrent_tickets_limit",
 		"severity": "high",
 		"message": sprintf(
 			"total_tickets %v has reached max_concurrent_tickets %v.",
-			[context.total_tickets, parameters.max_concurrent_tickets],
+			[input.context.total_tickets, input.parameters.max_concurrent_tickets],
 		),
 	}
 }
 
 warnings contains w if {
-	context.total_tickets * 100 >= near_limit_percent * parameters.max_concurrent_tickets
-	context.total_tickets < parameters.max_concurrent_tickets
+	input.context.total_tickets * 100 >= near_limit_percent * input.parameters.max_concurrent_tickets
+	input.context.total_tickets < input.parameters.max_concurrent_tickets
 	w := {
 		"rule": "concurrent_tickets_near_limit",
 		"severity": "low",
 		"message": sprintf(
 			"total_tickets %v is at %v%% or more of max_concurrent_tickets %v.",
-			[context.total_tickets, near_limit_percent, parameters.max_concurrent_tickets],
+			[input.context.total_tickets, near_limit_percent, input.parameters.max_concurrent_tickets],
 		),
 	}
 }
