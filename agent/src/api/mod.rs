@@ -55,7 +55,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/audit", get(audit::read))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        // OPA's router treats a trailing slash as the same route (clients send `/v1/policies/`).
         .route("/v1/policies", get(opa::list_policies))
+        .route("/v1/policies/", get(opa::list_policies))
         .route(
             "/v1/policies/{*id}",
             get(opa::get_policy)
@@ -64,6 +66,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route(
             "/v1/data",
+            get(opa::get_data_root)
+                .post(opa::post_data_root)
+                .put(opa::put_data_root),
+        )
+        .route(
+            "/v1/data/",
             get(opa::get_data_root)
                 .post(opa::post_data_root)
                 .put(opa::put_data_root),

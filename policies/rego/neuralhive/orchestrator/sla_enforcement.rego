@@ -95,8 +95,9 @@ now_ms := object.get(input, ["context", "current_time"], floor(time.now_ns() / 1
 
 result := {
 	"allow": count(violations) == 0,
-	"violations": sort([v | some v in violations]),
-	"warnings": sort([w | some w in warnings]),
+	# A set iterates in sorted order, so both arrays come out sorted without a sort call.
+	"violations": [v | some v in violations],
+	"warnings": [w | some w in warnings],
 }
 
 # The allowed values of a requirement, as a list.

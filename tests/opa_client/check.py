@@ -1,0 +1,183 @@
+"""Drives a mesh-agent with the off-the-shelf OPA client library `opa-python-client` (3.0.0).
+
+Usage: python check.py HOST PORT
+
+Every request goes through the library's synchronous `OpaClient`; there is no hand-written HTTP
+here. Each step is a short function; the first failed check exits non-zero with a message.
+"""
+
+import sys
+import traceback
+
+from opa_client import OpaClient
+from opa_client.errors import ConnectionsError, PolicyNotFoundError, RegoParseError
+
+POLICY_ID = "example/authz.rego"
+PACKAGE = "example.authz"
+
+POLICY = """package example.authz
+
+import rego.v1
+
+default allow := false
+
+allow if input.user in data.example.admins
+
+admin_count := count(data.example.admins)
+"""
+
+# Unterminated rule body: a parse error that the library's v0-to-v1 rewrite does not retry.
+BROKEN_POLICY = """package example.authz
+
+import rego.v1
+
+allow if {
+    input.user ==
+"""
+
+# Library calls the agent does not serve yet, with the reason.
+def step(name):
+    print(f"--- {name}", flush=True)
+
+
+def allow(client, user):
+    """The decision for `user`: POST /v1/data/example/authz/allow {"input": {"user": ...}}."""
+    return client.query_rule({"user": user}, PACKAGE, "allow")
+
+
+def check_health(client):
+    step("check_health")
+    assert client.check_health() is True, "check_health() is not True: GET /health did not answer 200"
+
+
+def check_connection(client):
+    step("check_connection")
+    try:
+        ok = client.check_connection()
+    except ConnectionsError as error:
+        raise AssertionError(f"check_connection() raised {error!r} (cause: {error.__cause__!r})")
+    assert ok is True, f"check_connection() returned {ok!r}, expected True"
+
+
+def upload_policy(client):
+    step("update_policy_from_string")
+    ok = client.update_policy_from_string(POLICY, POLICY_ID)
+    assert ok is True, f"update_policy_from_string() returned {ok!r}, expected True"
+
+
+def list_policies(client):
+    step("get_policies_list")
+    ids = client.get_policies_list()
+    assert ids == [POLICY_ID], f"get_policies_list() returned {ids!r}, expected [{POLICY_ID!r}]"
+
+
+def read_policy(client):
+    step("get_policy")
+    policy = client.get_policy(POLICY_ID)
+    result = policy.get("result")
+    assert isinstance(result, dict), f"get_policy() has no result object: {policy!r}"
+    assert result.get("id") == POLICY_ID, f"get_policy() id is {result.get('id')!r}: {policy!r}"
+    assert result.get("raw") == POLICY, f"get_policy() raw text differs: {result.get('raw')!r}"
+
+
+def write_admins(client, admins):
+    """Makes data.example.admins `admins`.
+
+    The library only accepts a dict (a list raises TypeException before any request), so the list
+    goes in as {"admins": [...]} at `example`: PUT /v1/data/example.
+    """
+    step(f"update_or_create_data admins={admins}")
+    ok = client.update_or_create_data({"admins": admins}, "example")
+    assert ok is True, f"update_or_create_data() returned {ok!r}, expected True"
+
+
+def check_decisions(client, expected):
+    step(f"query_rule allow {expected}")
+    for user, want in expected.items():
+        answer = allow(client, user)
+        assert answer.get("result") is want, (
+            f"allow for {user}: expected {want}, got {answer!r}"
+        )
+        assert answer.get("decision_id"), f"allow for {user}: no decision_id in {answer!r}"
+
+
+def read_admins(client, admins):
+    step("get_data example/admins")
+    data = client.get_data("example/admins")
+    assert data.get("result") == admins, f"get_data('example/admins') returned {data!r}, expected {admins!r}"
+    count = client.query_rule({}, PACKAGE, "admin_count")
+    assert count.get("result") == len(admins), f"admin_count: expected {len(admins)}, got {count!r}"
+
+
+def upload_broken_policy(client):
+    step("update_policy_from_string (broken)")
+    try:
+        client.update_policy_from_string(BROKEN_POLICY, POLICY_ID)
+    except RegoParseError as error:
+        assert error.expression == "invalid_parameter", f"RegoParseError code is {error.expression!r}"
+        assert error.errors, f"RegoParseError carries no errors: {error}"
+        location = error.errors[0].get("location", {})
+        assert {"file", "row", "col"} <= location.keys(), f"error without a location: {error.errors!r}"
+        print(f"    raised as expected: {error}", flush=True)
+    else:
+        raise AssertionError("update_policy_from_string() accepted a broken policy")
+    read_policy(client)
+    check_decisions(client, {"alice": True})
+
+
+def delete_data(client):
+    step("delete_data example")
+    assert client.delete_data("example") is True, "delete_data() did not return True"
+    try:
+        data = client.get_data("example/admins")
+    except PolicyNotFoundError:
+        pass
+    else:
+        raise AssertionError(f"data still there after delete_data(): {data!r}")
+    check_decisions(client, {"alice": False})
+
+
+def delete_policy(client):
+    step("delete_policy")
+    assert client.delete_policy(POLICY_ID) is True, "delete_policy() did not return True"
+    try:
+        policy = client.get_policy(POLICY_ID)
+    except PolicyNotFoundError as error:
+        assert error.expression == "resource_not_found", f"PolicyNotFoundError code is {error.expression!r}"
+    else:
+        raise AssertionError(f"policy still there after delete_policy(): {policy!r}")
+    answer = allow(client, "alice")
+    assert "result" not in answer, f"allow is still defined after delete_policy(): {answer!r}"
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: check.py HOST PORT")
+    host, port = sys.argv[1], int(sys.argv[2])
+    # A generous timeout: the test machine may be busy compiling.
+    with OpaClient(host=host, port=port, timeout=30) as client:
+        check_health(client)
+        check_connection(client)
+        upload_policy(client)
+        list_policies(client)
+        read_policy(client)
+        write_admins(client, ["alice"])
+        check_decisions(client, {"alice": True, "bob": False})
+        read_admins(client, ["alice"])
+        write_admins(client, ["alice", "bob"])
+        check_decisions(client, {"alice": True, "bob": True})
+        read_admins(client, ["alice", "bob"])
+        upload_broken_policy(client)
+        delete_data(client)
+        delete_policy(client)
+    print("OK: opa-python-client works against the agent", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as error:
+        sys.exit(f"FAILED: {error}")
+    except Exception as error:  # A library error we did not expect: say which one, and where.
+        traceback.print_exc()
+        sys.exit(f"FAILED: {type(error).__name__}: {error}")
