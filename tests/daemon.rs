@@ -257,3 +257,52 @@ fn the_example_config_is_valid() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("node_id = \"edge-01\""), "{stdout}");
 }
+
+#[test]
+fn policy_test_runs_the_cases_and_fails_on_a_wrong_one() {
+    let out = Command::new(BIN)
+        .args(["policy", "test"])
+        .arg(policies_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        passed >= 75 && summary.ends_with(" passed, 0 failed"),
+        "{summary}"
+    );
+
+    // A case that expects the wrong answer fails the run and says which case and why.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        policies_dir().join("incidents/recovery.rules.toml"),
+        tmp.path().join("recovery.rules.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("recovery.cases.toml"),
+        "[[case]]\nname = \"leak must not match\"\nevent = { event_type = \"memory_leak\", severity = 9 }\nmatches = []\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "test"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("FAIL:") && stdout.contains("leak must not match"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("memory_leak_recovery") && stdout.ends_with("0 passed, 1 failed\n"),
+        "{stdout}"
+    );
+}
