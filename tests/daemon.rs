@@ -175,6 +175,15 @@ fn a_bad_policy_file_stops_the_start_and_says_where() {
     );
 }
 
+/// Runs `mesh-agent check-config FILE`.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_says_exactly_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();
@@ -184,11 +193,7 @@ fn check_config_says_exactly_what_is_wrong() {
         "node_id = \"edge-7\"\nhttp_listen = \"0.0.0.0:8004\"\n[audit]\ncapacity = 500\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -202,11 +207,7 @@ fn check_config_says_exactly_what_is_wrong() {
 
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "node_id = \"edge-7\"\n\n[audit]\ncapacty = 500\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -244,11 +245,7 @@ fn json_logs_are_one_object_per_line() {
 #[test]
 fn the_example_config_is_valid() {
     let example = policies_dir().join("../deploy/agent.example.toml");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check_config(&example);
     assert!(
         out.status.success(),
         "{}",
