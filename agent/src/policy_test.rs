@@ -17,11 +17,11 @@ use mesh_proto::PolicyRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::rego::{RegoEngine, RegoSet, RegoSettings, data_path};
+use crate::engine::rego::{RegoEngine, RegoSettings, data_path};
 use crate::engine::{Engine, PolicySet};
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::opa::{self, data_tree};
+use crate::opa;
 use crate::policy::files::{self, FilesError, find_files};
 
 /// Test evaluations get a generous time limit: a case should fail on its answer, not on a slow
@@ -85,18 +85,7 @@ pub fn run(dir: &Path) -> Result<Report, FilesError> {
         time_limit: CASE_TIME_LIMIT,
     };
     let rego_dir = opa::files::read_dir(dir, settings)?;
-    let mut docs = Vec::new();
-    for (path, value) in &rego_dir.data {
-        if let Ok(writes) = data_tree::put(&docs, path, value.clone()) {
-            writes.iter().for_each(|w| w.apply_to(&mut docs));
-        }
-    }
-    let tree = data_tree::tree(&docs).unwrap_or_else(|_| serde_json::json!({}));
-    let set =
-        RegoSet::build(&rego_dir.modules, tree, 0, settings).map_err(|err| FilesError::Rego {
-            path: dir.display().to_string(),
-            source: err.into(),
-        })?;
+    let set = rego_dir.compile(dir, settings)?;
     let rego = Arc::new(RegoEngine::new(settings));
     rego.replace(set);
 

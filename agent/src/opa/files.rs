@@ -39,18 +39,25 @@ pub fn read_dir(dir: &Path, settings: RegoSettings) -> Result<RegoDir, FilesErro
         out.data.push((data_path, value));
     }
     // Check the whole directory compiles, so a bad file stops the start and says where.
-    let mut docs = Vec::new();
-    for (path, value) in &out.data {
-        let writes = data_tree::put(&docs, path, value.clone())
-            .map_err(|err| rego_error(dir, err.into()))?;
-        writes.iter().for_each(|w| w.apply_to(&mut docs));
-    }
-    let tree = data_tree::tree(&docs).map_err(|err| rego_error(dir, err.into()))?;
-    RegoSet::build(&out.modules, tree, 0, settings).map_err(|err| FilesError::Rego {
-        path: dir.join(&err.location.file).display().to_string(),
-        source: err.into(),
-    })?;
+    out.compile(dir, settings)?;
     Ok(out)
+}
+
+impl RegoDir {
+    /// The compiled set of every module and data document read from `dir`.
+    pub fn compile(&self, dir: &Path, settings: RegoSettings) -> Result<RegoSet, FilesError> {
+        let mut docs = Vec::new();
+        for (path, value) in &self.data {
+            let writes = data_tree::put(&docs, path, value.clone())
+                .map_err(|err| rego_error(dir, err.into()))?;
+            writes.iter().for_each(|w| w.apply_to(&mut docs));
+        }
+        let tree = data_tree::tree(&docs).map_err(|err| rego_error(dir, err.into()))?;
+        RegoSet::build(&self.modules, tree, 0, settings).map_err(|err| FilesError::Rego {
+            path: dir.join(&err.location.file).display().to_string(),
+            source: err.into(),
+        })
+    }
 }
 
 /// Imports what [`read_dir`] read; returns how many modules and documents changed.
