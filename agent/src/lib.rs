@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::config::{Config, LogFormat};
-use mesh_agent::{daemon, policy_test, telemetry};
+use mesh_agent::{certs, daemon, policy_test, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,31 @@ enum Command {
     /// Work with policy directories.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Create the mesh CA and node certificates for mutual TLS between nodes.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the mesh CA: DIR/ca.pem and DIR/ca.key.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue DIR/<ID>.pem and DIR/<ID>.key for a node, signed by the CA in DIR.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "ID")]
+        node_id: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +98,22 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::CheckConfig { file } => check_config(file),
         Command::Policy(PolicyCommand::Test { dir, verbose }) => policy_test(&dir, verbose),
+        Command::Certs(CertsCommand::Init { dir, force }) => match certs::init(&dir, force) {
+            Ok((cert, key)) => {
+                println!("created {} and {}", cert.display(), key.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err),
+        },
+        Command::Certs(CertsCommand::Issue { dir, node_id, days }) => {
+            match certs::issue(&dir, &node_id, days) {
+                Ok((cert, key)) => {
+                    println!("issued {} and {}", cert.display(), key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err),
+            }
+        }
     }
 }
 
