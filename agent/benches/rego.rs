@@ -64,14 +64,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("resource_limits_seed_decide_cached", |b| {
         b.iter(|| cached.decide(black_box(RULE), Some(black_box(&input))))
     });
-    // regorus's other entry point: a policy compiled for one rule.
-    let mut prepared = regorus::Engine::new();
+    // For comparison: regorus's tree-walking interpreter on the same rule (the agent uses the VM).
+    let mut interpreter = regorus::Engine::new();
     for m in &dir.modules {
-        prepared.add_policy(m.id.clone(), m.text.clone()).unwrap();
+        interpreter
+            .add_policy(m.id.clone(), m.text.clone())
+            .unwrap();
     }
-    let compiled = prepared.compile_with_entrypoint(&RULE.into()).unwrap();
-    group.bench_function("resource_limits_seed_compiled_policy", |b| {
-        b.iter(|| compiled.eval_with_input(rego_input.clone()))
+    group.bench_function("resource_limits_seed_interpreter", |b| {
+        b.iter(|| {
+            interpreter.set_input(rego_input.clone());
+            interpreter.eval_rule(RULE.to_owned())
+        })
     });
     group.finish();
 }

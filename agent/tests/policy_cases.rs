@@ -47,6 +47,26 @@ fn every_policy_case_holds() {
 }
 
 #[test]
+fn the_validation_policies_run_on_the_vm() {
+    use mesh_agent::engine::rego::RegoSettings;
+    let settings = RegoSettings {
+        time_limit: std::time::Duration::from_secs(5),
+    };
+    let dir = policies_dir();
+    let set = mesh_agent::opa::files::read_dir(&dir, settings)
+        .unwrap()
+        .compile(&dir, settings)
+        .unwrap();
+    for policy in ["resource_limits", "sla_enforcement", "feature_flags"] {
+        let path = format!("data.neuralhive.orchestrator.{policy}.result");
+        assert!(
+            set.runs_on_vm(&path),
+            "{path} falls back to the interpreter"
+        );
+    }
+}
+
+#[test]
 fn a_wrong_expectation_fails_its_case() {
     // The runner must be able to fail: copy a policy with its cases and break one expectation.
     let tmp = tempfile::tempdir().unwrap();

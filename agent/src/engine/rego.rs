@@ -6,14 +6,22 @@
 //! the prepared engine of the current set (clones share the parsed modules) and re-clones only when
 //! the set changes. Every evaluation runs under the configured time limit (regorus checks it
 //! cooperatively as it works).
+//!
+//! A rule path (`data.pkg.rule`) is evaluated by regorus's register VM: the first evaluation of a
+//! path on a thread compiles the rule to a program (once per set), and later ones run the program,
+//! several times faster than the tree-walking interpreter. Paths the VM cannot take (packages,
+//! data, rules it cannot compile) go to the interpreter.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 /// regorus's answer when a path is not a rule (a package, data, or a partial path): such paths are
@@ -85,6 +93,8 @@ pub struct RegoSettings {
 /// Compiled modules and data at one store revision.
 pub struct RegoSet {
     template: regorus::Engine,
+    /// The `data` tree, for the VM programs.
+    data: regorus::Value,
     /// Distinguishes sets for the per-thread clones (revisions can repeat across restarts).
     generation: u64,
     revision: u64,
@@ -97,6 +107,16 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// This thread's clone of the current set's engine: (generation, engine).
     static WORKER: RefCell<Option<(u64, regorus::Engine)>> = const { RefCell::new(None) };
+    /// This thread's VM programs of the current set, by rule path (`None`: the VM cannot take it).
+    static PROGRAMS: RefCell<(u64, HashMap<String, Option<RegoVM>>)> = RefCell::new((0, HashMap::new()));
+}
+
+fn timer(settings: RegoSettings) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: settings.time_limit,
+        // Checking the clock every 64 work units keeps the overhead small and the overrun short.
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    }
 }
 
 impl RegoSet {
@@ -109,18 +129,15 @@ impl RegoSet {
         settings: RegoSettings,
     ) -> Result<RegoSet, CompileError> {
         let mut engine = regorus::Engine::new();
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: settings.time_limit,
-            // Checking the clock every 64 work units keeps the overhead small and the overrun short.
-            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-        });
+        engine.set_execution_timer_config(timer(settings));
         for module in modules {
             engine
                 .add_policy(module.id.clone(), module.text.clone())
                 .map_err(|err| compile_error("rego_parse_error", &module.id, &err))?;
         }
+        let data = regorus::Value::from(data);
         engine
-            .add_data(regorus::Value::from(data))
+            .add_data(data.clone())
             .map_err(|err| compile_error("rego_compile_error", "data", &err))?;
         // Preparing (dependency analysis, scheduling) happens on first evaluation: do it now, so
         // that errors surface when a module is saved and clones start prepared.
@@ -130,6 +147,7 @@ impl RegoSet {
             .map_err(|err| compile_error("rego_compile_error", file, &err))?;
         Ok(RegoSet {
             template: engine,
+            data,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             revision,
             settings,
@@ -145,6 +163,7 @@ impl RegoSet {
             // would report the failure instead.
             Err(_) => RegoSet {
                 template: regorus::Engine::new(),
+                data: regorus::Value::new_object(),
                 generation: GENERATION.fetch_add(1, Ordering::Relaxed),
                 revision: 0,
                 settings,
@@ -174,6 +193,68 @@ impl RegoSet {
         path: &str,
         input: Option<regorus::Value>,
     ) -> Result<Option<regorus::Value>, EvalError> {
+        let input = input.unwrap_or(regorus::Value::Undefined);
+        if let Some(result) = self.run_program(path, &input) {
+            return result;
+        }
+        self.interpret(path, input)
+    }
+
+    /// Runs the VM program of `path`, compiling it on first use; `None` if the VM cannot take it.
+    fn run_program(
+        &self,
+        path: &str,
+        input: &regorus::Value,
+    ) -> Option<Result<Option<regorus::Value>, EvalError>> {
+        PROGRAMS.with(|cell| {
+            let mut programs = cell.borrow_mut();
+            if programs.0 != self.generation {
+                *programs = (self.generation, HashMap::new());
+            }
+            if !programs.1.contains_key(path) {
+                let vm = self.compile_program(path);
+                programs.1.insert(path.to_owned(), vm);
+            }
+            let vm = programs.1.get_mut(path)?.as_mut()?;
+            vm.set_input(input.clone());
+            Some(match vm.execute_entry_point_by_name(path) {
+                Ok(value) => Ok((value != regorus::Value::Undefined).then_some(value)),
+                Err(regorus::rvm::vm::VmError::TimeLimitExceeded { .. }) => {
+                    Err(EvalError::TimeLimit {
+                        path: path.to_owned(),
+                        limit_ms: self.settings.time_limit.as_millis() as u64,
+                    })
+                }
+                Err(err) => Err(self.eval_error(path, &anyhow::anyhow!("{err}"))),
+            })
+        })
+    }
+
+    /// Whether `path` runs on the VM (a rule the compiler takes) rather than the interpreter.
+    pub fn runs_on_vm(&self, path: &str) -> bool {
+        self.compile_program(path).is_some()
+    }
+
+    fn compile_program(&self, path: &str) -> Option<RegoVM> {
+        let mut engine = self.template.clone();
+        let compiled = engine.compile_with_entrypoint(&path.into()).ok()?;
+        let program = Compiler::compile_from_policy(&compiled, &[path]).ok()?;
+        let mut vm = RegoVM::new_with_policy(compiled);
+        vm.load_program(program);
+        vm.set_data(self.data.clone()).ok()?;
+        // The VM's own default stops after 25,000 instructions; the time limit is what bounds an
+        // evaluation here, as it does for the interpreter.
+        vm.set_max_instructions(usize::MAX);
+        vm.set_execution_timer_config(Some(timer(self.settings)));
+        Some(vm)
+    }
+
+    /// Evaluates with this thread's clone of the interpreter.
+    fn interpret(
+        &self,
+        path: &str,
+        input: regorus::Value,
+    ) -> Result<Option<regorus::Value>, EvalError> {
         WORKER.with(|cell| {
             let mut slot = cell.borrow_mut();
             let engine = match &mut *slot {
@@ -186,7 +267,7 @@ impl RegoSet {
                     }
                 }
             };
-            engine.set_input(input.unwrap_or(regorus::Value::Undefined));
+            engine.set_input(input);
             let value = match engine.eval_rule(path.to_owned()) {
                 Ok(value) => value,
                 Err(err) if err.to_string() == NOT_A_RULE => self.query(engine, path)?,
@@ -364,6 +445,39 @@ mod tests {
         );
         assert_eq!(set.evaluate("data.nothing.here", None).unwrap(), None);
         assert_eq!(set.revision(), 7);
+    }
+
+    #[test]
+    fn rules_run_on_the_vm_and_other_paths_on_the_interpreter() {
+        let set = RegoSet::build(
+            &[module(
+                "ex.rego",
+                "package ex\n\nallow if input.n > data.limit\n",
+            )],
+            serde_json::json!({"limit": 2}),
+            1,
+            settings(),
+        )
+        .unwrap();
+        let n = |n: i64| Some(regorus::Value::from(serde_json::json!({"n": n})));
+        assert_eq!(
+            set.evaluate("data.ex.allow", n(3)).unwrap(),
+            Some(regorus::Value::from(true))
+        );
+        assert_eq!(set.evaluate("data.ex.allow", n(1)).unwrap(), None);
+        assert!(set.evaluate("data.ex", n(3)).unwrap().is_some());
+        PROGRAMS.with(|cell| {
+            let programs = cell.borrow();
+            assert_eq!(programs.0, set.generation);
+            assert!(
+                programs.1["data.ex.allow"].is_some(),
+                "the rule has a VM program"
+            );
+            assert!(
+                programs.1["data.ex"].is_none(),
+                "a package is not a rule: interpreter"
+            );
+        });
     }
 
     #[test]
