@@ -154,23 +154,33 @@ fn importing_policy_files_is_idempotent() {
 
 #[test]
 fn a_bad_policy_file_stops_the_start_and_says_where() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("broken.rules.toml"),
+    let start_with = |file: &str, text: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(file), text).unwrap();
+        let out = Command::new(BIN)
+            .args(["run", "--http-listen", "127.0.0.1:0", "--policies"])
+            .arg(tmp.path())
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = start_with(
+        "broken.rules.toml",
         "[[policy]]\nname = \"b\"\n[policy.definition]\ncondition = \"incident.severity >\"\naction = \"a\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--http-listen", "127.0.0.1:0", "--policies"])
-        .arg(tmp.path())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         stderr.contains("broken.rules.toml") && stderr.contains("definition.condition"),
+        "{stderr}"
+    );
+    let stderr = start_with(
+        "broken.rego",
+        "package broken\n\nallow if {\n  input.x ==\n}\n",
+    );
+    assert!(
+        stderr.contains("broken.rego") && stderr.contains("rego_parse_error"),
         "{stderr}"
     );
 }

@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let settings = RegoSettings {
         time_limit: Duration::from_millis(250),
     };
-    let dir = files::read_dir(&root, settings).unwrap();
+    let dir = files::read_dir(&root).unwrap();
     let set = RegoSet::build(&dir.modules, serde_json::json!({}), 1, settings).unwrap();
     let input: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(

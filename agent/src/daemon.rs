@@ -70,7 +70,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (rego_changed, summary) = tokio::task::spawn_blocking(move || {
             // Everything is read and checked before anything is imported; Rego goes first, since
             // incident rules may name Rego rules.
-            let rego_dir = opa::files::read_dir(&dir, rego_settings)?;
+            let rego_dir = opa::files::read_dir(&dir)?;
+            // A directory that does not compile stops the start, saying which file.
+            rego_dir.compile(&dir, rego_settings)?;
             let rules = files::read_dir(&dir)?;
             let rego_changed = opa::files::import(&rego, rego_dir)?;
             anyhow::Ok((rego_changed, files::import(&service, rules)?))

@@ -84,7 +84,7 @@ pub fn run(dir: &Path) -> Result<Report, FilesError> {
     let settings = RegoSettings {
         time_limit: CASE_TIME_LIMIT,
     };
-    let rego_dir = opa::files::read_dir(dir, settings)?;
+    let rego_dir = opa::files::read_dir(dir)?;
     let set = rego_dir.compile(dir, settings)?;
     let rego = Arc::new(RegoEngine::new(settings));
     rego.replace(set);

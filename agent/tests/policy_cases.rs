@@ -53,7 +53,7 @@ fn the_validation_policies_run_on_the_vm() {
         time_limit: std::time::Duration::from_secs(5),
     };
     let dir = policies_dir();
-    let set = mesh_agent::opa::files::read_dir(&dir, settings)
+    let set = mesh_agent::opa::files::read_dir(&dir)
         .unwrap()
         .compile(&dir, settings)
         .unwrap();

@@ -58,8 +58,3 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
         source,
     })
 }
-
-/// The format byte of stored bytes, if any: lets a migration pick the decoder.
-pub fn format_of(bytes: &[u8]) -> Option<u8> {
-    bytes.first().copied()
-}

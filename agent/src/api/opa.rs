@@ -1,6 +1,7 @@
 //! OPA's REST API (`/v1/policies`, `/v1/data`) and `/v1/validate`, with OPA's request and response
 //! shapes, so that OPA clients work against the agent unchanged.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -9,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::engine::rego::data_path;
@@ -199,7 +200,7 @@ pub async fn delete_data(
 pub async fn get_data_root(
     state: State<AppState>,
     query: Result<Query<OpaQuery>, QueryRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Json<DecisionBody>, OpaApiError> {
     get_data(state, Path(String::new()), query).await
 }
 
@@ -207,7 +208,7 @@ pub async fn get_data(
     State(state): State<AppState>,
     Path(path): Path<String>,
     query: Result<Query<OpaQuery>, QueryRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Json<DecisionBody>, OpaApiError> {
     let Query(query) = query?;
     Ok(Json(decide(&state, &path, None, query.metrics, None)))
 }
@@ -216,7 +217,7 @@ pub async fn post_data_root(
     state: State<AppState>,
     query: Result<Query<OpaQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Json<DecisionBody>, OpaApiError> {
     post_data(state, Path(String::new()), query, body).await
 }
 
@@ -225,26 +226,14 @@ pub async fn post_data(
     Path(path): Path<String>,
     query: Result<Query<OpaQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Json<DecisionBody>, OpaApiError> {
     let Query(query) = query?;
     let body = body?;
-    let mut warning = None;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
-        warning = Some(
-            json!({"code": "api_usage_warning", "message": "'input' key missing from the request"}),
-        );
         None
     } else {
         match parse_json(&body)? {
-            Value::Object(mut request) => {
-                let input = request.remove("input");
-                if input.is_none() {
-                    warning = Some(
-                        json!({"code": "api_usage_warning", "message": "'input' key missing from the request"}),
-                    );
-                }
-                input
-            }
+            Value::Object(mut request) => request.remove("input"),
             _ => {
                 return Err(OpaApiError::invalid(
                     "the request body must be an object like {\"input\": ...}",
@@ -252,6 +241,10 @@ pub async fn post_data(
             }
         }
     };
+    // OPA answers without input, and says so.
+    let warning = input.is_none().then(
+        || json!({"code": "api_usage_warning", "message": "'input' key missing from the request"}),
+    );
     Ok(Json(decide(
         &state,
         &path,
@@ -261,52 +254,51 @@ pub async fn post_data(
     )))
 }
 
-/// Makes one decision and shapes it like OPA: `result` (absent when undefined), `decision_id`, and
-/// `metrics` when asked. A failed evaluation is answered by the fail mode, with the error beside it.
+/// A decision in OPA's shape: `result` (absent when undefined), `decision_id`, and `metrics` when
+/// asked. A failed evaluation is answered by the fail mode, with the `error` beside it.
+#[derive(Serialize)]
+pub struct DecisionBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Arc<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    decision_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<Value>,
+}
+
+/// Makes one decision. The result is shared with the cache, not copied.
 fn decide(
     state: &AppState,
     path: &str,
     input: Option<&Value>,
     metrics: bool,
     warning: Option<Value>,
-) -> Value {
+) -> DecisionBody {
     let started = Instant::now();
     let decision = state.evaluator.decide(&data_path(path), input);
-    let mut out = Map::new();
-    match &decision.result {
-        Ok(Some(value)) => {
-            out.insert("result".into(), (**value).clone());
-        }
-        Ok(None) => {}
-        Err(err) => {
-            out.insert(
-                "result".into(),
-                fail_decision(state.evaluator.fail_mode(), err),
-            );
-            out.insert(
-                "error".into(),
-                json!({"code": err.kind(), "message": err.to_string()}),
-            );
-        }
-    }
-    out.insert(
-        "decision_id".into(),
-        Value::from(uuid::Uuid::new_v4().to_string()),
-    );
-    if metrics {
-        out.insert(
-            "metrics".into(),
+    let (result, error) = match decision.result {
+        Ok(value) => (value, None),
+        Err(err) => (
+            Some(Arc::new(fail_decision(state.evaluator.fail_mode(), &err))),
+            Some(json!({"code": err.kind(), "message": err.to_string()})),
+        ),
+    };
+    DecisionBody {
+        result,
+        error,
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        metrics: metrics.then(|| {
             json!({
                 "timer_rego_query_eval_ns": decision.eval_ns,
                 "timer_server_handler_ns": started.elapsed().as_nanos() as u64,
                 "counter_decision_cache_hit": u64::from(decision.cached),
-            }),
-        );
+            })
+        }),
+        warning,
     }
-    if let Some(warning) = warning {
-        out.insert("warning".into(), warning);
-    }
-    Value::Object(out)
 }
 
 // ---- /v1/validate ----

@@ -157,18 +157,15 @@ impl RegoSet {
 
     /// An empty set (no modules, empty data).
     pub fn empty(settings: RegoSettings) -> RegoSet {
-        match RegoSet::build(&[], serde_json::json!({}), 0, settings) {
-            Ok(set) => set,
-            // An engine with nothing in it prepares without error; if it ever did not, evaluations
-            // would report the failure instead.
-            Err(_) => RegoSet {
-                template: regorus::Engine::new(),
-                data: regorus::Value::new_object(),
-                generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-                revision: 0,
-                settings,
-                modules: 0,
-            },
+        let mut template = regorus::Engine::new();
+        template.set_execution_timer_config(timer(settings));
+        RegoSet {
+            template,
+            data: regorus::Value::new_object(),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            revision: 0,
+            settings,
+            modules: 0,
         }
     }
 

@@ -20,8 +20,8 @@ pub struct RegoDir {
     pub data: Vec<(String, Value)>,
 }
 
-/// Reads every module and data document under `dir` and checks that they compile together.
-pub fn read_dir(dir: &Path, settings: RegoSettings) -> Result<RegoDir, FilesError> {
+/// Reads every module and data document under `dir` ([`RegoDir::compile`] checks them).
+pub fn read_dir(dir: &Path) -> Result<RegoDir, FilesError> {
     let mut out = RegoDir::default();
     for path in find_files(dir, &|name| name.ends_with(".rego"))? {
         out.modules.push(ModuleSource {
@@ -38,13 +38,12 @@ pub fn read_dir(dir: &Path, settings: RegoSettings) -> Result<RegoDir, FilesErro
         let data_path = path.parent().map(|p| relative(dir, p)).unwrap_or_default();
         out.data.push((data_path, value));
     }
-    // Check the whole directory compiles, so a bad file stops the start and says where.
-    out.compile(dir, settings)?;
     Ok(out)
 }
 
 impl RegoDir {
-    /// The compiled set of every module and data document read from `dir`.
+    /// The compiled set of every module and data document read from `dir`; an error names the
+    /// file.
     pub fn compile(&self, dir: &Path, settings: RegoSettings) -> Result<RegoSet, FilesError> {
         let mut docs = Vec::new();
         for (path, value) in &self.data {
