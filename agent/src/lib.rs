@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod decision;
 pub mod engine;
 pub mod event;
+pub mod identity;
 pub mod metrics;
 pub mod opa;
 pub mod policy;

@@ -10,10 +10,12 @@ pub mod audit;
 pub mod clock;
 pub mod codec;
 pub mod document;
+pub mod mesh;
 pub mod policy;
 
 pub use audit::{AuditRecord, AuditResult};
 pub use clock::Hlc;
 pub use codec::{DecodeError, Record, decode, encode};
 pub use document::{DocKind, DocumentChange, DocumentRecord};
+pub use mesh::{LoggedChange, ReplicaItem, SignedChange};
 pub use policy::{ChangeOp, PolicyChange, PolicyRecord, PolicyRecordV1};

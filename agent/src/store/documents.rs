@@ -3,7 +3,7 @@
 //! Writes come as a list applied in one transaction ([`Store::write_documents`]), because one
 //! request can touch several documents (a data PUT replaces the documents below its path).
 
-use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord, decode, encode};
+use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord, ReplicaItem, decode, encode};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::schema::{DOCUMENT_HISTORY, DOCUMENTS};
@@ -61,7 +61,13 @@ impl Store {
         self.write(|txn, now| {
             let mut out = Vec::with_capacity(writes.len());
             for write in writes {
-                if let Some(record) = apply(txn, now, self.node_id(), write)? {
+                if let Some((record, deleted)) = apply(txn, now, self.node_id(), write)? {
+                    super::replica::record_local(
+                        txn,
+                        ReplicaItem::Document(record.clone()),
+                        deleted,
+                        self.signer(),
+                    )?;
                     out.push(record);
                 }
             }
@@ -127,7 +133,7 @@ fn apply(
     now: Now,
     author: &str,
     write: DocWrite,
-) -> Result<Option<DocumentRecord>, StoreError> {
+) -> Result<Option<(DocumentRecord, bool)>, StoreError> {
     let (kind, name, body, op) = match write {
         DocWrite::Put { kind, name, body } => (kind, name, Some(body), ChangeOp::Update),
         DocWrite::Delete { kind, name } => (kind, name, None, ChangeOp::Delete),
@@ -185,7 +191,7 @@ fn apply(
         .ctx("open document history")?
         .insert((key.as_str(), record.version), encode(&change).as_slice())
         .ctx("write document history")?;
-    Ok(Some(record))
+    Ok(Some((record, op == ChangeOp::Delete)))
 }
 
 fn last_history_version(txn: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
@@ -201,7 +207,7 @@ fn last_history_version(txn: &WriteTransaction, key: &str) -> Result<u64, StoreE
     Ok(last.map_or(0, |(k, _)| k.value().1))
 }
 
-fn decode_document(bytes: &[u8]) -> Result<DocumentRecord, StoreError> {
+pub(super) fn decode_document(bytes: &[u8]) -> Result<DocumentRecord, StoreError> {
     decode(bytes).map_err(|source| StoreError::Decode {
         context: "document",
         source,

@@ -12,7 +12,7 @@ use super::schema::{
     AUDIT, DOCUMENT_HISTORY, DOCUMENTS, META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID,
     META_REVISION, META_SCHEMA, POLICIES, POLICY_HISTORY, POLICY_NAMES, SCHEMA_VERSION,
 };
-use super::{DbContext, StoreError};
+use super::{DbContext, StoreError, replica};
 
 /// Migrates `db` to the current schema; `node_id` becomes the author of versions the old schema
 /// did not attribute.
@@ -34,6 +34,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
                 v1_to_v2(&txn, node_id)?;
             }
             // 2 -> 3 only adds the document tables, created below like every table.
+            if v < 4 {
+                v3_to_v4(&txn)?;
+            }
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -45,12 +48,37 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
     txn.open_table(DOCUMENTS).ctx("create documents")?;
     txn.open_table(DOCUMENT_HISTORY)
         .ctx("create document history")?;
+    txn.open_table(replica::REPLICA).ctx("create replica")?;
+    txn.open_table(replica::REPLICA_LOG)
+        .ctx("create replica log")?;
+    txn.open_table(replica::NODE_CERTS)
+        .ctx("create node certs")?;
+    txn.open_table(replica::PEER_CURSORS)
+        .ctx("create peer cursors")?;
+    if found.is_none_or(|v| v < 4) {
+        // Drawn once per data file: peers key their cursors by it (see `store::replica`).
+        let incarnation = u64::from_le_bytes(
+            *uuid::Uuid::new_v4()
+                .as_bytes()
+                .first_chunk()
+                .unwrap_or(&[1; 8]),
+        );
+        txn.open_table(META)
+            .ctx("open meta")?
+            .insert(replica::META_INCARNATION, incarnation)
+            .ctx("write incarnation")?;
+    }
     txn.open_table(META)
         .ctx("create meta")?
         .insert(META_SCHEMA, SCHEMA_VERSION)
         .ctx("write schema version")?;
     txn.commit().ctx("commit migration")?;
     Ok(())
+}
+
+/// Schema 3 -> 4: the current policies and documents become the replica's first entries.
+fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    replica::seed_from_current(txn)
 }
 
 /// The schema a file was written with; `None` for a file no agent has written yet.

@@ -7,13 +7,18 @@
 mod documents;
 mod ids;
 pub mod migrate;
+pub mod replica;
+#[cfg(test)]
+mod replica_tests;
 pub mod schema;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mesh_proto::{ChangeOp, DecodeError, Hlc, PolicyChange, PolicyRecord, decode, encode};
+use mesh_proto::{
+    ChangeOp, DecodeError, Hlc, PolicyChange, PolicyRecord, ReplicaItem, decode, encode,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use schema::{
@@ -23,6 +28,7 @@ use schema::{
 
 pub use documents::DocWrite;
 pub use ids::MAX_ID;
+pub use replica::{MergeOutcome, ReplicaRevision};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    #[error("cannot sign a change: {0}")]
+    Sign(String),
     #[error("{context}: {source}")]
     Decode {
         context: &'static str,
@@ -90,6 +98,8 @@ pub struct Store {
     node_tag: u64,
     /// Serializes writers so the clock and id counter advance in commit order.
     writer: Mutex<()>,
+    /// This node's key, once it is in a mesh: local changes are signed with it.
+    signer: OnceLock<Arc<crate::identity::Signer>>,
 }
 
 impl Store {
@@ -105,6 +115,7 @@ impl Store {
             node_id: node_id.to_owned(),
             node_tag: ids::node_tag(node_id),
             writer: Mutex::new(()),
+            signer: OnceLock::new(),
         })
     }
 
@@ -137,6 +148,12 @@ impl Store {
             };
             put_policy(txn, &record, None)?;
             record_change(txn, ChangeOp::Create, &record)?;
+            replica::record_local(
+                txn,
+                ReplicaItem::Policy(record.clone()),
+                false,
+                self.signer(),
+            )?;
             Ok(record)
         })
     }
@@ -172,6 +189,12 @@ impl Store {
             };
             put_policy(txn, &record, Some(&current.name))?;
             record_change(txn, ChangeOp::Update, &record)?;
+            replica::record_local(
+                txn,
+                ReplicaItem::Policy(record.clone()),
+                false,
+                self.signer(),
+            )?;
             Ok(record)
         })
     }
@@ -196,6 +219,12 @@ impl Store {
                 ..current
             };
             record_change(txn, ChangeOp::Delete, &tombstone)?;
+            replica::record_local(
+                txn,
+                ReplicaItem::Policy(tombstone.clone()),
+                true,
+                self.signer(),
+            )?;
             Ok(tombstone)
         })
     }

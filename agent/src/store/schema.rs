@@ -5,11 +5,13 @@
 //! - 2: adds a version, clock stamp and author to every policy (`PolicyRecord`), the `policy_names`
 //!   index, the `policy_history` of every change, and the `audit` ring.
 //! - 3: adds `documents` (Rego modules and data documents) and their `document_history`.
+//! - 4: adds replication (`store::replica`): `replica`, `replica_log`, `node_certs`,
+//!   `peer_cursors`, and the file's incarnation.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
