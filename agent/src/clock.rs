@@ -12,6 +12,13 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// `2026-11-23T09:41:07.123456Z`.
 pub fn rfc3339(unix_us: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_us) * 1_000)

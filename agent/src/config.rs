@@ -57,6 +57,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
+    pub mesh: MeshConfig,
 }
 
 /// What a Rego decision is when its evaluation fails (time limit, or an error in the policy).
@@ -92,6 +93,50 @@ impl Default for RegoConfig {
     }
 }
 
+/// Joining a mesh: gossip over QUIC with mutual TLS. Without `tls_dir` the node runs alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Directory with `ca.pem`, `<node-id>.pem` and `<node-id>.key` (from `mesh-agent certs`).
+    pub tls_dir: Option<PathBuf>,
+    /// Nodes of another cluster id are ignored.
+    pub cluster_id: String,
+    /// UDP address gossip (QUIC) listens on.
+    pub gossip_listen: SocketAddr,
+    /// Address peers reach this node at; default: `gossip_listen`, or, if that is a wildcard,
+    /// this host's address on the route to the first seed.
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses (`host:port`) of nodes to join through.
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds.
+    pub gossip_interval_ms: u64,
+    /// Failure detector: phi above which a node is dead (higher: slower and surer).
+    pub phi_threshold: f64,
+    /// A live node not heard from for this long is shown as `suspect`.
+    pub suspect_after_ms: u64,
+    /// How long a dead node stays listed before it is forgotten.
+    pub dead_node_grace_sec: u64,
+    /// How long a delete is remembered (see ARCHITECTURE.md: a node away longer rejoins empty).
+    pub tombstone_ttl_sec: u64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig {
+            tls_dir: None,
+            cluster_id: "mesh-agent".into(),
+            gossip_listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            gossip_advertise: None,
+            seeds: Vec::new(),
+            gossip_interval_ms: 200,
+            phi_threshold: 8.0,
+            suspect_after_ms: 2_000,
+            dead_node_grace_sec: 24 * 3600,
+            tombstone_ttl_sec: 7 * 24 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
@@ -112,6 +157,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -130,6 +176,9 @@ impl Default for AuditConfig {
 enum Kind {
     Text,
     Integer,
+    Float,
+    /// Comma-separated.
+    List,
 }
 
 /// Every key, with its type; an environment variable for any other key is refused as a typo.
@@ -146,6 +195,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("rego.fail_mode", Kind::Text),
     ("rego.cache_ttl_sec", Kind::Integer),
     ("rego.cache_entries", Kind::Integer),
+    ("mesh.tls_dir", Kind::Text),
+    ("mesh.cluster_id", Kind::Text),
+    ("mesh.gossip_listen", Kind::Text),
+    ("mesh.gossip_advertise", Kind::Text),
+    ("mesh.seeds", Kind::List),
+    ("mesh.gossip_interval_ms", Kind::Integer),
+    ("mesh.phi_threshold", Kind::Float),
+    ("mesh.suspect_after_ms", Kind::Integer),
+    ("mesh.dead_node_grace_sec", Kind::Integer),
+    ("mesh.tombstone_ttl_sec", Kind::Integer),
 ];
 
 impl Config {
@@ -196,6 +255,7 @@ impl Config {
                 message: "must be between 1 and 60000".into(),
             });
         }
+        self.mesh.validate()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",
@@ -229,6 +289,43 @@ impl Config {
 
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.audit.commit_interval_ms)
+    }
+}
+
+impl MeshConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        if !(10..=60_000).contains(&self.gossip_interval_ms) {
+            return Err(invalid(
+                "mesh.gossip_interval_ms",
+                "must be between 10 and 60000",
+            ));
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return Err(invalid("mesh.phi_threshold", "must be a positive number"));
+        }
+        if self.cluster_id.is_empty() {
+            return Err(invalid("mesh.cluster_id", "must not be empty"));
+        }
+        if self.tombstone_ttl_sec < 60 {
+            return Err(invalid("mesh.tombstone_ttl_sec", "must be at least 60"));
+        }
+        for seed in &self.seeds {
+            if !seed.contains(':') {
+                return Err(ConfigError::Invalid {
+                    key: "mesh.seeds",
+                    message: format!("`{seed}` is not host:port"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
     }
 }
 
@@ -293,6 +390,19 @@ fn apply_env(
                     message: format!("expected an integer, found `{text}`"),
                 })?)
             }
+            Kind::Float => {
+                toml::Value::Float(text.trim().parse().map_err(|_| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("expected a number, found `{text}`"),
+                })?)
+            }
+            Kind::List => toml::Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_owned()))
+                    .collect(),
+            ),
         };
         set_path(table, key, value);
     }
@@ -383,6 +493,16 @@ mod tests {
                 ("MESH_AGENT_REGO_FAIL_MODE", "fail_open"),
                 ("MESH_AGENT_REGO_CACHE_TTL_SEC", "0"),
                 ("MESH_AGENT_REGO_CACHE_ENTRIES", "3"),
+                ("MESH_AGENT_MESH_TLS_DIR", "/tls"),
+                ("MESH_AGENT_MESH_CLUSTER_ID", "c"),
+                ("MESH_AGENT_MESH_GOSSIP_LISTEN", "127.0.0.1:2"),
+                ("MESH_AGENT_MESH_GOSSIP_ADVERTISE", "10.0.0.1:3"),
+                ("MESH_AGENT_MESH_SEEDS", "a:1, b:2"),
+                ("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "100"),
+                ("MESH_AGENT_MESH_PHI_THRESHOLD", "6.5"),
+                ("MESH_AGENT_MESH_SUSPECT_AFTER_MS", "11"),
+                ("MESH_AGENT_MESH_DEAD_NODE_GRACE_SEC", "12"),
+                ("MESH_AGENT_MESH_TOMBSTONE_TTL_SEC", "3600"),
             ]),
         )
         .unwrap();
@@ -402,6 +522,18 @@ mod tests {
                 fail_mode: FailMode::FailOpen,
                 cache_ttl_sec: 0,
                 cache_entries: 3,
+            },
+            mesh: MeshConfig {
+                tls_dir: Some("/tls".into()),
+                cluster_id: "c".into(),
+                gossip_listen: "127.0.0.1:2".parse().unwrap(),
+                gossip_advertise: Some("10.0.0.1:3".parse().unwrap()),
+                seeds: vec!["a:1".into(), "b:2".into()],
+                gossip_interval_ms: 100,
+                phi_threshold: 6.5,
+                suspect_after_ms: 11,
+                dead_node_grace_sec: 12,
+                tombstone_ttl_sec: 3600,
             },
         };
         assert_eq!(config, expected);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::api::{self, AppState};
 use crate::audit::{AuditLog, AuditSettings};
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::decision::Decider;
 use crate::engine::Engine;
 use crate::engine::rego::{RegoEngine, RegoSettings};
+use crate::mesh::{Mesh, MeshSettings, OnMerged};
 use crate::metrics::Metrics;
 use crate::opa::{self, Evaluator, RegoService};
 use crate::policy::{PolicyService, files};
@@ -25,7 +26,7 @@ pub const DATA_FILE: &str = "agent.redb";
 /// Runs the agent until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node_id = config.resolved_node_id();
-    info!(node_id = %node_id, version = env!("CARGO_PKG_VERSION"), "starting mesh-agent (single node: no mesh configured)");
+    info!(node_id = %node_id, version = env!("CARGO_PKG_VERSION"), "starting mesh-agent");
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -95,6 +96,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         AuditLog::start(store.database(), audit_settings, Arc::clone(&metrics))?;
     let decider = Arc::new(Decider::new(engine, audit.clone(), node_id.clone()));
 
+    let mesh = match MeshSettings::from_config(&node_id, &config.mesh) {
+        Some(settings) => {
+            let policies = Arc::clone(&policies);
+            let rego = Arc::clone(&rego);
+            let on_merged: OnMerged = Arc::new(move |outcome| {
+                // Documents first: merged incident rules may name merged Rego rules.
+                if outcome.documents_changed {
+                    if let Err(err) = rego.reload() {
+                        error!(error = %err, "reloading Rego after a merge");
+                    }
+                }
+                if outcome.policies_changed {
+                    if let Err(err) = policies.reload() {
+                        error!(error = %err, "reloading policies after a merge");
+                    }
+                }
+            });
+            Some(Arc::new(
+                Mesh::start(settings, Arc::clone(&store), on_merged).await?,
+            ))
+        }
+        None => {
+            info!(
+                "no mesh.tls_dir: running alone (give --tls-dir with certificates from `mesh-agent certs` to join a mesh)"
+            );
+            None
+        }
+    };
+
     let state = AppState {
         policies,
         rego,
@@ -103,6 +133,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit,
         metrics,
         node_id: Arc::from(node_id.as_str()),
+        store: Arc::clone(&store),
+        mesh: mesh.clone(),
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -114,6 +146,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
 
+    if let Some(mesh) = mesh.and_then(|m| Arc::into_inner(m)) {
+        mesh.shutdown().await;
+    }
     info!("HTTP API stopped; flushing the audit ring");
     audit_writer.close().await;
     info!("mesh-agent stopped");

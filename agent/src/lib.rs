@@ -15,6 +15,7 @@ pub mod decision;
 pub mod engine;
 pub mod event;
 pub mod identity;
+pub mod mesh;
 pub mod metrics;
 pub mod opa;
 pub mod policy;

@@ -90,6 +90,21 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Join a mesh with the certificates in DIR (ca.pem, <node-id>.pem, <node-id>.key).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// UDP address gossip (QUIC) listens on [default: 0.0.0.0:7946].
+    #[arg(long, value_name = "ADDR")]
+    gossip_listen: Option<SocketAddr>,
+    /// Address peers reach this node at.
+    #[arg(long, value_name = "ADDR")]
+    gossip_advertise: Option<SocketAddr>,
+    /// Gossip address of a node to join through (repeatable); replaces the configured seeds.
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<String>,
+    /// Cluster id; nodes of another cluster are ignored.
+    #[arg(long, value_name = "ID")]
+    cluster_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -136,6 +151,21 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if let Some(dir) = args.tls_dir {
+        config.mesh.tls_dir = Some(dir);
+    }
+    if let Some(addr) = args.gossip_listen {
+        config.mesh.gossip_listen = addr;
+    }
+    if let Some(addr) = args.gossip_advertise {
+        config.mesh.gossip_advertise = Some(addr);
+    }
+    if !args.seeds.is_empty() {
+        config.mesh.seeds = args.seeds;
+    }
+    if let Some(id) = args.cluster_id {
+        config.mesh.cluster_id = id;
     }
     if let Err(err) = config.validate() {
         return fail(&err);

@@ -9,6 +9,7 @@ mod error;
 mod evaluate;
 mod health;
 mod json;
+mod mesh;
 mod opa;
 mod policies;
 
@@ -37,6 +38,9 @@ pub struct AppState {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub node_id: Arc<str>,
+    pub store: Arc<crate::store::Store>,
+    /// `None` when the node runs alone.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 /// All routes, with request bodies limited to `max_body_bytes`.
@@ -55,6 +59,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/audit", get(audit::read))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .route("/mesh", get(mesh::view))
+        .route("/mesh/members", get(mesh::members))
         // OPA's router treats a trailing slash as the same route (clients send `/v1/policies/`).
         .route("/v1/policies", get(opa::list_policies))
         .route("/v1/policies/", get(opa::list_policies))

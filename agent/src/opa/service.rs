@@ -104,6 +104,29 @@ impl RegoService {
         self.engine.current().module_count()
     }
 
+    /// Recompiles what the store holds and swaps it in: after the mesh merged changes from peers.
+    /// If the merged set does not compile here (it compiled at its author), the set in force stays.
+    pub fn reload(&self) -> Result<(), OpaError> {
+        let _guard = self.lock();
+        let modules = self.store.list_documents(DocKind::RegoModule)?;
+        let data = self.store.list_documents(DocKind::Data)?;
+        let revision = self.store.revision()?;
+        match self.build(&modules, &data) {
+            Ok(set) => {
+                info!(
+                    revision,
+                    modules = modules.len(),
+                    "Rego policy set loaded (merged from the mesh)"
+                );
+                self.swap(set.at_revision(revision));
+            }
+            Err(err) => {
+                error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
+            }
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock
             .lock()

@@ -158,8 +158,9 @@ impl PolicyService {
         Ok(out)
     }
 
-    /// Recompiles the active policies and swaps them into the engine.
-    fn reload(&self) -> Result<(), PolicyError> {
+    /// Recompiles the active policies and swaps them into the engine (also after the mesh merged
+    /// changes from peers into the store).
+    pub fn reload(&self) -> Result<(), PolicyError> {
         let records = self.store.list()?;
         let revision = self.store.revision()?;
         let (set, invalid) = PolicySet::build(records, revision, &self.metrics);

@@ -100,6 +100,8 @@ pub struct Store {
     writer: Mutex<()>,
     /// This node's key, once it is in a mesh: local changes are signed with it.
     signer: OnceLock<Arc<crate::identity::Signer>>,
+    /// Bumped after every committed write, so the mesh can publish the new revision.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -116,6 +118,7 @@ impl Store {
             node_tag: ids::node_tag(node_id),
             writer: Mutex::new(()),
             signer: OnceLock::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -126,6 +129,11 @@ impl Store {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Changes whenever a write commits (policies, documents, merges).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Creates a policy. Fails with `DuplicateName` if the name is taken.
@@ -304,6 +312,7 @@ impl Store {
         let txn = self.db.begin_write().ctx("begin write")?;
         let out = change(&txn, Now::read())?;
         txn.commit().ctx("commit policy change")?;
+        self.changes.send_modify(|n| *n += 1);
         Ok(out)
     }
 }

@@ -36,6 +36,9 @@ pub const PEER_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("peer_
 
 pub const META_REPLICA_SEQ: &str = "replica_seq";
 pub const META_INCARNATION: &str = "incarnation";
+/// Wall-clock ms when this node last knew itself in step with a peer (merged from it, or saw the
+/// same digest): a node whose last sync is older than the tombstone TTL may hold deleted keys.
+pub const META_LAST_SYNC: &str = "last_sync_ms";
 
 /// What a merge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -427,7 +430,84 @@ impl Store {
                 .ctx("open peer cursors")?
                 .insert(cursor_key(peer, incarnation).as_str(), cursor)
                 .ctx("write peer cursor")?;
+            txn.open_table(META)
+                .ctx("open meta")?
+                .insert(META_LAST_SYNC, now.ms)
+                .ctx("write last sync")?;
             Ok(outcome)
+        })
+    }
+
+    /// Records that this node was in step with a peer just now.
+    pub fn mark_synced(&self) -> Result<(), StoreError> {
+        self.write(|txn, now| {
+            txn.open_table(META)
+                .ctx("open meta")?
+                .insert(META_LAST_SYNC, now.ms)
+                .ctx("write last sync")?;
+            Ok(())
+        })
+    }
+
+    /// When this node was last in step with a peer (ms since the epoch); `None` if never.
+    pub fn last_synced_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let meta = txn.open_table(META).ctx("open meta")?;
+        Ok(meta
+            .get(META_LAST_SYNC)
+            .ctx("read last sync")?
+            .map(|v| v.value()))
+    }
+
+    /// After a full pull by a node that was away longer than the tombstone TTL: drops the keys
+    /// the peer does not have and that were last written before `horizon_ms`. Their deletes may
+    /// have been forgotten by the mesh already, so keeping them could bring deleted policies
+    /// back. Keys written after the horizon are kept (a delete of them would still be known).
+    /// Returns the keys dropped.
+    pub fn drop_absent_before(
+        &self,
+        present: &std::collections::HashSet<String>,
+        horizon_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.write(|txn, _| {
+            let mut doomed = Vec::new();
+            for entry in txn
+                .open_table(REPLICA)
+                .ctx("open replica")?
+                .iter()
+                .ctx("scan replica")?
+            {
+                let (key, bytes) = entry.ctx("scan replica")?;
+                let logged = decode_entry(bytes.value())?;
+                if !present.contains(key.value()) && logged.change.item.stamp().wall_ms < horizon_ms
+                {
+                    doomed.push((key.value().to_owned(), logged));
+                }
+            }
+            let mut keys = Vec::with_capacity(doomed.len());
+            for (key, logged) in doomed {
+                // Removed from the domain tables as a delete would, but without a tombstone: the
+                // key is simply unknown here from now on, as at the peer.
+                match &logged.change.item {
+                    ReplicaItem::Policy(p) if !logged.change.deleted => {
+                        apply_policy(txn, p, true)?;
+                    }
+                    ReplicaItem::Document(d) if !logged.change.deleted => {
+                        apply_document(txn, d, true)?;
+                    }
+                    _ => {}
+                }
+                txn.open_table(REPLICA)
+                    .ctx("open replica")?
+                    .remove(key.as_str())
+                    .ctx("drop replica entry")?;
+                txn.open_table(REPLICA_LOG)
+                    .ctx("open replica log")?
+                    .remove(logged.seq)
+                    .ctx("drop replica log entry")?;
+                keys.push(key);
+            }
+            Ok(keys)
         })
     }
 
