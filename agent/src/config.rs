@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::mqtt::config::{MqttConfig, OutboxConfig, SummaryConfig, UpstreamConfig};
+
 /// Prefix of environment variables that override config keys (`audit.capacity` is
 /// `MESH_AGENT_AUDIT_CAPACITY`).
 pub const ENV_PREFIX: &str = "MESH_AGENT_";
@@ -58,6 +60,10 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rego: RegoConfig,
     pub mesh: MeshConfig,
+    pub mqtt: MqttConfig,
+    pub outbox: OutboxConfig,
+    pub upstream: UpstreamConfig,
+    pub summary: SummaryConfig,
 }
 
 /// What a Rego decision is when its evaluation fails (time limit, or an error in the policy).
@@ -158,6 +164,10 @@ impl Default for Config {
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
             mesh: MeshConfig::default(),
+            mqtt: MqttConfig::default(),
+            outbox: OutboxConfig::default(),
+            upstream: UpstreamConfig::default(),
+            summary: SummaryConfig::default(),
         }
     }
 }
@@ -179,6 +189,8 @@ enum Kind {
     Float,
     /// Comma-separated.
     List,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// Every key, with its type; an environment variable for any other key is refused as a typo.
@@ -205,6 +217,28 @@ const KEYS: &[(&str, Kind)] = &[
     ("mesh.suspect_after_ms", Kind::Integer),
     ("mesh.dead_node_grace_sec", Kind::Integer),
     ("mesh.tombstone_ttl_sec", Kind::Integer),
+    ("mqtt.url", Kind::Text),
+    ("mqtt.client_id", Kind::Text),
+    ("mqtt.username", Kind::Text),
+    ("mqtt.password", Kind::Text),
+    ("mqtt.keep_alive_sec", Kind::Integer),
+    ("mqtt.ca_file", Kind::Text),
+    ("mqtt.client_cert_file", Kind::Text),
+    ("mqtt.client_key_file", Kind::Text),
+    ("mqtt.intake", Kind::Bool),
+    ("mqtt.topic_prefix", Kind::Text),
+    ("mqtt.incident_topics", Kind::List),
+    ("mqtt.actions_topic", Kind::Text),
+    ("mqtt.summaries_topic", Kind::Text),
+    ("outbox.capacity", Kind::Integer),
+    ("outbox.when_full", Kind::Text),
+    ("upstream.max_inflight", Kind::Integer),
+    ("upstream.ack_timeout_ms", Kind::Integer),
+    ("upstream.reconnect_min_ms", Kind::Integer),
+    ("upstream.reconnect_max_ms", Kind::Integer),
+    ("upstream.failure_threshold", Kind::Integer),
+    ("upstream.reset_timeout_sec", Kind::Integer),
+    ("summary.interval_sec", Kind::Integer),
 ];
 
 impl Config {
@@ -256,6 +290,7 @@ impl Config {
             });
         }
         self.mesh.validate()?;
+        crate::mqtt::config::validate(&self.mqtt, &self.outbox, &self.upstream)?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",
@@ -396,6 +431,12 @@ fn apply_env(
                     message: format!("expected a number, found `{text}`"),
                 })?)
             }
+            Kind::Bool => {
+                toml::Value::Boolean(text.trim().parse().map_err(|_| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("expected true or false, found `{text}`"),
+                })?)
+            }
             Kind::List => toml::Value::Array(
                 text.split(',')
                     .map(str::trim)
@@ -503,6 +544,28 @@ mod tests {
                 ("MESH_AGENT_MESH_SUSPECT_AFTER_MS", "11"),
                 ("MESH_AGENT_MESH_DEAD_NODE_GRACE_SEC", "12"),
                 ("MESH_AGENT_MESH_TOMBSTONE_TTL_SEC", "3600"),
+                ("MESH_AGENT_MQTT_URL", "mqtt://b:1884"),
+                ("MESH_AGENT_MQTT_CLIENT_ID", "cid"),
+                ("MESH_AGENT_MQTT_USERNAME", "u"),
+                ("MESH_AGENT_MQTT_PASSWORD", "p"),
+                ("MESH_AGENT_MQTT_KEEP_ALIVE_SEC", "15"),
+                ("MESH_AGENT_MQTT_CA_FILE", "/ca.pem"),
+                ("MESH_AGENT_MQTT_CLIENT_CERT_FILE", "/c.pem"),
+                ("MESH_AGENT_MQTT_CLIENT_KEY_FILE", "/c.key"),
+                ("MESH_AGENT_MQTT_INTAKE", "false"),
+                ("MESH_AGENT_MQTT_TOPIC_PREFIX", "site/"),
+                ("MESH_AGENT_MQTT_INCIDENT_TOPICS", "a/b, c/d"),
+                ("MESH_AGENT_MQTT_ACTIONS_TOPIC", "acts"),
+                ("MESH_AGENT_MQTT_SUMMARIES_TOPIC", "sums"),
+                ("MESH_AGENT_OUTBOX_CAPACITY", "9"),
+                ("MESH_AGENT_OUTBOX_WHEN_FULL", "drop_oldest"),
+                ("MESH_AGENT_UPSTREAM_MAX_INFLIGHT", "8"),
+                ("MESH_AGENT_UPSTREAM_ACK_TIMEOUT_MS", "700"),
+                ("MESH_AGENT_UPSTREAM_RECONNECT_MIN_MS", "10"),
+                ("MESH_AGENT_UPSTREAM_RECONNECT_MAX_MS", "20"),
+                ("MESH_AGENT_UPSTREAM_FAILURE_THRESHOLD", "2"),
+                ("MESH_AGENT_UPSTREAM_RESET_TIMEOUT_SEC", "3"),
+                ("MESH_AGENT_SUMMARY_INTERVAL_SEC", "4"),
             ]),
         )
         .unwrap();
@@ -535,6 +598,34 @@ mod tests {
                 dead_node_grace_sec: 12,
                 tombstone_ttl_sec: 3600,
             },
+            mqtt: MqttConfig {
+                url: Some("mqtt://b:1884".into()),
+                client_id: Some("cid".into()),
+                username: Some("u".into()),
+                password: Some("p".into()),
+                keep_alive_sec: 15,
+                ca_file: Some("/ca.pem".into()),
+                client_cert_file: Some("/c.pem".into()),
+                client_key_file: Some("/c.key".into()),
+                intake: false,
+                topic_prefix: "site/".into(),
+                incident_topics: vec!["a/b".into(), "c/d".into()],
+                actions_topic: "acts".into(),
+                summaries_topic: "sums".into(),
+            },
+            outbox: OutboxConfig {
+                capacity: 9,
+                when_full: crate::outbox::WhenFull::DropOldest,
+            },
+            upstream: UpstreamConfig {
+                max_inflight: 8,
+                ack_timeout_ms: 700,
+                reconnect_min_ms: 10,
+                reconnect_max_ms: 20,
+                failure_threshold: 2,
+                reset_timeout_sec: 3,
+            },
+            summary: SummaryConfig { interval_sec: 4 },
         };
         assert_eq!(config, expected);
         // And the key list covers every field: a fully set config serializes to exactly KEYS.

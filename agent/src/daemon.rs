@@ -11,7 +11,7 @@ use tracing::{error, info};
 use crate::api::{self, AppState};
 use crate::audit::{AuditLog, AuditSettings};
 use crate::config::Config;
-use crate::decision::Decider;
+use crate::mqtt::service as mqtt_service;
 use crate::engine::Engine;
 use crate::engine::rego::{RegoEngine, RegoSettings};
 use crate::mesh::{Mesh, MeshSettings, OnMerged};
@@ -92,9 +92,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capacity: config.audit.capacity,
         commit_interval: config.commit_interval(),
     };
-    let (audit, audit_writer) =
-        AuditLog::start(store.database(), audit_settings, Arc::clone(&metrics))?;
-    let decider = Arc::new(Decider::new(engine, audit.clone(), node_id.clone()));
+    // MQTT (when configured): the outbox is written by the audit writer, in the decision's
+    // transaction; the decider turns matched rules into actions for it.
+    let outbox = mqtt_service::open_outbox(&config, store.database(), &metrics)?;
+    let (audit, audit_writer) = AuditLog::start_with_outbox(
+        store.database(),
+        audit_settings,
+        Arc::clone(&metrics),
+        outbox.clone(),
+    )?;
+    let (decider, mut mqtt) = mqtt_service::start(
+        &config,
+        &node_id,
+        engine,
+        audit.clone(),
+        outbox,
+        Arc::clone(&metrics),
+    )?;
 
     let mesh = match MeshSettings::from_config(&node_id, &config.mesh) {
         Some(settings) => {
@@ -135,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id: Arc::from(node_id.as_str()),
         store: Arc::clone(&store),
         mesh: mesh.clone(),
+        upstream: mqtt.as_ref().map(|m| m.upstream()),
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -149,8 +164,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(mesh) = mesh.and_then(|m| Arc::into_inner(m)) {
         mesh.shutdown().await;
     }
+    if let Some(mqtt) = &mut mqtt {
+        mqtt.stop_intake().await;
+    }
     info!("HTTP API stopped; flushing the audit ring");
     audit_writer.close().await;
+    if let Some(mqtt) = mqtt {
+        mqtt.stop().await;
+    }
     info!("mesh-agent stopped");
     Ok(())
 }

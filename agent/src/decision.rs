@@ -1,21 +1,41 @@
-//! Deciding on one incident: evaluate it, then record the evaluation in the audit ring.
+//! Deciding on one incident: evaluate it, then record the evaluation in the audit ring, and, with an
+//! upstream configured, turn every matched rule into an action message in the outbox.
 //!
-//! Both the HTTP API and (later) the MQTT intake come through here, so every accepted incident is
-//! evaluated and audited the same way.
+//! Both the HTTP API and the MQTT intake come through here, so every accepted incident is evaluated
+//! and audited the same way. A decision with actions is committed (audit entry and outbox messages in
+//! one transaction) before [`Decider::decide`] returns; [`Decider::decide_deferred`] hands the wait
+//! to the caller, so the MQTT intake can keep evaluating while earlier incidents are being committed.
 
 use std::sync::Arc;
 
-use mesh_proto::{AuditRecord, AuditResult};
+use mesh_proto::{ActionMessage, AuditRecord, AuditResult, IncidentView};
 
-use crate::audit::AuditLog;
-use crate::clock::now_us;
+use crate::audit::{AuditLog, Committed, NotCommitted};
+use crate::clock::{now_us, rfc3339};
 use crate::engine::{Engine, Evaluation, Incident};
+use crate::outbox::{Outbox, OutboxItem};
+use crate::summary::WindowStats;
 
 /// Evaluates incidents and audits the evaluations.
 pub struct Decider {
     engine: Arc<Engine>,
     audit: AuditLog,
     node_id: String,
+    upstream: Option<ActionSink>,
+    stats: Option<Arc<WindowStats>>,
+}
+
+/// Where matched rules go: the outbox, for this topic.
+struct ActionSink {
+    outbox: Arc<Outbox>,
+    topic: String,
+}
+
+/// A decision whose audit entry and actions may still be on their way to disk.
+pub struct Pending {
+    pub decision: Decision,
+    /// Set when the decision produced actions: resolves when they are committed.
+    pub committed: Option<Committed>,
 }
 
 /// An incident and what every active policy said about it.
@@ -30,24 +50,160 @@ impl Decider {
             engine,
             audit,
             node_id,
+            upstream: None,
+            stats: None,
         }
     }
 
-    /// Evaluates `incident` (whose original JSON is `input_json`) and, unless `dry_run`, queues the
-    /// evaluation for the audit ring.
-    pub async fn decide(&self, incident: Incident, input_json: String, dry_run: bool) -> Decision {
+    /// Matched rules become action messages on `topic`, through `outbox`.
+    pub fn with_upstream(mut self, outbox: Arc<Outbox>, topic: String) -> Decider {
+        self.upstream = Some(ActionSink { outbox, topic });
+        self
+    }
+
+    /// Every evaluation is also counted in `stats` (for the audit summaries).
+    pub fn with_stats(mut self, stats: Arc<WindowStats>) -> Decider {
+        self.stats = Some(stats);
+        self
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Evaluates `incident` (whose original JSON is `input_json`) and, unless `dry_run`, records the
+    /// evaluation; when it produced actions, returns only once they are committed.
+    pub async fn decide(
+        &self,
+        incident: Incident,
+        input_json: String,
+        dry_run: bool,
+    ) -> Result<Decision, NotCommitted> {
+        let pending = self.decide_deferred(incident, input_json, dry_run).await;
+        if let Some(committed) = pending.committed {
+            committed.await.map_err(|_| NotCommitted)??;
+        }
+        Ok(pending.decision)
+    }
+
+    /// Like [`decide`](Self::decide), but leaves waiting for the commit to the caller. Under the
+    /// outbox's `block` policy this waits for room first (backpressure).
+    pub async fn decide_deferred(
+        &self,
+        incident: Incident,
+        input_json: String,
+        dry_run: bool,
+    ) -> Pending {
         let evaluation = self.engine.evaluate(&incident);
+        let mut committed = None;
         if !dry_run {
+            if let Some(stats) = &self.stats {
+                stats.record(&evaluation);
+            }
             let record = self.audit_record(&incident, input_json, &evaluation);
-            self.audit.append(record).await;
+            let actions = match &self.upstream {
+                Some(sink) => self.actions(sink, &incident, &evaluation),
+                None => Vec::new(),
+            };
+            match &self.upstream {
+                Some(sink) if !actions.is_empty() => {
+                    sink.outbox.reserve(actions.len()).await;
+                    committed = Some(self.audit.append_durable(Some(record), actions).await);
+                }
+                _ => self.audit.append(record).await,
+            }
         }
-        Decision {
-            incident,
-            evaluation,
+        Pending {
+            decision: Decision {
+                incident,
+                evaluation,
+            },
+            committed,
         }
     }
 
-    fn audit_record(
+    /// Records an intake payload that is not a valid event: audited as rejected, with the reason.
+    pub async fn reject(&self, source: &str, payload: &[u8], reason: &str) {
+        if let Some(stats) = &self.stats {
+            stats.record_rejected();
+        }
+        let text = String::from_utf8_lossy(&payload[..payload.len().min(64 * 1024)]);
+        let record = AuditRecord {
+            seq: 0,
+            at_us: now_us(),
+            node: self.node_id.clone(),
+            event_id: format!("rejected-{}", uuid::Uuid::new_v4()),
+            // Kept as a JSON string: the payload itself may not be JSON at all.
+            input_json: serde_json::Value::String(text.into_owned()).to_string(),
+            policy_revision: self.engine.current().revision(),
+            policies_evaluated: 0,
+            results: vec![AuditResult {
+                policy_id: 0,
+                policy_version: 0,
+                policy_name: REJECTED.into(),
+                matched: false,
+                execution_time_ns: 0,
+                missing_fields: Vec::new(),
+                error: Some(format!("rejected payload from {source}: {reason}")),
+            }],
+            execution_time_ns: 0,
+        };
+        self.audit.append(record).await;
+    }
+
+    /// Queues `item` (an audit summary) for the broker through the outbox, without an audit entry.
+    pub async fn send_upstream(&self, item: OutboxItem) -> Option<Committed> {
+        let sink = self.upstream.as_ref()?;
+        sink.outbox.reserve(1).await;
+        Some(self.audit.append_durable(None, vec![item]).await)
+    }
+
+    /// One action message per matched rule.
+    fn actions(
+        &self,
+        sink: &ActionSink,
+        incident: &Incident,
+        evaluation: &Evaluation,
+    ) -> Vec<OutboxItem> {
+        let mut matched = evaluation.matched().peekable();
+        if matched.peek().is_none() {
+            return Vec::new();
+        }
+        let decided_at = rfc3339(now_us());
+        let view = IncidentView {
+            event_id: incident.id.clone(),
+            event_type: incident.kind.clone(),
+            severity: incident.severity,
+            context: incident.context.clone(),
+            timestamp: incident.timestamp.clone(),
+        };
+        matched
+            .map(|policy| {
+                let action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
+                let message = ActionMessage {
+                    action_id: action_id.clone(),
+                    node_id: self.node_id.clone(),
+                    policy_id: policy.id,
+                    policy_name: policy.name.to_string(),
+                    policy_version: policy.version,
+                    action: policy.action.to_string(),
+                    modifiers: serde_json::from_str(policy.modifiers.get())
+                        .unwrap_or(serde_json::Value::Null),
+                    reversibility_sec: policy.reversibility_sec,
+                    incident: view.clone(),
+                    decided_at: decided_at.clone(),
+                };
+                OutboxItem {
+                    id: action_id,
+                    topic: sink.topic.clone(),
+                    // Serializing derived types into a String cannot fail.
+                    payload: serde_json::to_string(&message).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn audit_record(
         &self,
         incident: &Incident,
         input_json: String,
@@ -84,5 +240,47 @@ impl Decider {
                 .collect(),
             execution_time_ns: evaluation.elapsed_ns,
         }
+    }
+}
+
+/// The policy name under which a rejected intake payload appears in the audit.
+pub const REJECTED: &str = "(rejected)";
+
+/// The id of the action policy `policy_id` at `version` takes on incident `event_id` at `node_id`:
+/// derived, not drawn, so deciding the same incident again (a monitor's redelivery after a crash)
+/// yields the same id, and the consumer's de-duplication holds across it.
+pub fn action_id(node_id: &str, event_id: &str, policy_id: u64, version: u64) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"mesh-agent action v1\0");
+    ctx.update(node_id.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(event_id.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(&policy_id.to_be_bytes());
+    ctx.update(&version.to_be_bytes());
+    let digest = ctx.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action_id;
+
+    #[test]
+    fn action_ids_are_stable_and_distinct() {
+        let a = action_id("n1", "e1", 7, 1);
+        assert_eq!(a, action_id("n1", "e1", 7, 1));
+        assert_ne!(a, action_id("n1", "e1", 7, 2));
+        assert_ne!(a, action_id("n1", "e1", 8, 1));
+        assert_ne!(a, action_id("n2", "e1", 7, 1));
+        assert_ne!(a, action_id("n1", "e2", 7, 1));
+        // The separator keeps ("ab", "c") apart from ("a", "bc").
+        assert_ne!(action_id("ab", "c", 1, 1), action_id("a", "bc", 1, 1));
+        assert_eq!(a.len(), 36);
     }
 }

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the agent (embedded defaults: data in ./mesh-data, HTTP on 127.0.0.1:8004).
     Run(RunArgs),
+    /// Run the central collector: keeps the agents' audit summaries and actions from MQTT, serves
+    /// GET /collector/summaries, /collector/nodes and /collector/actions.
+    Collector(CollectorArgs),
     /// Check a config file (with the MESH_AGENT_* environment applied) and print the result.
     CheckConfig {
         /// The TOML config file.
@@ -71,6 +74,31 @@ enum PolicyCommand {
 }
 
 #[derive(Args)]
+struct CollectorArgs {
+    /// The broker the agents publish to.
+    #[arg(long, value_name = "URL")]
+    mqtt_url: String,
+    /// Directory of the collector's data file.
+    #[arg(long, value_name = "DIR", default_value = "./collector-data")]
+    data_dir: PathBuf,
+    /// Address of the collector's HTTP API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8005")]
+    http_listen: SocketAddr,
+    /// MQTT client id.
+    #[arg(long, default_value = "mesh-collector")]
+    client_id: String,
+    /// Topic of the audit summaries.
+    #[arg(long, default_value = "collector/summaries")]
+    summaries_topic: String,
+    /// Topic of the actions.
+    #[arg(long, default_value = "p03/actions")]
+    actions_topic: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// TOML config file; MESH_AGENT_<KEY> variables and the flags below override it.
     #[arg(long, value_name = "FILE")]
@@ -105,6 +133,9 @@ struct RunArgs {
     /// Cluster id; nodes of another cluster are ignored.
     #[arg(long, value_name = "ID")]
     cluster_id: Option<String>,
+    /// MQTT broker for intake and upstream (mqtt://host:port or mqtts://host:port).
+    #[arg(long, value_name = "URL")]
+    mqtt_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +143,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::CheckConfig { file } => check_config(file),
+        Command::Collector(args) => collector(args),
         Command::Policy(PolicyCommand::Test { dir, verbose }) => policy_test(&dir, verbose),
         Command::Certs(CertsCommand::Init { dir, force }) => match certs::init(&dir, force) {
             Ok((cert, key)) => {
@@ -167,6 +199,9 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(id) = args.cluster_id {
         config.mesh.cluster_id = id;
     }
+    if let Some(url) = args.mqtt_url {
+        config.mqtt.url = Some(url);
+    }
     if let Err(err) = config.validate() {
         return fail(&err);
     }
@@ -179,6 +214,29 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "mesh-agent failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn collector(args: CollectorArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let settings = mesh_agent::collector::CollectorSettings {
+        mqtt_url: args.mqtt_url,
+        client_id: args.client_id,
+        data_dir: args.data_dir,
+        http_listen: args.http_listen,
+        summaries_topic: args.summaries_topic,
+        actions_topic: args.actions_topic,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(&err),
+    };
+    match runtime.block_on(mesh_agent::collector::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

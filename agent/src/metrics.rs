@@ -57,6 +57,8 @@ pub struct Metrics {
     pub opa_cache_hits: Counter,
     pub opa_cache_requests: Counter,
     pub rego_modules: Gauge,
+    /// MQTT intake, outbox and upstream publisher.
+    pub upstream: crate::upstream::metrics::UpstreamMetrics,
 }
 
 impl Metrics {
@@ -152,7 +154,9 @@ impl Metrics {
         );
         let rego_modules = Gauge::default();
         registry.register("rego_modules", "Rego modules loaded", rego_modules.clone());
+        let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
         Metrics {
+            upstream,
             registry,
             opa_evaluations,
             opa_duration,

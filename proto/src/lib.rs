@@ -12,6 +12,7 @@ pub mod codec;
 pub mod document;
 pub mod mesh;
 pub mod policy;
+pub mod upstream;
 
 pub use audit::{AuditRecord, AuditResult};
 pub use clock::Hlc;
@@ -19,3 +20,4 @@ pub use codec::{DecodeError, Record, decode, encode};
 pub use document::{DocKind, DocumentChange, DocumentRecord};
 pub use mesh::{LoggedChange, ReplicaItem, SignedChange};
 pub use policy::{ChangeOp, PolicyChange, PolicyRecord, PolicyRecordV1};
+pub use upstream::{ActionMessage, AuditSummary, IncidentView, OutboxEntry, PolicySummary};

@@ -28,6 +28,8 @@ pub fn policies_dir() -> PathBuf {
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `--node-id` (default: `test-node`).
+    pub node_id: Option<String>,
 }
 
 impl Options {
@@ -38,6 +40,11 @@ impl Options {
 
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Options {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn node_id(mut self, id: &str) -> Options {
+        self.node_id = Some(id.into());
         self
     }
 }
@@ -84,7 +91,7 @@ impl Agent {
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
             .arg("--node-id")
-            .arg("test-node")
+            .arg(self.options.node_id.as_deref().unwrap_or("test-node"))
             .arg("--http-listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")

@@ -7,6 +7,9 @@ use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use axum::http::StatusCode;
+
+use crate::audit::NotCommitted;
 use crate::decision::Decision;
 use crate::event::Event;
 
@@ -51,7 +54,8 @@ pub async fn one(
     let decision = state
         .decider
         .decide(event.into_incident(), input, query.dry_run)
-        .await;
+        .await
+        .map_err(not_recorded)?;
     Ok(Json(results(&decision)))
 }
 
@@ -76,10 +80,20 @@ pub async fn batch(
         let decision = state
             .decider
             .decide(event.into_incident(), item.get().to_owned(), query.dry_run)
-            .await;
+            .await
+            .map_err(not_recorded)?;
         out.push(results(&decision));
     }
     Ok(Json(out))
+}
+
+/// The decision had actions and could not be committed: the caller must retry.
+fn not_recorded(err: NotCommitted) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_recorded",
+        err.to_string(),
+    )
 }
 
 fn parse_event(state: &AppState, bytes: &[u8], at: &str) -> Result<Event, ApiError> {

@@ -21,6 +21,9 @@ pub struct Health {
     policy_revision: u64,
     active_policies: usize,
     audit_head: u64,
+    /// The MQTT upstream (broker, connection, circuit breaker, outbox); absent without MQTT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<crate::upstream::UpstreamView>,
 }
 
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -32,6 +35,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         policy_revision: state.policies.revision()?,
         active_policies: state.policies.active_count(),
         audit_head: state.audit.head()?,
+        upstream: state.upstream.as_ref().map(|u| u.view()),
     }))
 }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// `None` when the node runs alone.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// `None` without MQTT.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 /// All routes, with request bodies limited to `max_body_bytes`.

@@ -37,6 +37,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 4 {
                 v3_to_v4(&txn)?;
             }
+            if v < 5 {
+                v4_to_v5(&txn)?;
+            }
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -55,6 +58,8 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
         .ctx("create node certs")?;
     txn.open_table(replica::PEER_CURSORS)
         .ctx("create peer cursors")?;
+    txn.open_table(crate::outbox::OUTBOX)
+        .ctx("create outbox")?;
     if found.is_none_or(|v| v < 4) {
         // Drawn once per data file: peers key their cursors by it (see `store::replica`).
         let incarnation = u64::from_le_bytes(
@@ -79,6 +84,13 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
 /// Schema 3 -> 4: the current policies and documents become the replica's first entries.
 fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
     replica::seed_from_current(txn)
+}
+
+/// Schema 4 -> 5: an empty outbox.
+fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(crate::outbox::OUTBOX)
+        .ctx("create outbox")?;
+    Ok(())
 }
 
 /// The schema a file was written with; `None` for a file no agent has written yet.

@@ -7,11 +7,13 @@
 //! - 3: adds `documents` (Rego modules and data documents) and their `document_history`.
 //! - 4: adds replication (`store::replica`): `replica`, `replica_log`, `node_certs`,
 //!   `peer_cursors`, and the file's incarnation.
+//! - 5: adds the `outbox` (`outbox::OUTBOX`): messages for the MQTT broker until it acknowledges
+//!   them. An older build would ignore them, so it must not open the file.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -1,0 +1,192 @@
+//! The `[mqtt]`, `[outbox]`, `[upstream]` and `[summary]` config sections (part of `Config`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::outbox::WhenFull;
+
+/// The broker, and the topics incidents arrive on and messages leave on. Without `url` the agent
+/// runs without MQTT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS with rustls).
+    pub url: Option<String>,
+    /// Client id; the intake connects as `<client_id>-in`, the publisher as `<client_id>-out`.
+    /// Default: `mesh-agent-<node_id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive_sec: u64,
+    /// CA certificate (PEM) for `mqtts://`; default: the Mozilla roots are not bundled, so set it.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require them.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Subscribe to the incident topics (set false for an upstream-only agent).
+    pub intake: bool,
+    /// Put in front of every incident topic (e.g. `site-1/`).
+    pub topic_prefix: String,
+    /// The seed's routing keys as MQTT topics (RabbitMQ's MQTT plugin maps `/` to `.`).
+    pub incident_topics: Vec<String>,
+    /// Where action messages for P0.3 go.
+    pub actions_topic: String,
+    /// Where audit summaries for the collector go.
+    pub summaries_topic: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            url: None,
+            client_id: None,
+            username: None,
+            password: None,
+            keep_alive_sec: 30,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            intake: true,
+            topic_prefix: String::new(),
+            incident_topics: vec![
+                "incident/detected".into(),
+                "anomaly/detected".into(),
+                "threshold/exceeded".into(),
+            ],
+            actions_topic: "p03/actions".into(),
+            summaries_topic: "collector/summaries".into(),
+        }
+    }
+}
+
+/// The outbox: how much it holds, and what happens when it is full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    pub capacity: u64,
+    pub when_full: WhenFull,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> OutboxConfig {
+        OutboxConfig {
+            capacity: 100_000,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+/// The publisher: its window, reconnect backoff, and circuit breaker (the seed's defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Publishes sent and not yet acknowledged, at most.
+    pub max_inflight: u16,
+    /// A publish unacknowledged this long counts as a failure and the connection is renewed.
+    pub ack_timeout_ms: u64,
+    /// Reconnect backoff: first wait, doubled per failure up to the maximum.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one trial (half-open).
+    pub reset_timeout_sec: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> UpstreamConfig {
+        UpstreamConfig {
+            max_inflight: 100,
+            ack_timeout_ms: 10_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            failure_threshold: 5,
+            reset_timeout_sec: 60,
+        }
+    }
+}
+
+/// Audit summaries for the collector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummaryConfig {
+    /// Seconds per window; 0 sends no summaries.
+    pub interval_sec: u64,
+}
+
+impl Default for SummaryConfig {
+    fn default() -> SummaryConfig {
+        SummaryConfig { interval_sec: 10 }
+    }
+}
+
+/// Checks the four sections together.
+pub fn validate(
+    mqtt: &MqttConfig,
+    outbox: &OutboxConfig,
+    upstream: &UpstreamConfig,
+) -> Result<(), ConfigError> {
+    let invalid = |key, message: String| ConfigError::Invalid { key, message };
+    if let Some(url) = &mqtt.url {
+        crate::mqtt::Endpoint::parse(url).map_err(|err| invalid("mqtt.url", err.to_string()))?;
+    }
+    if mqtt.client_cert_file.is_some() != mqtt.client_key_file.is_some() {
+        return Err(invalid(
+            "mqtt.client_cert_file",
+            "needs mqtt.client_key_file too (and the other way round)".into(),
+        ));
+    }
+    if mqtt.keep_alive_sec < 5 {
+        return Err(invalid("mqtt.keep_alive_sec", "must be at least 5".into()));
+    }
+    for topic in mqtt
+        .incident_topics
+        .iter()
+        .chain([&mqtt.actions_topic, &mqtt.summaries_topic])
+    {
+        if topic.is_empty() {
+            return Err(invalid("mqtt.incident_topics", "a topic is empty".into()));
+        }
+    }
+    for (key, topic) in [
+        ("mqtt.actions_topic", &mqtt.actions_topic),
+        ("mqtt.summaries_topic", &mqtt.summaries_topic),
+    ] {
+        if topic.contains(['+', '#']) {
+            return Err(invalid(
+                key,
+                format!("`{topic}` has a wildcard; publish topics cannot"),
+            ));
+        }
+    }
+    if outbox.capacity == 0 {
+        return Err(invalid("outbox.capacity", "must be at least 1".into()));
+    }
+    if upstream.max_inflight == 0 {
+        return Err(invalid(
+            "upstream.max_inflight",
+            "must be at least 1".into(),
+        ));
+    }
+    if upstream.failure_threshold == 0 {
+        return Err(invalid(
+            "upstream.failure_threshold",
+            "must be at least 1".into(),
+        ));
+    }
+    if upstream.reconnect_min_ms == 0 || upstream.reconnect_max_ms < upstream.reconnect_min_ms {
+        return Err(invalid(
+            "upstream.reconnect_max_ms",
+            "needs 0 < reconnect_min_ms <= reconnect_max_ms".into(),
+        ));
+    }
+    if upstream.ack_timeout_ms < 100 {
+        return Err(invalid(
+            "upstream.ack_timeout_ms",
+            "must be at least 100".into(),
+        ));
+    }
+    Ok(())
+}

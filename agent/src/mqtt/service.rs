@@ -1,0 +1,152 @@
+//! Wiring of the MQTT side into `mesh-agent run`: the outbox, the upstream publisher, the intake and
+//! the summary task, started from the config and stopped in order at shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::decision::Decider;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::mqtt::{Connector, MqttError};
+use crate::outbox::Outbox;
+use crate::store::StoreError;
+use crate::summary::WindowStats;
+use crate::upstream::{self, Upstream, UpstreamTasks};
+
+/// Why the MQTT side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("outbox: {0}")]
+    Store(#[from] StoreError),
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] MqttError),
+}
+
+/// The outbox, when MQTT is configured (without a broker nobody would drain it).
+pub fn open_outbox(
+    config: &Config,
+    db: Arc<Database>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Outbox>>, StoreError> {
+    if config.mqtt.url.is_none() {
+        info!("no mqtt.url: running without MQTT (no intake, no upstream; actions are not queued)");
+        return Ok(None);
+    }
+    let outbox = Outbox::open(
+        db,
+        config.outbox.capacity,
+        config.outbox.when_full,
+        Arc::clone(metrics),
+    )?;
+    if outbox.depth() > 0 {
+        info!(
+            depth = outbox.depth(),
+            "outbox holds messages from before the restart; they are sent again, in order"
+        );
+    }
+    Ok(Some(outbox))
+}
+
+/// The running MQTT side.
+pub struct MqttService {
+    upstream: Arc<Upstream>,
+    tasks: UpstreamTasks,
+    intake: Option<JoinHandle<()>>,
+    summary: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl MqttService {
+    pub fn upstream(&self) -> Arc<Upstream> {
+        Arc::clone(&self.upstream)
+    }
+
+    /// Stops taking incidents and writing summaries (what is committed is acknowledged first).
+    pub async fn stop_intake(&mut self) {
+        let _ = self.stop.send(true);
+        for task in [self.intake.take(), self.summary.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Stops the publisher; what is still in the outbox is sent after the next start.
+    pub async fn stop(mut self) {
+        self.stop_intake().await;
+        self.tasks.stop(Duration::from_secs(5)).await;
+        info!("MQTT stopped");
+    }
+}
+
+/// The decider every intake uses, and the MQTT side if configured.
+pub fn start(
+    config: &Config,
+    node_id: &str,
+    engine: Arc<Engine>,
+    audit: AuditLog,
+    outbox: Option<Arc<Outbox>>,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Decider>, Option<MqttService>), StartError> {
+    let decider = Decider::new(engine, audit.clone(), node_id.to_owned());
+    let Some(outbox) = outbox else {
+        return Ok((Arc::new(decider), None));
+    };
+    let connector = Connector::from_config(&config.mqtt, node_id)?;
+    let stats = Arc::new(WindowStats::new());
+    let decider = Arc::new(
+        decider
+            .with_upstream(Arc::clone(&outbox), config.mqtt.actions_topic.clone())
+            .with_stats(Arc::clone(&stats)),
+    );
+    let (upstream, tasks) = upstream::start(
+        connector.clone(),
+        config.upstream.clone(),
+        outbox,
+        Arc::clone(&metrics),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let intake = config.mqtt.intake.then(|| {
+        let topics = config
+            .mqtt
+            .incident_topics
+            .iter()
+            .map(|t| format!("{}{t}", config.mqtt.topic_prefix))
+            .collect();
+        crate::intake::start(
+            connector,
+            topics,
+            Arc::clone(&decider),
+            Arc::clone(&metrics),
+            stopped.clone(),
+        )
+    });
+    let summary = (config.summary.interval_sec > 0).then(|| {
+        tokio::spawn(crate::summary::run(
+            stats,
+            Arc::clone(&decider),
+            audit,
+            config.mqtt.summaries_topic.clone(),
+            Duration::from_secs(config.summary.interval_sec),
+            stopped,
+        ))
+    });
+    Ok((
+        decider,
+        Some(MqttService {
+            upstream,
+            tasks,
+            intake,
+            summary,
+            stop,
+        }),
+    ))
+}

@@ -1,0 +1,107 @@
+//! The metrics of MQTT intake, the outbox and the upstream publisher, registered into the agent's
+//! one registry by `Metrics::new`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every metric of the MQTT side.
+pub struct UpstreamMetrics {
+    /// Messages the broker acknowledged (and that left the outbox).
+    pub published: Counter,
+    pub outbox_depth: Gauge,
+    pub outbox_oldest_age: Gauge<f64, AtomicU64>,
+    pub outbox_dropped: Counter,
+    /// Times an intake had to wait for outbox room (`block`).
+    pub outbox_full_waits: Counter,
+    /// 1 for the breaker's current state, 0 for the others.
+    pub breaker_state: Family<StateLabel, Gauge>,
+    pub breaker_transitions: Counter,
+    pub connected: Gauge,
+    pub connection_failures: Counter,
+    pub intake_received: Counter,
+    pub intake_rejected: Counter,
+}
+
+impl UpstreamMetrics {
+    pub fn register(registry: &mut Registry) -> UpstreamMetrics {
+        let m = UpstreamMetrics {
+            published: Counter::default(),
+            outbox_depth: Gauge::default(),
+            outbox_oldest_age: Gauge::default(),
+            outbox_dropped: Counter::default(),
+            outbox_full_waits: Counter::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Counter::default(),
+            connected: Gauge::default(),
+            connection_failures: Counter::default(),
+            intake_received: Counter::default(),
+            intake_rejected: Counter::default(),
+        };
+        registry.register(
+            "upstream_published",
+            "Messages the broker acknowledged (PUBACK) and that left the outbox",
+            m.published.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Messages in the outbox waiting for the broker's acknowledgement",
+            m.outbox_depth.clone(),
+        );
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest message in the outbox (0 when empty)",
+            m.outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "outbox_dropped",
+            "Messages dropped from a full outbox (when_full = drop_oldest)",
+            m.outbox_dropped.clone(),
+        );
+        registry.register(
+            "outbox_full_waits",
+            "Decisions that waited for room in a full outbox (when_full = block)",
+            m.outbox_full_waits.clone(),
+        );
+        registry.register(
+            "upstream_circuit_breaker_state",
+            "Upstream circuit breaker: 1 for the current state (closed, open, half_open)",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "upstream_circuit_breaker_transitions",
+            "Upstream circuit breaker state changes",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "upstream_connected",
+            "1 while the upstream MQTT connection is up",
+            m.connected.clone(),
+        );
+        registry.register(
+            "upstream_connection_failures",
+            "Failed or lost upstream MQTT connections",
+            m.connection_failures.clone(),
+        );
+        registry.register(
+            "mqtt_intake_received",
+            "Incident messages received over MQTT",
+            m.intake_received.clone(),
+        );
+        registry.register(
+            "mqtt_intake_rejected",
+            "Incident messages rejected as malformed",
+            m.intake_rejected.clone(),
+        );
+        m
+    }
+}
