@@ -8,6 +8,8 @@
 pub mod codec;
 pub mod members;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 pub mod transport;
 
@@ -77,7 +79,7 @@ pub struct Mesh {
     chitchat: ChitchatHandle,
     net: Arc<Net>,
     store: Arc<Store>,
-    heartbeats: Heartbeats,
+    heartbeats: Arc<Heartbeats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -140,7 +142,11 @@ impl Mesh {
             }
         }
 
-        let advertise = advertise_addr(&settings)?;
+        let socket = UdpSocket::bind(settings.listen)
+            .with_context(|| format!("cannot listen for gossip on {}/UDP", settings.listen))?;
+        socket.set_nonblocking(true)?;
+        let listen = socket.local_addr()?;
+        let advertise = advertise_addr(&settings, listen.port());
         let hello = Hello {
             protocol: MESH_PROTOCOL,
             cluster_id: settings.cluster_id.clone(),
@@ -153,20 +159,13 @@ impl Mesh {
             Arc::new(move |request| sync::serve(&store, &stale, request))
         };
         let (net, transport) = Net::bind(
-            settings.listen,
+            socket,
             tls::server_config(&files)?,
             tls::client_config(&files)?,
             hello,
             Arc::clone(&verifier),
             handler,
         )?;
-        let listen = net.local_addr()?;
-        // A port of 0 was resolved by the bind: advertise the port actually bound.
-        let advertise = if advertise.port() == 0 {
-            SocketAddr::new(advertise.ip(), listen.port())
-        } else {
-            advertise
-        };
 
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -212,10 +211,12 @@ impl Mesh {
             stale,
             tombstone_ttl_ms: ttl_ms,
         });
+        let heartbeats = Arc::new(Heartbeats::default());
         let tasks = vec![
             tokio::spawn(publish_revision(chitchat.chitchat(), Arc::clone(&store))),
             tokio::spawn(pull_loop(
                 chitchat.chitchat(),
+                Arc::clone(&heartbeats),
                 puller,
                 on_merged,
                 settings.gossip_interval,
@@ -231,7 +232,7 @@ impl Mesh {
             chitchat,
             net,
             store,
-            heartbeats: Heartbeats::default(),
+            heartbeats,
             tasks,
         })
     }
@@ -297,17 +298,17 @@ impl Mesh {
         if let Err(err) = self.chitchat.shutdown().await {
             debug!(error = %err, "chitchat shutdown");
         }
-        self.net.close();
+        self.net.close().await;
     }
 }
 
 /// The address peers reach this node at (see `MeshConfig::gossip_advertise`).
-fn advertise_addr(settings: &MeshSettings) -> anyhow::Result<SocketAddr> {
+fn advertise_addr(settings: &MeshSettings, port: u16) -> SocketAddr {
     if let Some(addr) = settings.advertise {
-        return Ok(addr);
+        return addr;
     }
     if !settings.listen.ip().is_unspecified() {
-        return Ok(settings.listen);
+        return SocketAddr::new(settings.listen.ip(), port);
     }
     // The local address of the route to the first seed: what that seed would see us as.
     for seed in &settings.seeds {
@@ -323,16 +324,13 @@ fn advertise_addr(settings: &MeshSettings) -> anyhow::Result<SocketAddr> {
         if let Ok(probe) = UdpSocket::bind(bind) {
             if probe.connect(target).is_ok() {
                 if let Ok(local) = probe.local_addr() {
-                    return Ok(SocketAddr::new(local.ip(), settings.listen.port()));
+                    return SocketAddr::new(local.ip(), port);
                 }
             }
         }
     }
     warn!(listen = %settings.listen, "no gossip_advertise and no reachable seed: advertising 127.0.0.1; set mesh.gossip_advertise for a multi-host mesh");
-    Ok(SocketAddr::new(
-        [127, 0, 0, 1].into(),
-        settings.listen.port(),
-    ))
+    SocketAddr::new([127, 0, 0, 1].into(), port)
 }
 
 /// Publishes this node's revision in gossip whenever the store changes.
@@ -370,6 +368,7 @@ async fn publish_revision(
 /// Each gossip round: pull from up to `PULLS_PER_ROUND` live peers that are ahead.
 async fn pull_loop(
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    heartbeats: Arc<Heartbeats>,
     puller: Arc<Puller>,
     on_merged: OnMerged,
     interval: Duration,
@@ -383,6 +382,8 @@ async fn pull_loop(
         round = round.wrapping_add(1);
         let (mine, peers) = {
             let guard = chitchat.lock().await;
+            // Noting heartbeats every round makes `heartbeat_age_ms` accurate to a round.
+            heartbeats.observe(&guard);
             let me = guard.self_chitchat_id().clone();
             let mine = guard
                 .node_state(&me)

@@ -100,18 +100,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Net {
-    /// Binds the endpoint on `listen` and starts accepting connections. Gossip messages that
-    /// arrive are handed to the chitchat socket made by [`Net::transport`].
+    /// Runs the endpoint on `socket` (bound by the caller, so that it knows the port before it
+    /// says hello) and starts accepting connections. Gossip messages that arrive are handed to
+    /// the chitchat socket the returned transport opens.
     pub fn bind(
-        listen: SocketAddr,
+        socket: std::net::UdpSocket,
         server: quinn::ServerConfig,
         client: quinn::ClientConfig,
         hello: Hello,
         verifier: Arc<Verifier>,
         handler: RequestHandler,
     ) -> anyhow::Result<(Arc<Net>, QuicTransport)> {
-        let mut endpoint = quinn::Endpoint::server(server, listen)
-            .map_err(|err| anyhow::anyhow!("cannot listen for gossip on {listen}/UDP: {err}"))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|err| anyhow::anyhow!("cannot run the QUIC endpoint: {err}"))?;
         endpoint.set_default_client_config(client);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let net = Arc::new(Net {
@@ -170,9 +176,14 @@ impl Net {
             .sum()
     }
 
-    /// Closes every connection and the endpoint.
-    pub fn close(&self) {
+    /// Closes every connection and the endpoint, and waits until the peers were told, so the
+    /// address can be bound again.
+    pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutting down");
+        // The per-peer send tasks end when their queues go; they hold the `Net` until then.
+        lock(&self.queues).clear();
+        lock(&self.peers).clear();
+        self.endpoint.wait_idle().await;
     }
 
     /// Sends one request to the node at `addr` and waits for its response.
@@ -336,9 +347,9 @@ impl Net {
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(CONNECT_TIMEOUT, net.accept(incoming)).await {
                     Ok(Ok(())) => {}
+                    // Counted in `accept`, before the peer hears of it.
                     Ok(Err(reason)) => {
-                        net.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
-                        warn!(peer = %remote, %reason, "refused incoming connection");
+                        warn!(peer = %remote, %reason, "refused incoming connection")
                     }
                     Err(_) => debug!(peer = %remote, "incoming connection timed out"),
                 }
@@ -348,7 +359,13 @@ impl Net {
 
     async fn accept(self: &Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
         // TLS has checked the client's chain against the mesh CA by the time this resolves.
-        let connection = incoming.await.map_err(|e| e.to_string())?;
+        let connection = match incoming.await {
+            Ok(connection) => connection,
+            Err(err) => {
+                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("TLS handshake failed: {err}"));
+            }
+        };
         let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
         let bytes = recv
             .read_to_end(64 * 1024)
@@ -370,6 +387,9 @@ impl Net {
             (Ok(()), Ok(_)) => Response::Hello(self.hello.clone()),
         };
         let refused = matches!(answer, Response::Refused(_));
+        if refused {
+            self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+        }
         send.write_all(&encode(&answer))
             .await
             .map_err(|e| e.to_string())?;
@@ -384,7 +404,6 @@ impl Net {
                 connection.remote_address()
             ));
         }
-        debug_assert!(!refused);
         if let Ok(addr) = gossip_addr {
             info!(peer = %addr, node_id = %theirs.node_id, "peer connected");
             self.adopt(addr, connection, theirs.node_id);
