@@ -11,11 +11,11 @@ use tracing::{error, info};
 use crate::api::{self, AppState};
 use crate::audit::{AuditLog, AuditSettings};
 use crate::config::Config;
-use crate::mqtt::service as mqtt_service;
 use crate::engine::Engine;
 use crate::engine::rego::{RegoEngine, RegoSettings};
 use crate::mesh::{Mesh, MeshSettings, OnMerged};
 use crate::metrics::Metrics;
+use crate::mqtt::service as mqtt_service;
 use crate::opa::{self, Evaluator, RegoService};
 use crate::policy::{PolicyService, files};
 use crate::store::Store;
@@ -128,7 +128,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             });
             Some(Arc::new(
-                Mesh::start(settings, Arc::clone(&store), on_merged).await?,
+                Mesh::start(
+                    settings,
+                    Arc::clone(&store),
+                    metrics.mesh.clone(),
+                    on_merged,
+                )
+                .await?,
             ))
         }
         None => {

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub rego_modules: Gauge,
     /// MQTT intake, outbox and upstream publisher.
     pub upstream: crate::upstream::metrics::UpstreamMetrics,
+    /// Gossip, membership and rollout.
+    pub mesh: crate::mesh::metrics::MeshMetrics,
 }
 
 impl Metrics {
@@ -155,8 +157,10 @@ impl Metrics {
         let rego_modules = Gauge::default();
         registry.register("rego_modules", "Rego modules loaded", rego_modules.clone());
         let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
+        let mesh = crate::mesh::metrics::MeshMetrics::register(&mut registry);
         Metrics {
             upstream,
+            mesh,
             registry,
             opa_evaluations,
             opa_duration,

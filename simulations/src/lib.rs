@@ -119,6 +119,7 @@ impl Cluster {
             match Mesh::start(
                 settings.clone(),
                 Arc::clone(&node.store),
+                mesh_agent::mesh::metrics::MeshMetrics::default(),
                 Arc::clone(&on_merged),
             )
             .await
@@ -255,11 +256,7 @@ impl Cluster {
         let mut payload = 0;
         let mut udp = 0;
         for mesh in self.nodes.iter().filter_map(|n| n.mesh.as_ref()) {
-            payload += mesh
-                .net()
-                .stats
-                .gossip_bytes_sent
-                .load(std::sync::atomic::Ordering::Relaxed);
+            payload += mesh.net().stats.gossip_bytes_sent.get();
             udp += mesh.net().udp_bytes_sent();
         }
         (payload, udp)

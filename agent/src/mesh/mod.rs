@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod members;
+pub mod metrics;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::identity::{Signer, TlsFiles, Verifier};
 use crate::store::{MergeOutcome, Store};
 use members::{Heartbeats, KEY_REVISION, KEY_VERSION, Member, MemberState};
+use metrics::MeshMetrics;
 use sync::{PULLS_PER_ROUND, PeerRevision, Puller};
 use transport::Net;
 
@@ -108,6 +110,7 @@ impl Mesh {
     pub async fn start(
         settings: MeshSettings,
         store: Arc<Store>,
+        metrics: MeshMetrics,
         on_merged: OnMerged,
     ) -> anyhow::Result<Mesh> {
         let files = TlsFiles::read(&settings.tls_dir, &settings.node_id)?;
@@ -165,6 +168,7 @@ impl Mesh {
             hello,
             Arc::clone(&verifier),
             handler,
+            metrics.clone(),
         )?;
 
         let generation = SystemTime::now()
@@ -210,6 +214,7 @@ impl Mesh {
             verifier,
             stale,
             tombstone_ttl_ms: ttl_ms,
+            metrics: metrics.clone(),
         });
         let heartbeats = Arc::new(Heartbeats::default());
         let tasks = vec![
@@ -220,6 +225,7 @@ impl Mesh {
                 puller,
                 on_merged,
                 settings.gossip_interval,
+                settings.suspect_after,
             )),
             tokio::spawn(collect_tombstones(
                 Arc::clone(&store),
@@ -372,6 +378,7 @@ async fn pull_loop(
     puller: Arc<Puller>,
     on_merged: OnMerged,
     interval: Duration,
+    suspect_after: Duration,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -383,7 +390,8 @@ async fn pull_loop(
         let (mine, peers) = {
             let guard = chitchat.lock().await;
             // Noting heartbeats every round makes `heartbeat_age_ms` accurate to a round.
-            heartbeats.observe(&guard);
+            let view = members::members(&guard, &heartbeats, suspect_after);
+            record_members(&puller.metrics, &view);
             let me = guard.self_chitchat_id().clone();
             let mine = guard
                 .node_state(&me)
@@ -439,6 +447,7 @@ async fn pull_loop(
                 .into_iter()
                 .take(if stale { 1 } else { PULLS_PER_ROUND })
         {
+            puller.metrics.pulls.inc();
             match puller.pull(&node_id, addr, &revision).await {
                 Ok(outcome) => {
                     if outcome.merge.applied > 0
@@ -448,10 +457,42 @@ async fn pull_loop(
                         on_merged(outcome.merge);
                     }
                 }
-                Err(err) => debug!(peer = %node_id, error = %err, "pull failed"),
+                Err(err) => {
+                    puller.metrics.pull_failures.inc();
+                    debug!(peer = %node_id, error = %err, "pull failed");
+                }
             }
         }
     }
+}
+
+fn record_members(metrics: &MeshMetrics, view: &[Member]) {
+    let mut counts = [0i64; 3];
+    let mine = view
+        .iter()
+        .find(|m| m.is_self)
+        .and_then(|m| m.policy_revision.as_ref().map(|r| r.digest.clone()));
+    let mut converged = true;
+    for member in view {
+        let slot = match member.state {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+        };
+        counts[slot] += 1;
+        if member.state != MemberState::Dead
+            && member.policy_revision.as_ref().map(|r| &r.digest) != mine.as_ref()
+        {
+            converged = false;
+        }
+    }
+    for (state, count) in ["alive", "suspect", "dead"].into_iter().zip(counts) {
+        metrics
+            .members
+            .get_or_create(&metrics::MemberStateLabel { state })
+            .set(count);
+    }
+    metrics.converged.set(i64::from(converged));
 }
 
 /// Drops expired tombstones once an hour.

@@ -93,6 +93,7 @@ pub struct Puller {
     /// Set while this node must not hand on its set (see `Store::drop_absent_before`).
     pub stale: Arc<AtomicBool>,
     pub tombstone_ttl_ms: u64,
+    pub metrics: super::metrics::MeshMetrics,
 }
 
 /// What one pull from one peer did.
@@ -144,6 +145,7 @@ impl Puller {
                     Ok(()) => accepted.push(logged.change),
                     Err(err) => {
                         total.refused += 1;
+                        self.metrics.changes_refused.inc();
                         warn!(peer = node_id, error = %err, "refused a change");
                     }
                 }
@@ -155,6 +157,7 @@ impl Puller {
                 store.merge_remote(&peer, incarnation, cursor, accepted, &certs)
             })
             .await??;
+            self.metrics.changes_merged.inc_by(merge.applied as u64);
             total.merge.applied += merge.applied;
             total.merge.stale += merge.stale;
             total.merge.policies_changed |= merge.policies_changed;

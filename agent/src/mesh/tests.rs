@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use mesh_proto::mesh::{Hello, MESH_PROTOCOL, PullRequest, Request, Response};
 use tempfile::TempDir;
@@ -35,6 +34,7 @@ fn node(files: &TlsFiles, ca: &TlsFiles, claimed: &str, cluster: &str) -> Side {
         hello,
         verifier,
         Arc::new(|_| Response::Refused("test node".into())),
+        super::metrics::MeshMetrics::default(),
     )
     .unwrap();
     let addr = net.local_addr().unwrap();
@@ -78,7 +78,7 @@ async fn a_node_claiming_another_nodes_id_is_refused() {
         matches!(&err, NetError::Refused { reason, .. } if reason.contains("not issued to that node id")),
         "{err}"
     );
-    assert_eq!(a.net.stats.peers_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(a.net.stats.peers_refused.get(), 1);
     // And the other way round: a dialing the liar refuses it.
     let err = a.net.request(liar.addr, &pull()).await.unwrap_err();
     assert!(matches!(err, NetError::Refused { .. }), "{err}");

@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::codec::{Codec, MAX_MESSAGE};
+use super::metrics::MeshMetrics;
 use super::tls;
 use crate::identity::Verifier;
 
@@ -63,15 +63,6 @@ pub enum NetError {
 /// Answers requests of the pull protocol (implemented by `sync`).
 pub type RequestHandler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
-/// Traffic counters, for `/metrics` and the gossip-bandwidth benchmark.
-#[derive(Default)]
-pub struct NetStats {
-    pub gossip_bytes_sent: AtomicU64,
-    pub gossip_bytes_received: AtomicU64,
-    pub gossip_messages_dropped: AtomicU64,
-    pub peers_refused: AtomicU64,
-}
-
 struct Peer {
     connection: quinn::Connection,
     node_id: String,
@@ -89,7 +80,7 @@ pub struct Net {
     queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     blocked: RwLock<HashSet<SocketAddr>>,
     inbound: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    pub stats: NetStats,
+    pub stats: MeshMetrics,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +101,7 @@ impl Net {
         hello: Hello,
         verifier: Arc<Verifier>,
         handler: RequestHandler,
+        stats: MeshMetrics,
     ) -> anyhow::Result<(Arc<Net>, QuicTransport)> {
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -131,7 +123,7 @@ impl Net {
             queues: Mutex::default(),
             blocked: RwLock::default(),
             inbound,
-            stats: NetStats::default(),
+            stats,
         });
         tokio::spawn(Arc::clone(&net).accept_loop());
         let transport = QuicTransport {
@@ -285,7 +277,7 @@ impl Net {
         let theirs = match decode::<Response>(&bytes) {
             Ok(Response::Hello(hello)) => hello,
             Ok(Response::Refused(reason)) => {
-                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.peers_refused.inc();
                 warn!(peer = %addr, %reason, "peer refused this node");
                 return Err(NetError::Refused { addr, reason });
             }
@@ -293,7 +285,7 @@ impl Net {
             Err(err) => return Err(fail(err.to_string())),
         };
         if let Err(reason) = self.check_hello(&connection, &theirs) {
-            self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+            self.stats.peers_refused.inc();
             warn!(peer = %addr, claimed = %theirs.node_id, %reason, "refused peer");
             connection.close(1u32.into(), reason.as_bytes());
             return Err(NetError::Refused { addr, reason });
@@ -362,7 +354,7 @@ impl Net {
         let connection = match incoming.await {
             Ok(connection) => connection,
             Err(err) => {
-                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.peers_refused.inc();
                 return Err(format!("TLS handshake failed: {err}"));
             }
         };
@@ -388,7 +380,7 @@ impl Net {
         };
         let refused = matches!(answer, Response::Refused(_));
         if refused {
-            self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+            self.stats.peers_refused.inc();
         }
         send.write_all(&encode(&answer))
             .await
@@ -419,13 +411,9 @@ impl Net {
             if self.is_blocked(addr) {
                 continue;
             }
-            self.stats
-                .gossip_bytes_received
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.stats.gossip_bytes_received.inc_by(bytes.len() as u64);
             if self.inbound.try_send((addr, bytes)).is_err() {
-                self.stats
-                    .gossip_messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.gossip_messages_dropped.inc();
             }
         }
         let mut peers = lock(&self.peers);
@@ -478,9 +466,7 @@ impl Net {
             tx
         });
         if queue.try_send(bytes).is_err() {
-            self.stats
-                .gossip_messages_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.gossip_messages_dropped.inc();
         }
     }
 
@@ -490,9 +476,7 @@ impl Net {
                 Ok(connection) => connection,
                 Err(err) => {
                     debug!(peer = %addr, error = %err, "gossip message dropped");
-                    self.stats
-                        .gossip_messages_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.gossip_messages_dropped.inc();
                     continue;
                 }
             };
@@ -505,15 +489,11 @@ impl Net {
             };
             match sent.await {
                 Ok(()) => {
-                    self.stats
-                        .gossip_bytes_sent
-                        .fetch_add(len, Ordering::Relaxed);
+                    self.stats.gossip_bytes_sent.inc_by(len);
                 }
                 Err(err) => {
                     debug!(peer = %addr, error = %err, "gossip message lost");
-                    self.stats
-                        .gossip_messages_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.gossip_messages_dropped.inc();
                 }
             }
         }
