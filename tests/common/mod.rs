@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +46,23 @@ impl Options {
     pub fn node_id(mut self, id: &str) -> Options {
         self.node_id = Some(id.into());
         self
+    }
+
+    /// Joins a mesh with the certificates in `dir` (`--tls-dir`).
+    pub fn tls_dir(self, dir: &Path) -> Options {
+        self.arg("--tls-dir").arg(dir.display().to_string())
+    }
+
+    pub fn gossip_listen(self, addr: SocketAddr) -> Options {
+        self.arg("--gossip-listen").arg(addr.to_string())
+    }
+
+    pub fn seed(self, addr: SocketAddr) -> Options {
+        self.arg("--seed").arg(addr.to_string())
+    }
+
+    pub fn cluster_id(self, id: &str) -> Options {
+        self.arg("--cluster-id").arg(id)
     }
 }
 
@@ -202,6 +219,17 @@ impl Agent {
         response(self.http.put(self.url(path)).json(body).send())
     }
 
+    /// Sends a text body (a Rego module) with PUT.
+    pub fn put_text(&self, path: &str, text: &str) -> (u16, Value) {
+        response(
+            self.http
+                .put(self.url(path))
+                .header("content-type", "text/plain")
+                .body(text.to_owned())
+                .send(),
+        )
+    }
+
     /// Sends a body as is (for malformed JSON and size limits).
     pub fn post_raw(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
         response(
@@ -265,6 +293,43 @@ fn response(result: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// A loopback UDP address with a port that was free a moment ago.
+pub fn free_udp_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr")
+}
+
+/// Polls `poll` until it returns `Ok`, every 50 ms for at most `patience`; then fails with the last
+/// `Err`, which should say what was observed. The patience only bounds the wait: it is no timing
+/// assertion, so make it generous.
+pub fn wait_until<T>(patience: Duration, mut poll: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + patience;
+    loop {
+        match poll() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "gave up after {patience:?}; last seen: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checks `check` every 100 ms for `period`, failing at the first `Err` (what must never happen).
+pub fn holds_for(period: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + period;
+    loop {
+        if let Err(seen) = check() {
+            panic!("{seen}");
+        }
+        if Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// An event body for `/evaluate`.
