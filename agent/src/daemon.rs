@@ -116,15 +116,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let rego = Arc::clone(&rego);
             let on_merged: OnMerged = Arc::new(move |outcome| {
                 // Documents first: merged incident rules may name merged Rego rules.
-                if outcome.documents_changed {
-                    if let Err(err) = rego.reload() {
-                        error!(error = %err, "reloading Rego after a merge");
-                    }
+                if outcome.documents_changed
+                    && let Err(err) = rego.reload()
+                {
+                    error!(error = %err, "reloading Rego after a merge");
                 }
-                if outcome.policies_changed {
-                    if let Err(err) = policies.reload() {
-                        error!(error = %err, "reloading policies after a merge");
-                    }
+                if outcome.policies_changed
+                    && let Err(err) = policies.reload()
+                {
+                    error!(error = %err, "reloading policies after a merge");
                 }
             });
             Some(Arc::new(
@@ -167,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
 
-    if let Some(mesh) = mesh.and_then(|m| Arc::into_inner(m)) {
+    if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;
     }
     if let Some(mqtt) = &mut mqtt {

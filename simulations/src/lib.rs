@@ -251,6 +251,26 @@ impl Cluster {
         (seen, running)
     }
 
+    /// (observer, node) pairs, both running, where the observer does not see the node alive.
+    pub async fn not_alive_pairs(&self) -> usize {
+        let running: std::collections::HashSet<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.mesh.is_some())
+            .map(|n| n.id.as_str())
+            .collect();
+        let mut pairs = 0;
+        for mesh in self.nodes.iter().filter_map(|n| n.mesh.as_ref()) {
+            pairs += mesh
+                .members()
+                .await
+                .iter()
+                .filter(|m| running.contains(m.node_id.as_str()) && m.state != MemberState::Alive)
+                .count();
+        }
+        pairs
+    }
+
     /// Bytes of gossip sent by all running nodes so far (payload, and UDP on open connections).
     pub fn gossip_bytes(&self) -> (u64, u64) {
         let mut payload = 0;

@@ -53,6 +53,8 @@ struct Report {
     gossip_payload_bytes_per_sec_per_node: f64,
     /// UDP bytes (QUIC, TLS and keep-alives included) per second per node at steady state.
     udp_bytes_per_sec_per_node: f64,
+    /// Most (observer, running node) pairs seen not alive at once during the steady state.
+    steady_false_alarms: usize,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -126,15 +128,30 @@ async fn main() -> anyhow::Result<()> {
 
     let (payload_before, udp_before) = cluster.gossip_bytes();
     let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
+    // Every half second, count (observer, node) pairs where a running node is not seen alive: a
+    // healthy mesh at steady state has none (failure-detector false alarms would show here).
+    let mut false_alarms = 0;
+    while window.elapsed() < Duration::from_secs(args.steady_secs) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        false_alarms = false_alarms.max(cluster.not_alive_pairs().await);
+    }
     let (payload_after, udp_after) = cluster.gossip_bytes();
     let seconds = window.elapsed().as_secs_f64();
     let per_node =
         |before: u64, after: u64| (after.saturating_sub(before)) as f64 / seconds / n as f64;
 
     let victim = n - 1;
-    cluster.stop_node(victim).await;
+    // Measure from a node every other node sees alive.
+    while started.elapsed() < LIMIT * 2 {
+        let (seen, running) = cluster.seen_as(victim, MemberState::Alive).await;
+        if seen == running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The clock starts before the stop: closing the node's connections takes a while.
     let stopped = Instant::now();
+    cluster.stop_node(victim).await;
     let mut detection = None;
     while stopped.elapsed() < LIMIT {
         let (seen, running) = cluster.seen_as(victim, MemberState::Dead).await;
@@ -157,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         failure_detection_ms: detection.as_secs_f64() * 1e3,
         gossip_payload_bytes_per_sec_per_node: per_node(payload_before, payload_after),
         udp_bytes_per_sec_per_node: per_node(udp_before, udp_after),
+        steady_false_alarms: false_alarms,
     };
     cluster.shutdown().await;
 
@@ -167,11 +185,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "| nodes | interval | membership | rollout median | rollout max | dead seen by all | gossip payload / node | UDP / node |"
+            "| nodes | interval | membership | rollout median | rollout max | dead seen by all | gossip payload / node | UDP / node | false alarms |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} KB/s | {:.1} KB/s |",
+            "| {} | {} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} KB/s | {:.1} KB/s | {} |",
             report.nodes,
             report.interval_ms,
             report.membership_ms,
@@ -180,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             report.failure_detection_ms,
             report.gossip_payload_bytes_per_sec_per_node / 1e3,
             report.udp_bytes_per_sec_per_node / 1e3,
+            report.steady_false_alarms,
         );
     }
     Ok(())

@@ -135,14 +135,14 @@ impl Mesh {
 
         let stale = Arc::new(AtomicBool::new(false));
         let ttl_ms = settings.tombstone_ttl.as_millis() as u64;
-        if let (Some(last), true) = (store.last_synced_ms()?, store.replica_revision()?.head > 0) {
-            if crate::clock::now_ms().saturating_sub(last) > ttl_ms {
-                warn!(
-                    last_synced_ms = last,
-                    "away longer than the tombstone TTL: this node will take a peer's policy set before handing its own on"
-                );
-                stale.store(true, Ordering::Release);
-            }
+        if let (Some(last), true) = (store.last_synced_ms()?, store.replica_revision()?.head > 0)
+            && crate::clock::now_ms().saturating_sub(last) > ttl_ms
+        {
+            warn!(
+                last_synced_ms = last,
+                "away longer than the tombstone TTL: this node will take a peer's policy set before handing its own on"
+            );
+            stale.store(true, Ordering::Release);
         }
 
         let socket = UdpSocket::bind(settings.listen)
@@ -190,7 +190,8 @@ impl Mesh {
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V0,
+            // Every node of a mesh runs this build, so all decode V1 (compressed digests).
+            protocol_version: ProtocolVersion::V1,
         };
         let revision = store.replica_revision()?;
         let initial = vec![
@@ -327,12 +328,11 @@ fn advertise_addr(settings: &MeshSettings, port: u16) -> SocketAddr {
         } else {
             "[::]:0"
         };
-        if let Ok(probe) = UdpSocket::bind(bind) {
-            if probe.connect(target).is_ok() {
-                if let Ok(local) = probe.local_addr() {
-                    return SocketAddr::new(local.ip(), port);
-                }
-            }
+        if let Ok(probe) = UdpSocket::bind(bind)
+            && probe.connect(target).is_ok()
+            && let Ok(local) = probe.local_addr()
+        {
+            return SocketAddr::new(local.ip(), port);
         }
     }
     warn!(listen = %settings.listen, "no gossip_advertise and no reachable seed: advertising 127.0.0.1; set mesh.gossip_advertise for a multi-host mesh");

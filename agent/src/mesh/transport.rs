@@ -505,10 +505,13 @@ impl Net {
     }
 }
 
+/// Gossip messages as they arrive: the peer's gossip address and the encoded envelope.
+type Inbound = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+
 /// chitchat's view of the network: opens a socket backed by a [`Net`].
 pub struct QuicTransport {
     net: Arc<Net>,
-    inbound: Mutex<Option<mpsc::Receiver<(SocketAddr, Vec<u8>)>>>,
+    inbound: Mutex<Option<Inbound>>,
 }
 
 #[async_trait]

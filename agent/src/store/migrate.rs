@@ -58,8 +58,7 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
         .ctx("create node certs")?;
     txn.open_table(replica::PEER_CURSORS)
         .ctx("create peer cursors")?;
-    txn.open_table(crate::outbox::OUTBOX)
-        .ctx("create outbox")?;
+    txn.open_table(crate::outbox::OUTBOX).ctx("create outbox")?;
     if found.is_none_or(|v| v < 4) {
         // Drawn once per data file: peers key their cursors by it (see `store::replica`).
         let incarnation = u64::from_le_bytes(
@@ -88,8 +87,7 @@ fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 /// Schema 4 -> 5: an empty outbox.
 fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(crate::outbox::OUTBOX)
-        .ctx("create outbox")?;
+    txn.open_table(crate::outbox::OUTBOX).ctx("create outbox")?;
     Ok(())
 }
 

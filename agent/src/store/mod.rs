@@ -215,10 +215,8 @@ impl Store {
                 .ctx("open policies")?
                 .remove(id)
                 .ctx("delete policy")?;
-            txn.open_table(POLICY_NAMES)
-                .ctx("open policy names")?
-                .remove(current.name.as_str())
-                .ctx("delete policy name")?;
+            // Another policy may hold the same name (concurrent creates on two nodes).
+            reindex_name(txn, &current.name)?;
             let tombstone = PolicyRecord {
                 version: current.version + 1,
                 updated_at_us: now.us,
@@ -368,17 +366,38 @@ fn put_policy(
     record: &PolicyRecord,
     previous_name: Option<&str>,
 ) -> Result<(), StoreError> {
-    let mut names = txn.open_table(POLICY_NAMES).ctx("open policy names")?;
-    if let Some(previous) = previous_name.filter(|p| *p != record.name) {
-        names.remove(previous).ctx("rename policy")?;
-    }
-    names
-        .insert(record.name.as_str(), record.id)
-        .ctx("index policy name")?;
     txn.open_table(POLICIES)
         .ctx("open policies")?
         .insert(record.id, encode(record).as_slice())
         .ctx("write policy")?;
+    if let Some(previous) = previous_name.filter(|p| *p != record.name) {
+        reindex_name(txn, previous)?;
+    }
+    reindex_name(txn, &record.name)
+}
+
+/// Points the name index at the live policy called `name` with the lowest id, or drops the entry
+/// if none is left. Names are unique per node, but two nodes can create one name concurrently;
+/// every node then resolves it the same way, and when one of them goes the other takes the name.
+pub(crate) fn reindex_name(txn: &WriteTransaction, name: &str) -> Result<(), StoreError> {
+    let mut holder = None;
+    for entry in txn
+        .open_table(POLICIES)
+        .ctx("open policies")?
+        .iter()
+        .ctx("scan policies")?
+    {
+        let (id, bytes) = entry.ctx("scan policies")?;
+        if decode_policy(bytes.value())?.name == name {
+            holder = Some(id.value());
+            break;
+        }
+    }
+    let mut names = txn.open_table(POLICY_NAMES).ctx("open policy names")?;
+    match holder {
+        Some(id) => names.insert(name, id).ctx("index policy name")?,
+        None => names.remove(name).ctx("drop policy name")?,
+    };
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use ring::digest::{Context, SHA256};
 use tracing::warn;
 
-use super::schema::{DOCUMENT_HISTORY, DOCUMENTS, META, POLICIES, POLICY_HISTORY, POLICY_NAMES};
-use super::{DbContext, Store, StoreError, decode_policy, next_revision, tick_clock};
+use super::schema::{DOCUMENT_HISTORY, DOCUMENTS, META, POLICIES, POLICY_HISTORY};
+use super::{DbContext, Store, StoreError, decode_policy, next_revision, reindex_name, tick_clock};
 use crate::identity::Signer;
 
 /// key -> encoded `LoggedChange`: the winning version of every key, with the local sequence
@@ -577,42 +577,22 @@ fn apply_policy(
         let bytes = table.get(incoming.id).ctx("read policy")?;
         bytes.map(|b| decode_policy(b.value())).transpose()?
     };
-    let mut names = txn.open_table(POLICY_NAMES).ctx("open policy names")?;
-    if let Some(current) = &current {
-        let holder = names
-            .get(current.name.as_str())
-            .ctx("read policy name")?
-            .map(|v| v.value());
-        if holder == Some(current.id) {
-            names
-                .remove(current.name.as_str())
-                .ctx("drop policy name")?;
+    {
+        let mut policies = txn.open_table(POLICIES).ctx("open policies")?;
+        if deleted {
+            policies.remove(incoming.id).ctx("delete policy")?;
+        } else {
+            policies
+                .insert(incoming.id, encode(incoming).as_slice())
+                .ctx("write policy")?;
         }
     }
-    let mut policies = txn.open_table(POLICIES).ctx("open policies")?;
-    if deleted {
-        policies.remove(incoming.id).ctx("delete policy")?;
-    } else {
-        // Two nodes may create policies with one name concurrently; every node keeps both and
-        // indexes the name to the lower id, so all nodes resolve the name the same way.
-        let holder = names
-            .get(incoming.name.as_str())
-            .ctx("read policy name")?
-            .map(|v| v.value());
-        match holder {
-            Some(other) if other < incoming.id => {
-                warn!(name = %incoming.name, kept = other, also = incoming.id, "two policies share a name after a merge; the name resolves to the older id");
-            }
-            _ => {
-                names
-                    .insert(incoming.name.as_str(), incoming.id)
-                    .ctx("index policy name")?;
-            }
-        }
-        policies
-            .insert(incoming.id, encode(incoming).as_slice())
-            .ctx("write policy")?;
+    // Two nodes may create policies with one name concurrently; every node keeps both and
+    // indexes the name to the lower id, so all nodes resolve the name the same way.
+    if let Some(current) = current.as_ref().filter(|c| c.name != incoming.name) {
+        reindex_name(txn, &current.name)?;
     }
+    reindex_name(txn, &incoming.name)?;
     let op = match (deleted, &current) {
         (true, _) => ChangeOp::Delete,
         (false, None) => ChangeOp::Create,

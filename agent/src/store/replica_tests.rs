@@ -154,3 +154,35 @@ fn a_store_from_schema_3_is_seeded_into_the_replica() {
     assert_eq!((revision.head, revision.live), (1, 1));
     assert_ne!(a.incarnation().unwrap(), 0);
 }
+
+#[test]
+fn when_one_of_two_same_named_policies_goes_the_other_keeps_the_name() {
+    let dir = TempDir::new().unwrap();
+    let a = node(&dir, "a");
+    let b = node(&dir, "b");
+    let pa = a.create(fields("same", 1)).unwrap();
+    let pb = b.create(fields("same", 2)).unwrap();
+    pull(&a, &b);
+    pull(&b, &a);
+    let (lower, higher) = if pa.id < pb.id {
+        (pa.id, pb.id)
+    } else {
+        (pb.id, pa.id)
+    };
+    a.delete(lower).unwrap();
+    pull(&b, &a);
+    for store in [&a, &b] {
+        assert_eq!(store.get_by_name("same").unwrap().unwrap().id, higher);
+        assert!(matches!(
+            store.create(fields("same", 3)),
+            Err(StoreError::DuplicateName { existing_id, .. }) if existing_id == higher
+        ));
+    }
+    // Renaming the remaining one frees the name everywhere.
+    let remaining = a.get(higher).unwrap().unwrap();
+    a.update(higher, remaining.version, fields("other", 1))
+        .unwrap();
+    pull(&b, &a);
+    assert!(b.get_by_name("same").unwrap().is_none());
+    assert_eq!(b.get_by_name("other").unwrap().unwrap().id, higher);
+}
