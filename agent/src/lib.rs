@@ -8,8 +8,8 @@
 pub mod api;
 pub mod audit;
 pub mod certs;
-pub mod collector;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod daemon;
 pub mod decision;
