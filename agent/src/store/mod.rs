@@ -457,23 +457,31 @@ fn allocate_id(txn: &WriteTransaction, now_ms: u64, tag: u64) -> Result<u64, Sto
 }
 
 fn tick_clock(txn: &WriteTransaction, now_ms: u64) -> Result<Hlc, StoreError> {
+    advance_clock(txn, |last| last.tick(now_ms))
+}
+
+/// Moves the clock past a stamp seen from a peer, so local changes made after a merge order after it.
+fn merge_clock(txn: &WriteTransaction, seen: Hlc, now_ms: u64) -> Result<Hlc, StoreError> {
+    advance_clock(txn, |last| last.merge(seen, now_ms))
+}
+
+fn advance_clock(txn: &WriteTransaction, step: impl FnOnce(Hlc) -> Hlc) -> Result<Hlc, StoreError> {
     let mut meta = txn.open_table(META).ctx("open meta")?;
     let last = Hlc {
-        wall_ms: meta
-            .get(META_CLOCK_WALL)
-            .ctx("read clock")?
-            .map_or(0, |v| v.value()),
-        logical: meta
-            .get(META_CLOCK_LOGICAL)
-            .ctx("read clock")?
-            .map_or(0, |v| v.value()) as u32,
+        wall_ms: meta_u64(&meta, META_CLOCK_WALL)?,
+        logical: meta_u64(&meta, META_CLOCK_LOGICAL)? as u32,
     };
-    let next = last.tick(now_ms);
+    let next = step(last);
     meta.insert(META_CLOCK_WALL, next.wall_ms)
         .ctx("write clock")?;
     meta.insert(META_CLOCK_LOGICAL, u64::from(next.logical))
         .ctx("write clock")?;
     Ok(next)
+}
+
+/// A counter of the meta table; 0 if it was never written.
+fn meta_u64(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(meta.get(key).ctx("read meta")?.map_or(0, |v| v.value()))
 }
 
 #[cfg(test)]

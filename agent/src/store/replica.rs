@@ -11,7 +11,7 @@
 //! Tombstones are kept for `tombstone_ttl` (see ARCHITECTURE.md, "Deletes and long absences").
 
 use mesh_proto::{
-    ChangeOp, DocumentChange, DocumentRecord, Hlc, LoggedChange, PolicyChange, PolicyRecord,
+    ChangeOp, DocumentChange, DocumentRecord, LoggedChange, PolicyChange, PolicyRecord,
     ReplicaItem, SignedChange, decode, encode,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -19,7 +19,9 @@ use ring::digest::{Context, SHA256};
 use tracing::warn;
 
 use super::schema::{DOCUMENT_HISTORY, DOCUMENTS, META, POLICIES, POLICY_HISTORY};
-use super::{DbContext, Store, StoreError, decode_policy, next_revision, reindex_name, tick_clock};
+use super::{
+    DbContext, Store, StoreError, decode_policy, merge_clock, meta_u64, next_revision, reindex_name,
+};
 use crate::identity::Signer;
 
 /// key -> encoded `LoggedChange`: the winning version of every key, with the local sequence
@@ -124,11 +126,7 @@ fn put_entry(txn: &WriteTransaction, change: SignedChange) -> Result<(), StoreEr
 
 fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
     let mut meta = txn.open_table(META).ctx("open meta")?;
-    let seq = meta
-        .get(META_REPLICA_SEQ)
-        .ctx("read replica seq")?
-        .map_or(0, |v| v.value())
-        + 1;
+    let seq = meta_u64(&meta, META_REPLICA_SEQ)? + 1;
     meta.insert(META_REPLICA_SEQ, seq)
         .ctx("write replica seq")?;
     Ok(seq)
@@ -236,24 +234,15 @@ impl Store {
     pub fn incarnation(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let meta = txn.open_table(META).ctx("open meta")?;
-        Ok(meta
-            .get(META_INCARNATION)
-            .ctx("read incarnation")?
-            .map_or(0, |v| v.value()))
+        Ok(meta_u64(&meta, META_INCARNATION)?)
     }
 
     /// The head of this node's log and the digest of its replicated set.
     pub fn replica_revision(&self) -> Result<ReplicaRevision, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let meta = txn.open_table(META).ctx("open meta")?;
-        let head = meta
-            .get(META_REPLICA_SEQ)
-            .ctx("read replica seq")?
-            .map_or(0, |v| v.value());
-        let incarnation = meta
-            .get(META_INCARNATION)
-            .ctx("read incarnation")?
-            .map_or(0, |v| v.value());
+        let head = meta_u64(&meta, META_REPLICA_SEQ)?;
+        let incarnation = meta_u64(&meta, META_INCARNATION)?;
         let mut hash = Context::new(&SHA256);
         let mut live = 0;
         for entry in txn
@@ -302,14 +291,8 @@ impl Store {
     ) -> Result<LogPage, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let meta = txn.open_table(META).ctx("open meta")?;
-        let head = meta
-            .get(META_REPLICA_SEQ)
-            .ctx("read replica seq")?
-            .map_or(0, |v| v.value());
-        let incarnation = meta
-            .get(META_INCARNATION)
-            .ctx("read incarnation")?
-            .map_or(0, |v| v.value());
+        let head = meta_u64(&meta, META_REPLICA_SEQ)?;
+        let incarnation = meta_u64(&meta, META_INCARNATION)?;
         let log = txn.open_table(REPLICA_LOG).ctx("open replica log")?;
         let replica = txn.open_table(REPLICA).ctx("open replica")?;
         let mut changes = Vec::new();
@@ -537,33 +520,6 @@ impl Store {
             Ok(expired.len())
         })
     }
-}
-
-fn merge_clock(txn: &WriteTransaction, seen: Hlc, now_ms: u64) -> Result<(), StoreError> {
-    // tick_clock advances past the stored stamp; storing max(stored, seen) first makes the
-    // next local stamp order after `seen` too.
-    let mut meta = txn.open_table(META).ctx("open meta")?;
-    let wall = meta
-        .get(super::schema::META_CLOCK_WALL)
-        .ctx("read clock")?
-        .map_or(0, |v| v.value());
-    let logical = meta
-        .get(super::schema::META_CLOCK_LOGICAL)
-        .ctx("read clock")?
-        .map_or(0, |v| v.value()) as u32;
-    let stored = Hlc {
-        wall_ms: wall,
-        logical,
-    };
-    if seen > stored {
-        meta.insert(super::schema::META_CLOCK_WALL, seen.wall_ms)
-            .ctx("write clock")?;
-        meta.insert(super::schema::META_CLOCK_LOGICAL, u64::from(seen.logical))
-            .ctx("write clock")?;
-    }
-    drop(meta);
-    tick_clock(txn, now_ms)?;
-    Ok(())
 }
 
 /// Writes a merged policy version (or its delete) into the policy tables and its history.
