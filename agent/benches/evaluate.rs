@@ -90,7 +90,14 @@ fn bench(c: &mut Criterion) {
         commit_interval: Duration::from_millis(200),
     };
     let (audit, writer) = runtime
-        .block_on(async { AuditLog::start(store.database(), settings, Arc::clone(&metrics)) })
+        .block_on(async {
+            AuditLog::start(
+                store.database(),
+                settings,
+                Arc::clone(&metrics),
+                mesh_agent::fatal::Fatal::new(),
+            )
+        })
         .unwrap();
     let decider = Decider::new(Arc::clone(&engine), audit, "bench".into());
     let input =

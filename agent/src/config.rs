@@ -230,6 +230,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("mqtt.incident_topics", Kind::List),
     ("mqtt.actions_topic", Kind::Text),
     ("mqtt.summaries_topic", Kind::Text),
+    ("mqtt.max_message_bytes", Kind::Integer),
     ("outbox.capacity", Kind::Integer),
     ("outbox.when_full", Kind::Text),
     ("upstream.max_inflight", Kind::Integer),
@@ -239,6 +240,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("upstream.failure_threshold", Kind::Integer),
     ("upstream.reset_timeout_sec", Kind::Integer),
     ("summary.interval_sec", Kind::Integer),
+    ("summary.keep", Kind::Integer),
 ];
 
 impl Config {
@@ -290,7 +292,7 @@ impl Config {
             });
         }
         self.mesh.validate()?;
-        crate::mqtt::config::validate(&self.mqtt, &self.outbox, &self.upstream)?;
+        crate::mqtt::config::validate(&self.mqtt, &self.outbox, &self.upstream, &self.summary)?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",
@@ -557,6 +559,7 @@ mod tests {
                 ("MESH_AGENT_MQTT_INCIDENT_TOPICS", "a/b, c/d"),
                 ("MESH_AGENT_MQTT_ACTIONS_TOPIC", "acts"),
                 ("MESH_AGENT_MQTT_SUMMARIES_TOPIC", "sums"),
+                ("MESH_AGENT_MQTT_MAX_MESSAGE_BYTES", "4096"),
                 ("MESH_AGENT_OUTBOX_CAPACITY", "9"),
                 ("MESH_AGENT_OUTBOX_WHEN_FULL", "drop_oldest"),
                 ("MESH_AGENT_UPSTREAM_MAX_INFLIGHT", "8"),
@@ -566,6 +569,7 @@ mod tests {
                 ("MESH_AGENT_UPSTREAM_FAILURE_THRESHOLD", "2"),
                 ("MESH_AGENT_UPSTREAM_RESET_TIMEOUT_SEC", "3"),
                 ("MESH_AGENT_SUMMARY_INTERVAL_SEC", "4"),
+                ("MESH_AGENT_SUMMARY_KEEP", "5"),
             ]),
         )
         .unwrap();
@@ -612,6 +616,7 @@ mod tests {
                 incident_topics: vec!["a/b".into(), "c/d".into()],
                 actions_topic: "acts".into(),
                 summaries_topic: "sums".into(),
+                max_message_bytes: 4096,
             },
             outbox: OutboxConfig {
                 capacity: 9,
@@ -625,7 +630,10 @@ mod tests {
                 failure_threshold: 2,
                 reset_timeout_sec: 3,
             },
-            summary: SummaryConfig { interval_sec: 4 },
+            summary: SummaryConfig {
+                interval_sec: 4,
+                keep: 5,
+            },
         };
         assert_eq!(config, expected);
         // And the key list covers every field: a fully set config serializes to exactly KEYS.

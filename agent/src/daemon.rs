@@ -13,6 +13,7 @@ use crate::audit::{AuditLog, AuditSettings};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::rego::{RegoEngine, RegoSettings};
+use crate::fatal::Fatal;
 use crate::mesh::{Mesh, MeshSettings, OnMerged};
 use crate::metrics::Metrics;
 use crate::mqtt::service as mqtt_service;
@@ -95,10 +96,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // MQTT (when configured): the outbox is written by the audit writer, in the decision's
     // transaction; the decider turns matched rules into actions for it.
     let outbox = mqtt_service::open_outbox(&config, store.database(), &metrics)?;
+    let fatal = Fatal::new();
     let (audit, audit_writer) = AuditLog::start_with_outbox(
         store.database(),
         audit_settings,
         Arc::clone(&metrics),
+        fatal.clone(),
         outbox.clone(),
     )?;
     let (decider, mut mqtt) = mqtt_service::start(
@@ -163,7 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "HTTP API listening");
 
     axum::serve(listener, api::router(state, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(fatal.clone()))
         .await
         .context("HTTP server failed")?;
 
@@ -178,12 +181,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(mqtt) = mqtt {
         mqtt.stop().await;
     }
+    if let Some(reason) = fatal.reason() {
+        // Non-zero: systemd (Restart=on-failure) starts the agent again on a freshly opened file.
+        anyhow::bail!("stopped after a fatal fault: {reason}");
+    }
     info!("mesh-agent stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (systemd stop), SIGINT (Ctrl-C), or a fatal fault.
+async fn shutdown_signal(fatal: Fatal) {
+    tokio::select! {
+        _ = signal() => {}
+        reason = fatal.raised() => info!(reason = %reason, "shutting down after a fatal fault"),
+    }
+}
+
+async fn signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

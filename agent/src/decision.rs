@@ -13,7 +13,7 @@ use mesh_proto::{ActionMessage, AuditRecord, AuditResult, IncidentView};
 use crate::audit::{AuditLog, Committed, NotCommitted};
 use crate::clock::{now_us, rfc3339};
 use crate::engine::{Engine, Evaluation, Incident};
-use crate::outbox::{Outbox, OutboxItem};
+use crate::outbox::{Lane, Outbox, OutboxItem};
 use crate::summary::WindowStats;
 
 /// Evaluates incidents and audits the evaluations.
@@ -25,10 +25,33 @@ pub struct Decider {
     stats: Option<Arc<WindowStats>>,
 }
 
-/// Where matched rules go: the outbox, for this topic.
-struct ActionSink {
-    outbox: Arc<Outbox>,
-    topic: String,
+/// Where matched rules go: the outbox, for this topic, at most this large.
+pub struct ActionSink {
+    pub outbox: Arc<Outbox>,
+    pub topic: String,
+    /// The largest payload the publisher may send (`mqtt.max_message_bytes`).
+    pub max_bytes: usize,
+}
+
+/// Why an incident was not decided.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The decision had actions and could not be committed: the caller must retry.
+    #[error(transparent)]
+    NotCommitted(#[from] NotCommitted),
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+}
+
+/// An action message would be larger than the broker link may carry: nothing was recorded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the action message of policy `{policy}` would be {size} bytes, over mqtt.max_message_bytes ({limit}); the incident is refused (shrink its context)"
+)]
+pub struct TooLarge {
+    pub policy: String,
+    pub size: usize,
+    pub limit: usize,
 }
 
 /// A decision whose audit entry and actions may still be on their way to disk.
@@ -55,9 +78,9 @@ impl Decider {
         }
     }
 
-    /// Matched rules become action messages on `topic`, through `outbox`.
-    pub fn with_upstream(mut self, outbox: Arc<Outbox>, topic: String) -> Decider {
-        self.upstream = Some(ActionSink { outbox, topic });
+    /// Matched rules become action messages through `sink`.
+    pub fn with_upstream(mut self, sink: ActionSink) -> Decider {
+        self.upstream = Some(sink);
         self
     }
 
@@ -78,8 +101,8 @@ impl Decider {
         incident: Incident,
         input_json: String,
         dry_run: bool,
-    ) -> Result<Decision, NotCommitted> {
-        let pending = self.decide_deferred(incident, input_json, dry_run).await;
+    ) -> Result<Decision, DecideError> {
+        let pending = self.decide_deferred(incident, input_json, dry_run).await?;
         if let Some(committed) = pending.committed {
             committed.await.map_err(|_| NotCommitted)??;
         }
@@ -87,39 +110,40 @@ impl Decider {
     }
 
     /// Like [`decide`](Self::decide), but leaves waiting for the commit to the caller. Under the
-    /// outbox's `block` policy this waits for room first (backpressure).
+    /// outbox's `block` policy this waits for room first (backpressure). Dropping the future
+    /// part way leaves no trace: room taken for it is given back.
     pub async fn decide_deferred(
         &self,
         incident: Incident,
         input_json: String,
         dry_run: bool,
-    ) -> Pending {
+    ) -> Result<Pending, TooLarge> {
         let evaluation = self.engine.evaluate(&incident);
         let mut committed = None;
         if !dry_run {
+            let actions = match &self.upstream {
+                Some(sink) => self.actions(sink, &incident, &evaluation)?,
+                None => Vec::new(),
+            };
             if let Some(stats) = &self.stats {
                 stats.record(&evaluation);
             }
             let record = self.audit_record(&incident, input_json, &evaluation);
-            let actions = match &self.upstream {
-                Some(sink) => self.actions(sink, &incident, &evaluation),
-                None => Vec::new(),
-            };
             match &self.upstream {
                 Some(sink) if !actions.is_empty() => {
-                    sink.outbox.reserve(actions.len()).await;
-                    committed = Some(self.audit.append_durable(Some(record), actions).await);
+                    let room = sink.outbox.reserve(actions.len()).await;
+                    committed = Some(self.audit.append_durable(Some(record), actions, room).await);
                 }
                 _ => self.audit.append(record).await,
             }
         }
-        Pending {
+        Ok(Pending {
             decision: Decision {
                 incident,
                 evaluation,
             },
             committed,
-        }
+        })
     }
 
     /// Records an intake payload that is not a valid event: audited as rejected, with the reason.
@@ -151,23 +175,16 @@ impl Decider {
         self.audit.append(record).await;
     }
 
-    /// Queues `item` (an audit summary) for the broker through the outbox, without an audit entry.
-    pub async fn send_upstream(&self, item: OutboxItem) -> Option<Committed> {
-        let sink = self.upstream.as_ref()?;
-        sink.outbox.reserve(1).await;
-        Some(self.audit.append_durable(None, vec![item]).await)
-    }
-
     /// One action message per matched rule.
     fn actions(
         &self,
         sink: &ActionSink,
         incident: &Incident,
         evaluation: &Evaluation,
-    ) -> Vec<OutboxItem> {
+    ) -> Result<Vec<OutboxItem>, TooLarge> {
         let mut matched = evaluation.matched().peekable();
         if matched.peek().is_none() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let decided_at = rfc3339(now_us());
         let view = IncidentView {
@@ -177,7 +194,7 @@ impl Decider {
             context: incident.context.clone(),
             timestamp: incident.timestamp.clone(),
         };
-        matched
+        let items: Vec<OutboxItem> = matched
             .map(|policy| {
                 let action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
                 let message = ActionMessage {
@@ -198,9 +215,23 @@ impl Decider {
                     topic: sink.topic.clone(),
                     // Serializing derived types into a String cannot fail.
                     payload: serde_json::to_string(&message).unwrap_or_default(),
+                    lane: Lane::Action,
                 }
             })
-            .collect()
+            .collect();
+        // Items come in the order of the matched policies.
+        let oversized = evaluation
+            .matched()
+            .zip(&items)
+            .find(|(_, item)| item.payload.len() > sink.max_bytes);
+        if let Some((policy, item)) = oversized {
+            return Err(TooLarge {
+                policy: policy.name.to_string(),
+                size: item.payload.len(),
+                limit: sink.max_bytes,
+            });
+        }
+        Ok(items)
     }
 
     pub(crate) fn audit_record(

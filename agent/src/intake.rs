@@ -7,16 +7,25 @@
 //! group-committed), after the commit of its audit entry and actions for one that matched. Until
 //! then the broker keeps it and redelivers it after a reconnect; since action ids are derived from
 //! the incident (its `event_id`, or for an event without one a hash of topic and payload), a
-//! redelivered incident yields the same action ids. Acknowledgements are sent in arrival order, by
-//! one task per connection, so an acknowledgement never reaches a later connection.
+//! redelivered incident yields the same action ids.
 //!
-//! A malformed payload is counted, logged with its topic, audited as rejected, acknowledged (a
-//! redelivery would not make it valid), and the intake carries on.
+//! Three tasks per connection, so that none waits on another's slow step: the *poller* polls the
+//! event loop without pause (so keep-alives flow even while a full outbox holds decisions back) and
+//! queues each incident; the *decider* decides them in arrival order; the *acknowledger* sends the
+//! PUBACKs in arrival order, each once its decision is recorded, on the connection the incident
+//! came on. How many incidents wait between them is bounded by the broker: it sends no more
+//! unacknowledged messages than its in-flight window.
+//!
+//! A malformed or oversized payload is counted, logged with its topic, audited as rejected,
+//! acknowledged (a redelivery would not make it valid), and the intake carries on. The intake
+//! subscribes when the broker has no session for it (and once per start, so changed topics take
+//! effect); a resumed session keeps its subscriptions, and subscribing again would make the broker
+//! replay retained incidents.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -25,123 +34,158 @@ use crate::audit::Committed;
 use crate::decision::Decider;
 use crate::event::Event as IncidentEvent;
 use crate::metrics::Metrics;
+use crate::mqtt::config::MAX_MQTT_PAYLOAD;
 use crate::mqtt::{Backoff, Connector};
 
-/// Incidents received and not yet acknowledged, at most, per connection.
+/// Decided incidents waiting for their acknowledgement, at most, per connection.
 const ACK_QUEUE: usize = 1024;
+/// Received incidents waiting to be decided, at most, per connection. Far above any broker's
+/// in-flight window: the poller never waits on it in practice.
+const DECIDE_QUEUE: usize = 65_536;
+/// How long a stopping intake may take to record and acknowledge what it received.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the intake needs.
+pub struct IntakeSettings {
+    pub topics: Vec<String>,
+    /// Larger payloads are rejected (`mqtt.max_message_bytes`).
+    pub max_bytes: usize,
+}
 
 /// Starts the intake; it runs until `stop`.
 pub fn start(
     connector: Connector,
-    topics: Vec<String>,
+    settings: IntakeSettings,
     decider: Arc<Decider>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    info!(topics = ?topics, "MQTT intake subscribing");
-    let intake = Intake {
-        connector,
-        topics,
+    info!(topics = ?settings.topics, "MQTT intake subscribing");
+    let taker = Arc::new(Taker {
         decider,
         metrics,
-    };
-    tokio::spawn(intake.run(stop))
+        max_bytes: settings.max_bytes,
+    });
+    tokio::spawn(run(connector, settings.topics, taker, stop))
 }
 
-struct Intake {
+async fn run(
     connector: Connector,
     topics: Vec<String>,
-    decider: Arc<Decider>,
-    metrics: Arc<Metrics>,
-}
-
-impl Intake {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let (client, mut eventloop) = self.connector.pair("-in", true, 100, 4 * ACK_QUEUE);
-            let (acks, queue) = mpsc::channel(ACK_QUEUE);
-            let renew = Arc::new(Notify::new());
-            let acker = tokio::spawn(acknowledge(client.clone(), queue, Arc::clone(&renew)));
-            let reason = loop {
-                // Dropping the event loop mid-poll is fine: the whole connection is abandoned.
-                let event = tokio::select! {
-                    event = eventloop.poll() => event,
-                    _ = renew.notified() => break "a decision could not be recorded".to_owned(),
-                    _ = stop.changed() => {
-                        drop(acks);
-                        // Acknowledge what is committed before leaving.
-                        let _ = tokio::time::timeout(Duration::from_secs(5), acker).await;
-                        let _ = client.try_disconnect();
-                        return;
-                    }
-                };
-                match event {
-                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                        backoff.reset();
-                        info!(
-                            session_present = ack.session_present,
-                            "MQTT intake connected"
-                        );
-                        let filters = self
-                            .topics
-                            .iter()
-                            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                        if let Err(err) = client.try_subscribe_many(filters) {
-                            break format!("cannot subscribe: {err}");
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        let committed = self.take(&publish).await;
-                        if acks.send((publish, committed)).await.is_err() {
-                            break "acknowledgement task stopped".to_owned();
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => break err.to_string(),
+    taker: Arc<Taker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut subscribed = false;
+    loop {
+        // Incoming packets up to MQTT's own limit: rumqttc drops a connection on a larger one, and
+        // the broker would redeliver it forever. Oversized incidents are rejected after receipt.
+        let (client, mut eventloop) =
+            connector.pair("-in", true, 100, 4 * ACK_QUEUE, MAX_MQTT_PAYLOAD);
+        let (incoming, to_decide) = mpsc::channel(DECIDE_QUEUE);
+        let (decided, to_ack) = mpsc::channel(ACK_QUEUE);
+        let renew = Arc::new(Notify::new());
+        let decider = tokio::spawn(decide_in_order(Arc::clone(&taker), to_decide, decided));
+        let acker = tokio::spawn(acknowledge(client.clone(), to_ack, Arc::clone(&renew)));
+        let reason = loop {
+            // Dropping the event loop mid-poll is fine: the whole connection is abandoned.
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                _ = renew.notified() => break "a decision could not be recorded".to_owned(),
+                _ = stop.changed() => {
+                    drop(incoming);
+                    finish(&client, &mut eventloop, decider, acker).await;
+                    return;
                 }
             };
-            drop(acks);
-            acker.abort();
-            let wait = backoff.next_wait();
-            warn!(error = %reason, retry_in_ms = wait.as_millis() as u64, "MQTT intake disconnected");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    /// Decides on one incident; returns what to wait for before acknowledging it.
-    async fn take(&self, publish: &Publish) -> Option<Committed> {
-        self.metrics.upstream.intake_received.inc();
-        let mut event: IncidentEvent = match parse(&publish.payload) {
-            Ok(event) => event,
-            Err(reason) => {
-                self.metrics.upstream.intake_rejected.inc();
-                self.metrics.evaluation_errors.inc();
-                warn!(topic = %publish.topic, error = %reason, "malformed incident rejected");
-                self.decider
-                    .reject(&publish.topic, &publish.payload, &reason)
-                    .await;
-                return None;
+            match event {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    backoff.reset();
+                    info!(
+                        session_present = ack.session_present,
+                        "MQTT intake connected"
+                    );
+                    if ack.session_present && subscribed {
+                        continue;
+                    }
+                    let filters = topics
+                        .iter()
+                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(err) = client.try_subscribe_many(filters) {
+                        break format!("cannot subscribe: {err}");
+                    }
+                    subscribed = true;
+                }
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    if incoming.send(publish).await.is_err() {
+                        break "decision task stopped".to_owned();
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => break err.to_string(),
             }
         };
-        if event.event_id.is_none() {
-            event.event_id = Some(content_id(&publish.topic, &publish.payload));
+        // What was received and not acknowledged is redelivered on the next connection.
+        decider.abort();
+        acker.abort();
+        let wait = backoff.next_wait();
+        warn!(error = %reason, retry_in_ms = wait.as_millis() as u64, "MQTT intake disconnected");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
         }
-        let input = String::from_utf8_lossy(&publish.payload).into_owned();
-        let pending = self
-            .decider
-            .decide_deferred(event.into_incident(), input, false)
-            .await;
-        debug!(
-            topic = %publish.topic,
-            event_id = %pending.decision.incident.id,
-            actions = pending.committed.is_some(),
-            "incident decided"
-        );
-        pending.committed
+    }
+}
+
+/// Stopping: decides what was received, acknowledges what is recorded and disconnects, while
+/// polling the event loop (it is what writes the acknowledgements to the socket). Gives up after
+/// [`STOP_GRACE`]; whatever is left unacknowledged is redelivered after the next start.
+async fn finish(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    decider: JoinHandle<()>,
+    acker: JoinHandle<()>,
+) {
+    let flush = async {
+        let _ = decider.await;
+        let _ = acker.await;
+        // Queued behind the last acknowledgement.
+        let _ = client.disconnect().await;
+    };
+    tokio::pin!(flush);
+    let deadline = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(deadline);
+    let mut flushed = false;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                warn!("MQTT intake stopped before every recorded incident was acknowledged");
+                return;
+            }
+            _ = &mut flush, if !flushed => flushed = true,
+            event = eventloop.poll() => match event {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => {
+                    debug!(flushed, "MQTT intake disconnected");
+                    return;
+                }
+                // A new incident now is not taken: unacknowledged, it is redelivered.
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Decides queued incidents in arrival order and hands them on for acknowledgement.
+async fn decide_in_order(
+    taker: Arc<Taker>,
+    mut incoming: mpsc::Receiver<Publish>,
+    decided: mpsc::Sender<(Publish, Option<Committed>)>,
+) {
+    while let Some(publish) = incoming.recv().await {
+        let committed = taker.take(&publish).await;
+        if decided.send((publish, committed)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -168,6 +212,57 @@ async fn acknowledge(
     }
 }
 
+/// Turns one received message into a decision (or a rejection).
+struct Taker {
+    decider: Arc<Decider>,
+    metrics: Arc<Metrics>,
+    max_bytes: usize,
+}
+
+impl Taker {
+    /// Decides on one incident; returns what to wait for before acknowledging it.
+    async fn take(&self, publish: &Publish) -> Option<Committed> {
+        self.metrics.upstream.intake_received.inc();
+        let event = if publish.payload.len() > self.max_bytes {
+            Err(format!(
+                "payload is {} bytes, over mqtt.max_message_bytes ({})",
+                publish.payload.len(),
+                self.max_bytes
+            ))
+        } else {
+            parse(&publish.payload)
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(reason) => return self.reject(publish, &reason).await,
+        };
+        let input = String::from_utf8_lossy(&publish.payload).into_owned();
+        let incident = event.into_incident(&publish.topic, &publish.payload);
+        match self.decider.decide_deferred(incident, input, false).await {
+            Ok(pending) => {
+                debug!(
+                    topic = %publish.topic,
+                    event_id = %pending.decision.incident.id,
+                    actions = pending.committed.is_some(),
+                    "incident decided"
+                );
+                pending.committed
+            }
+            Err(too_large) => self.reject(publish, &too_large.to_string()).await,
+        }
+    }
+
+    async fn reject(&self, publish: &Publish, reason: &str) -> Option<Committed> {
+        self.metrics.upstream.intake_rejected.inc();
+        self.metrics.evaluation_errors.inc();
+        warn!(topic = %publish.topic, error = %reason, "malformed incident rejected");
+        self.decider
+            .reject(&publish.topic, &publish.payload, reason)
+            .await;
+        None
+    }
+}
+
 /// The event in a payload, or why it is not one (with the field, line and column).
 fn parse(payload: &[u8]) -> Result<IncidentEvent, String> {
     let mut de = serde_json::Deserializer::from_slice(payload);
@@ -183,21 +278,6 @@ fn parse(payload: &[u8]) -> Result<IncidentEvent, String> {
     Ok(event)
 }
 
-/// An id for an event that came without one: the same payload on the same topic (a redelivery)
-/// gets the same id.
-pub fn content_id(topic: &str, payload: &[u8]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(topic.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(payload);
-    let digest = ctx.finish();
-    let hex: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("mqtt-{hex}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,13 +291,5 @@ mod tests {
         assert!(err.contains("event_type"), "{err}");
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"event_type":"x","severity":3} trailing"#).is_err());
-    }
-
-    #[test]
-    fn content_ids_follow_topic_and_payload() {
-        let a = content_id("incident/detected", b"{}");
-        assert_eq!(a, content_id("incident/detected", b"{}"));
-        assert_ne!(a, content_id("anomaly/detected", b"{}"));
-        assert_ne!(a, content_id("incident/detected", b"{ }"));
     }
 }

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decision;
 pub mod engine;
 pub mod event;
+pub mod fatal;
 pub mod identity;
 pub mod intake;
 pub mod mesh;

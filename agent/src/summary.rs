@@ -14,9 +14,8 @@ use tracing::{debug, warn};
 
 use crate::audit::AuditLog;
 use crate::clock::{now_us, rfc3339};
-use crate::decision::Decider;
 use crate::engine::Evaluation;
-use crate::outbox::OutboxItem;
+use crate::outbox::{Lane, OutboxItem, Room};
 
 /// Latency buckets: bucket `i` holds evaluations that took under `BASE_NS * GROWTH^i`.
 const BASE_NS: f64 = 100.0;
@@ -155,10 +154,11 @@ impl WindowStats {
     }
 }
 
-/// Every `interval`, closes the window and queues its summary on `topic` (until `stop`).
+/// Every `interval`, closes the window and queues its summary on `topic` through the outbox's
+/// summary lane (until `stop`).
 pub async fn run(
     stats: Arc<WindowStats>,
-    decider: Arc<Decider>,
+    node_id: String,
     audit: AuditLog,
     topic: String,
     interval: Duration,
@@ -177,15 +177,17 @@ pub async fn run(
                 0
             }
         };
-        let summary = stats.close(decider.node_id(), now_us(), head);
+        let summary = stats.close(&node_id, now_us(), head);
         let item = OutboxItem {
             id: summary.summary_id.clone(),
             topic: topic.clone(),
             payload: serde_json::to_string(&summary).unwrap_or_default(),
+            lane: Lane::Summary,
         };
         debug!(id = %item.id, evaluated = summary.evaluated, "audit summary queued");
-        // Not awaited: the summary rides in the next group commit.
-        let _ = decider.send_upstream(item).await;
+        // Not awaited: the summary rides in the next group commit. Summaries take no room: their
+        // lane has its own bound.
+        drop(audit.append_durable(None, vec![item], Room::none()).await);
     }
 }
 

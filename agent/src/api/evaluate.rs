@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use axum::http::StatusCode;
 
 use crate::audit::NotCommitted;
-use crate::decision::Decision;
+use crate::decision::{DecideError, Decision};
 use crate::event::Event;
 
 use super::{ApiError, AppState, json};
@@ -51,11 +51,12 @@ pub async fn one(
     let body = body?;
     let event = parse_event(&state, &body, "")?;
     let input = String::from_utf8_lossy(&body).into_owned();
+    let incident = event.into_incident(SOURCE, &body);
     let decision = state
         .decider
-        .decide(event.into_incident(), input, query.dry_run)
+        .decide(incident, input, query.dry_run)
         .await
-        .map_err(not_recorded)?;
+        .map_err(not_decided)?;
     Ok(Json(results(&decision)))
 }
 
@@ -75,25 +76,49 @@ pub async fn batch(
             &format!("[{index}]"),
         )?);
     }
-    let mut out = Vec::with_capacity(events.len());
+    // Decided in order, then committed together (one fsync for the batch, not one per event).
+    // If the commit fails the caller retries the batch: events without an id get the same
+    // derived ids again, so actions already sent keep their action ids.
+    let mut pending = Vec::with_capacity(events.len());
     for (event, item) in events.into_iter().zip(raw) {
-        let decision = state
-            .decider
-            .decide(event.into_incident(), item.get().to_owned(), query.dry_run)
-            .await
-            .map_err(not_recorded)?;
-        out.push(results(&decision));
+        let incident = event.into_incident(SOURCE, item.get().as_bytes());
+        pending.push(
+            state
+                .decider
+                .decide_deferred(incident, item.get().to_owned(), query.dry_run)
+                .await
+                .map_err(|err| not_decided(err.into()))?,
+        );
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for pending in pending {
+        if let Some(committed) = pending.committed {
+            committed
+                .await
+                .map_err(|_| NotCommitted)
+                .and_then(|r| r)
+                .map_err(|err| not_decided(err.into()))?;
+        }
+        out.push(results(&pending.decision));
     }
     Ok(Json(out))
 }
 
-/// The decision had actions and could not be committed: the caller must retry.
-fn not_recorded(err: NotCommitted) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_recorded",
-        err.to_string(),
-    )
+/// Where HTTP events come from, for the ids of events that carry none.
+const SOURCE: &str = "http:/evaluate";
+
+fn not_decided(err: DecideError) -> ApiError {
+    match err {
+        // The caller must retry.
+        DecideError::NotCommitted(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_recorded",
+            err.to_string(),
+        ),
+        DecideError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", err.to_string())
+        }
+    }
 }
 
 fn parse_event(state: &AppState, bytes: &[u8], at: &str) -> Result<Event, ApiError> {

@@ -1,4 +1,5 @@
 //! The audit ring: every evaluation, kept in redb, newest `capacity` entries, oldest dropped first.
+//! Its writer task is also the only writer of the outbox.
 //!
 //! Evaluations hand their entry to [`AuditLog::append`], which only queues it; one writer task
 //! numbers queued entries and commits them in groups: at most every `commit_interval`, or sooner when
@@ -10,7 +11,11 @@
 //! over with its entry: the writer inserts them into the [`Outbox`] in the same transaction, and a
 //! group holding such an entry is committed at once (with whatever else is queued) rather than at
 //! the end of the interval; the caller learns when it is on disk. So acknowledging an incident after
-//! that never loses its actions, and concurrent evaluations still share one fsync.
+//! that never loses its actions, and concurrent evaluations still share one fsync. Outbox entries
+//! the broker acknowledged ([`AuditLog::remove_from_outbox`]) leave in the next group's
+//! transaction: one writer, so removals never wait for a second write transaction's lock.
+//!
+//! A commit that fails is fatal ([`Fatal`]): redb refuses every later write on that file handle.
 
 pub mod ring;
 
@@ -18,13 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_proto::AuditRecord;
-use redb::Database;
+use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::fatal::Fatal;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, OutboxItem};
+use crate::outbox::{Outbox, OutboxChange, OutboxItem, Room};
 use crate::store::{DbContext, StoreError};
 
 pub use ring::Query;
@@ -33,8 +39,6 @@ pub use ring::Query;
 const MAX_GROUP: usize = 8_192;
 /// Entries waiting for the writer before `append` makes callers wait (backpressure).
 const QUEUE: usize = 65_536;
-/// Attempts to commit one group before its entries are dropped (and logged as lost).
-const COMMIT_ATTEMPTS: u32 = 3;
 
 /// How the ring behaves.
 #[derive(Debug, Clone, Copy)]
@@ -51,10 +55,14 @@ pub struct NotCommitted;
 /// Resolves when an entry given to [`AuditLog::append_durable`] is committed (or failed to be).
 pub type Committed = oneshot::Receiver<Result<(), NotCommitted>>;
 
-/// One unit of work for the writer: an audit entry and/or outbox messages, and who waits for them.
+/// One unit of work for the writer: an audit entry, outbox messages (with the room taken for
+/// them), outbox keys to remove, and who waits for the commit.
+#[derive(Default)]
 struct Append {
     record: Option<AuditRecord>,
     outbox: Vec<OutboxItem>,
+    room: Room,
+    remove: Vec<u64>,
     done: Option<oneshot::Sender<Result<(), NotCommitted>>>,
 }
 
@@ -79,8 +87,9 @@ impl AuditLog {
         db: Arc<Database>,
         settings: AuditSettings,
         metrics: Arc<Metrics>,
+        fatal: Fatal,
     ) -> Result<(AuditLog, AuditWriter), StoreError> {
-        AuditLog::start_with_outbox(db, settings, metrics, None)
+        AuditLog::start_with_outbox(db, settings, metrics, fatal, None)
     }
 
     /// [`start`](Self::start), with an outbox that durable appends insert into.
@@ -88,6 +97,7 @@ impl AuditLog {
         db: Arc<Database>,
         settings: AuditSettings,
         metrics: Arc<Metrics>,
+        fatal: Fatal,
         outbox: Option<Arc<Outbox>>,
     ) -> Result<(AuditLog, AuditWriter), StoreError> {
         let dropped = ring::trim(&db, settings.capacity)?;
@@ -107,6 +117,7 @@ impl AuditLog {
             next_seq,
             metrics: Arc::clone(&metrics),
             outbox,
+            fatal,
         };
         let task = tokio::spawn(writer.run(rx, stopped, settings.commit_interval));
         let log = AuditLog {
@@ -123,8 +134,7 @@ impl AuditLog {
         self.metrics.audit_pending.inc();
         let append = Append {
             record: Some(record),
-            outbox: Vec::new(),
-            done: None,
+            ..Append::default()
         };
         if self.queue.send(append).await.is_err() {
             self.metrics.audit_pending.dec();
@@ -133,21 +143,25 @@ impl AuditLog {
     }
 
     /// Queues an entry (if any) with messages for the outbox, to be committed together and at once;
-    /// the returned receiver resolves when they are on disk. The caller has reserved outbox room.
+    /// the returned receiver resolves when they are on disk. `room` is what the caller reserved
+    /// for them (`Outbox::reserve`).
     pub async fn append_durable(
         &self,
         record: Option<AuditRecord>,
         outbox: Vec<OutboxItem>,
+        room: Room,
     ) -> Committed {
         let (done, committed) = oneshot::channel();
-        if record.is_some() {
+        let has_record = record.is_some();
+        if has_record {
             self.metrics.audit_pending.inc();
         }
-        let has_record = record.is_some();
         let append = Append {
             record,
             outbox,
+            room,
             done: Some(done),
+            ..Append::default()
         };
         if let Err(mpsc::error::SendError(append)) = self.queue.send(append).await {
             if has_record {
@@ -159,6 +173,22 @@ impl AuditLog {
             }
         }
         committed
+    }
+
+    /// Queues the removal of outbox entries the broker acknowledged; they leave with the next
+    /// group (not fsynced on their own: a crash before the next durable commit only sends them
+    /// again, under the same id).
+    pub async fn remove_from_outbox(&self, keys: Vec<u64>) {
+        if keys.is_empty() {
+            return;
+        }
+        let append = Append {
+            remove: keys,
+            ..Append::default()
+        };
+        if self.queue.send(append).await.is_err() {
+            debug!("audit writer has stopped; acknowledged entries stay until the next start");
+        }
     }
 
     /// Reads committed entries, newest first, and the head sequence number of the same snapshot.
@@ -192,6 +222,14 @@ struct Writer {
     next_seq: u64,
     metrics: Arc<Metrics>,
     outbox: Option<Arc<Outbox>>,
+    fatal: Fatal,
+}
+
+/// What one group commits: numbered entries, outbox messages, outbox removals.
+struct Group {
+    records: Vec<AuditRecord>,
+    items: Vec<OutboxItem>,
+    remove: Vec<u64>,
 }
 
 impl Writer {
@@ -249,99 +287,117 @@ impl Writer {
         info!(head = self.next_seq - 1, "audit ring flushed");
     }
 
-    /// Numbers and commits one group (entries and outbox messages in one transaction), then tells
-    /// the waiters; returns the emptied vector for reuse.
-    async fn commit(&mut self, mut group: Vec<Append>) -> Vec<Append> {
-        if group.is_empty() {
-            return group;
+    /// Numbers and commits one group (entries, outbox messages and removals in one transaction),
+    /// then tells the waiters; returns the emptied vector for reuse.
+    async fn commit(&mut self, mut appends: Vec<Append>) -> Vec<Append> {
+        if appends.is_empty() {
+            return appends;
         }
-        let mut records = Vec::with_capacity(group.len());
-        let mut items = Vec::new();
+        let mut group = Group {
+            records: Vec::with_capacity(appends.len()),
+            items: Vec::new(),
+            remove: Vec::new(),
+        };
         let mut waiters = Vec::new();
-        for append in group.drain(..) {
+        let mut rooms = Vec::new();
+        for append in appends.drain(..) {
             if let Some(mut record) = append.record {
                 record.seq = self.next_seq;
                 self.next_seq += 1;
-                records.push(record);
+                group.records.push(record);
             }
-            items.extend(append.outbox);
+            if !append.outbox.is_empty() {
+                rooms.push((append.room, append.outbox.len() as u64));
+            }
+            group.items.extend(append.outbox);
+            group.remove.extend(append.remove);
             waiters.extend(append.done);
         }
-        let count = records.len();
-        let added = items.len();
-        let mut result = Err(NotCommitted);
-        for attempt in 1..=COMMIT_ATTEMPTS {
+        let count = group.records.len();
+        let added = group.items.len();
+        let result = if let Some(reason) = self.fatal.reason() {
+            debug!(
+                reason,
+                lost = count,
+                "data file failed earlier; group not committed"
+            );
+            Err(NotCommitted)
+        } else {
             let db = Arc::clone(&self.db);
             let capacity = self.capacity;
             let outbox = self.outbox.clone();
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
-                let outcome = commit_group(&db, &records, capacity, outbox.as_deref(), &items);
-                (outcome, records, items)
+                commit_group(&db, &group, capacity, outbox.as_deref())
             })
             .await;
-            let (outcome, returned, returned_items) = match joined {
-                Ok(triple) => triple,
-                Err(err) => {
-                    error!(error = %err, lost = count, "audit commit task failed; entries lost");
-                    break;
-                }
-            };
-            records = returned;
-            items = returned_items;
-            match outcome {
-                Ok(dropped) => {
+            match joined {
+                Ok(Ok(change)) => {
                     self.metrics
                         .audit_commit_duration
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.audit_appended.inc_by(count as u64);
                     if let Some(outbox) = &self.outbox {
-                        outbox.committed(added as u64, dropped);
+                        for (room, actions) in rooms.drain(..) {
+                            outbox.keep(room, actions);
+                        }
+                        outbox.committed(change);
                     }
                     debug!(
                         count,
                         outbox = added,
+                        removed = change.removed,
                         head = self.next_seq - 1,
                         "audit group committed"
                     );
-                    result = Ok(());
-                    break;
+                    Ok(())
                 }
-                Err(err) if attempt < COMMIT_ATTEMPTS => {
-                    warn!(error = %err, attempt, "audit commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                Ok(Err(err)) => {
+                    error!(error = %err, lost = count, outbox_lost = added, "audit commit failed");
+                    self.fatal
+                        .raise(format!("the data file failed a commit: {err}"));
+                    Err(NotCommitted)
                 }
                 Err(err) => {
-                    error!(error = %err, lost = count, outbox_lost = added, "audit commit failed; entries lost");
+                    error!(error = %err, lost = count, outbox_lost = added, "audit commit task failed");
+                    self.fatal
+                        .raise(format!("the audit commit task failed: {err}"));
+                    Err(NotCommitted)
                 }
             }
-        }
+        };
         self.metrics.audit_pending.dec_by(count as i64);
-        if let (Err(_), Some(outbox)) = (result, &self.outbox) {
-            outbox.unreserve(added);
-        }
+        // Rooms not kept (the commit failed) are given back as they drop here.
+        drop(rooms);
         for done in waiters {
             let _ = done.send(result);
         }
-        group
+        appends
     }
 }
 
-/// Appends the entries to the ring and the messages to the outbox, in one transaction. Returns how
-/// many old outbox entries were evicted to make room.
+/// Appends the entries to the ring, inserts the messages into the outbox and removes the
+/// acknowledged ones, in one transaction. A group that only removes is not fsynced: losing it in
+/// a crash only sends those messages again.
 fn commit_group(
     db: &Database,
-    records: &[AuditRecord],
+    group: &Group,
     capacity: u64,
     outbox: Option<&Outbox>,
-    items: &[OutboxItem],
-) -> Result<u64, StoreError> {
-    let txn = db.begin_write().ctx("begin audit commit")?;
-    ring::append(&txn, records, capacity)?;
-    let dropped = match outbox {
-        Some(outbox) => outbox.insert(&txn, items)?,
-        None => 0,
-    };
+) -> Result<OutboxChange, StoreError> {
+    let mut txn = db.begin_write().ctx("begin audit commit")?;
+    if group.records.is_empty() && group.items.is_empty() {
+        txn.set_durability(Durability::None)
+            .ctx("set removal durability")?;
+    }
+    ring::append(&txn, &group.records, capacity)?;
+    let mut change = OutboxChange::default();
+    if let Some(outbox) = outbox {
+        change = outbox.insert(&txn, &group.items)?;
+        let removed = outbox.remove(&txn, &group.remove)?;
+        change.removed = removed.removed;
+        change.removed_actions = removed.removed_actions;
+    }
     txn.commit().ctx("commit audit group")?;
-    Ok(dropped)
+    Ok(change)
 }

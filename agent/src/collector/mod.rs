@@ -79,7 +79,8 @@ async fn subscribe(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let (client, mut eventloop) = connector.pair("", true, 100, 8192);
+        let (client, mut eventloop) =
+            connector.pair("", true, 100, 8192, crate::mqtt::config::MAX_MQTT_PAYLOAD);
         let (tx, rx) = mpsc::channel(4096);
         let keeper = tokio::spawn(keep_and_ack(
             client.clone(),

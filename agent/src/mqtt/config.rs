@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::outbox::WhenFull;
 
+/// The largest packet MQTT can carry (its remaining-length field), so the largest payload too.
+pub const MAX_MQTT_PAYLOAD: usize = 268_435_455;
+
 /// The broker, and the topics incidents arrive on and messages leave on. Without `url` the agent
 /// runs without MQTT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +38,10 @@ pub struct MqttConfig {
     pub actions_topic: String,
     /// Where audit summaries for the collector go.
     pub summaries_topic: String,
+    /// The largest message payload, either way: a larger incident is rejected, and an incident
+    /// whose action would be larger is refused (HTTP 413), so nothing queued can exceed what the
+    /// publisher may send.
+    pub max_message_bytes: usize,
 }
 
 impl Default for MqttConfig {
@@ -57,6 +64,7 @@ impl Default for MqttConfig {
             ],
             actions_topic: "p03/actions".into(),
             summaries_topic: "collector/summaries".into(),
+            max_message_bytes: 1024 * 1024,
         }
     }
 }
@@ -114,11 +122,17 @@ impl Default for UpstreamConfig {
 pub struct SummaryConfig {
     /// Seconds per window; 0 sends no summaries.
     pub interval_sec: u64,
+    /// Summaries the outbox keeps while the broker is away; the oldest are dropped beyond it.
+    /// They never take an action's place (default: a day of 10 s windows).
+    pub keep: u64,
 }
 
 impl Default for SummaryConfig {
     fn default() -> SummaryConfig {
-        SummaryConfig { interval_sec: 10 }
+        SummaryConfig {
+            interval_sec: 10,
+            keep: 8_640,
+        }
     }
 }
 
@@ -127,6 +141,7 @@ pub fn validate(
     mqtt: &MqttConfig,
     outbox: &OutboxConfig,
     upstream: &UpstreamConfig,
+    summary: &SummaryConfig,
 ) -> Result<(), ConfigError> {
     let invalid = |key, message: String| ConfigError::Invalid { key, message };
     if let Some(url) = &mqtt.url {
@@ -160,6 +175,15 @@ pub fn validate(
                 format!("`{topic}` has a wildcard; publish topics cannot"),
             ));
         }
+    }
+    if !(1024..=MAX_MQTT_PAYLOAD).contains(&mqtt.max_message_bytes) {
+        return Err(invalid(
+            "mqtt.max_message_bytes",
+            format!("must be between 1024 and {MAX_MQTT_PAYLOAD} (MQTT's own limit)"),
+        ));
+    }
+    if summary.keep == 0 {
+        return Err(invalid("summary.keep", "must be at least 1".into()));
     }
     if outbox.capacity == 0 {
         return Err(invalid("outbox.capacity", "must be at least 1".into()));

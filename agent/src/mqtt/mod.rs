@@ -91,7 +91,12 @@ pub struct Connector {
     credentials: Option<(String, String)>,
     keep_alive: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The largest packet this side sends: a payload of `mqtt.max_message_bytes` with any topic.
+    max_outgoing: usize,
 }
+
+/// A publish packet's bytes besides its payload, at most: fixed header, topic, packet id.
+const PUBLISH_OVERHEAD: usize = 5 + 2 + u16::MAX as usize + 2;
 
 impl Connector {
     pub fn from_config(config: &MqttConfig, node_id: &str) -> Result<Connector, MqttError> {
@@ -114,6 +119,7 @@ impl Connector {
                 .map(|user| (user, config.password.clone().unwrap_or_default())),
             keep_alive: Duration::from_secs(config.keep_alive_sec),
             tls,
+            max_outgoing: config.max_message_bytes + PUBLISH_OVERHEAD,
         })
     }
 
@@ -137,13 +143,14 @@ impl Connector {
     }
 
     /// A new client and event loop (not connected until polled). `capacity` bounds the requests
-    /// queued for the event loop.
+    /// queued for the event loop; a packet larger than `max_incoming` ends the connection.
     pub fn pair(
         &self,
         suffix: &str,
         manual_acks: bool,
         inflight: u16,
         capacity: usize,
+        max_incoming: usize,
     ) -> (AsyncClient, EventLoop) {
         let mut options = MqttOptions::new(
             self.client_id(suffix),
@@ -155,7 +162,7 @@ impl Connector {
             .set_clean_session(false)
             .set_manual_acks(manual_acks)
             .set_inflight(inflight.max(1))
-            .set_max_packet_size(1024 * 1024, 1024 * 1024);
+            .set_max_packet_size(max_incoming, self.max_outgoing);
         if let Some((user, pass)) = &self.credentials {
             options.set_credentials(user.clone(), pass.clone());
         }

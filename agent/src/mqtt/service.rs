@@ -11,11 +11,11 @@ use tracing::info;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::decision::Decider;
+use crate::decision::{ActionSink, Decider};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::mqtt::{Connector, MqttError};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxBounds};
 use crate::store::StoreError;
 use crate::summary::WindowStats;
 use crate::upstream::{self, Upstream, UpstreamTasks};
@@ -39,12 +39,12 @@ pub fn open_outbox(
         info!("no mqtt.url: running without MQTT (no intake, no upstream; actions are not queued)");
         return Ok(None);
     }
-    let outbox = Outbox::open(
-        db,
-        config.outbox.capacity,
-        config.outbox.when_full,
-        Arc::clone(metrics),
-    )?;
+    let bounds = OutboxBounds {
+        capacity: config.outbox.capacity,
+        when_full: config.outbox.when_full,
+        summary_capacity: config.summary.keep,
+    };
+    let outbox = Outbox::open(db, bounds, Arc::clone(metrics))?;
     if outbox.depth() > 0 {
         info!(
             depth = outbox.depth(),
@@ -104,13 +104,19 @@ pub fn start(
     let stats = Arc::new(WindowStats::new());
     let decider = Arc::new(
         decider
-            .with_upstream(Arc::clone(&outbox), config.mqtt.actions_topic.clone())
+            .with_upstream(ActionSink {
+                outbox: Arc::clone(&outbox),
+                topic: config.mqtt.actions_topic.clone(),
+                max_bytes: config.mqtt.max_message_bytes,
+            })
             .with_stats(Arc::clone(&stats)),
     );
     let (upstream, tasks) = upstream::start(
         connector.clone(),
         config.upstream.clone(),
         outbox,
+        audit.clone(),
+        config.mqtt.max_message_bytes,
         Arc::clone(&metrics),
     );
     let (stop, stopped) = watch::channel(false);
@@ -121,9 +127,13 @@ pub fn start(
             .iter()
             .map(|t| format!("{}{t}", config.mqtt.topic_prefix))
             .collect();
+        let settings = crate::intake::IntakeSettings {
+            topics,
+            max_bytes: config.mqtt.max_message_bytes,
+        };
         crate::intake::start(
             connector,
-            topics,
+            settings,
             Arc::clone(&decider),
             Arc::clone(&metrics),
             stopped.clone(),
@@ -132,7 +142,7 @@ pub fn start(
     let summary = (config.summary.interval_sec > 0).then(|| {
         tokio::spawn(crate::summary::run(
             stats,
-            Arc::clone(&decider),
+            node_id.to_owned(),
             audit,
             config.mqtt.summaries_topic.clone(),
             Duration::from_secs(config.summary.interval_sec),

@@ -40,6 +40,7 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 5 {
                 v4_to_v5(&txn)?;
             }
+            // 5 -> 6 only adds the outbox's summary lane, created below like every table.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -59,6 +60,8 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
     txn.open_table(replica::PEER_CURSORS)
         .ctx("create peer cursors")?;
     txn.open_table(crate::outbox::OUTBOX).ctx("create outbox")?;
+    txn.open_table(crate::outbox::OUTBOX_SUMMARIES)
+        .ctx("create outbox summaries")?;
     if found.is_none_or(|v| v < 4) {
         // Drawn once per data file: peers key their cursors by it (see `store::replica`).
         let incarnation = u64::from_le_bytes(

@@ -234,7 +234,7 @@ impl Store {
     pub fn incarnation(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let meta = txn.open_table(META).ctx("open meta")?;
-        Ok(meta_u64(&meta, META_INCARNATION)?)
+        meta_u64(&meta, META_INCARNATION)
     }
 
     /// The head of this node's log and the digest of its replicated set.

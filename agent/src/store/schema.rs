@@ -9,11 +9,13 @@
 //!   `peer_cursors`, and the file's incarnation.
 //! - 5: adds the `outbox` (`outbox::OUTBOX`): messages for the MQTT broker until it acknowledges
 //!   them. An older build would ignore them, so it must not open the file.
+//! - 6: adds `outbox_summaries` (`outbox::OUTBOX_SUMMARIES`), the outbox's summary lane; the
+//!   `outbox` table keeps only actions. A build of schema 5 would never send summaries queued there.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -21,6 +21,8 @@ pub struct UpstreamMetrics {
     pub outbox_depth: Gauge,
     pub outbox_oldest_age: Gauge<f64, AtomicU64>,
     pub outbox_dropped: Counter,
+    /// Entries larger than the publisher may send (the limit shrank since they were queued).
+    pub outbox_undeliverable: Counter,
     /// Times an intake had to wait for outbox room (`block`).
     pub outbox_full_waits: Counter,
     /// 1 for the breaker's current state, 0 for the others.
@@ -39,6 +41,7 @@ impl UpstreamMetrics {
             outbox_depth: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
             outbox_dropped: Counter::default(),
+            outbox_undeliverable: Counter::default(),
             outbox_full_waits: Counter::default(),
             breaker_state: Family::default(),
             breaker_transitions: Counter::default(),
@@ -64,8 +67,13 @@ impl UpstreamMetrics {
         );
         registry.register(
             "outbox_dropped",
-            "Messages dropped from a full outbox (when_full = drop_oldest)",
+            "Messages dropped from a full outbox (actions under when_full = drop_oldest, summaries beyond summary.keep)",
             m.outbox_dropped.clone(),
+        );
+        registry.register(
+            "outbox_undeliverable",
+            "Outbox entries larger than mqtt.max_message_bytes, dropped unsent (logged)",
+            m.outbox_undeliverable.clone(),
         );
         registry.register(
             "outbox_full_waits",

@@ -15,7 +15,14 @@
 //! client, in order: the n-th `Outgoing::Publish`/`AwaitAck` of a generation is the n-th entry
 //! handed to its client. Events of older generations are ignored; a new connection starts from the
 //! oldest entry still in the outbox (an entry sent but not acknowledged before a disconnect is sent
-//! again, under the same id: consumers de-duplicate by `action_id`).
+//! again, under the same id: consumers de-duplicate by `action_id`). Acknowledged keys leave the
+//! outbox through the audit writer, the data file's one writer.
+//!
+//! What counts for the circuit breaker: a connection that fails or drops, and publishes left
+//! unacknowledged for `ack_timeout` (the connection is then renewed), are failures; a PUBACK is a
+//! success, and so is a CONNACK when there is nothing to send. A CONNACK alone proves nothing about
+//! a broker that accepts connections and never acknowledges a publish, so it does not close the
+//! breaker or reset its count while messages wait.
 
 pub mod breaker;
 pub mod metrics;
@@ -26,20 +33,23 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 use crate::mqtt::{Backoff, Connector, UpstreamConfig};
 use crate::outbox::Outbox;
 
 pub use breaker::{Breaker, BreakerSettings, BreakerView, State};
 
-/// Removals of acknowledged entries are batched: at most this many per transaction...
+/// Acknowledged entries are handed to the writer for removal in batches: at most this many...
 const REMOVE_BATCH: usize = 1024;
 /// ...or this long after the first acknowledgement of a batch.
 const REMOVE_EVERY: Duration = Duration::from_millis(20);
+/// PUBACKs carry no payload: anything larger from the broker is a protocol error.
+const MAX_INCOMING: usize = 64 * 1024;
 
 /// What `/health` shows of the upstream.
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +141,8 @@ pub fn start(
     connector: Connector,
     settings: UpstreamConfig,
     outbox: Arc<Outbox>,
+    audit: AuditLog,
+    max_message_bytes: usize,
     metrics: Arc<Metrics>,
 ) -> (Arc<Upstream>, UpstreamTasks) {
     let breaker = Arc::new(Breaker::new(
@@ -143,7 +155,7 @@ pub fn start(
     let (stop, stopped) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let renew = Arc::new(Notify::new());
+    let (renew, renewals) = watch::channel(0);
     let endpoint = connector.endpoint();
     let broker = format!(
         "{}://{}:{}",
@@ -157,11 +169,13 @@ pub fn start(
         breaker: Arc::clone(&breaker),
         reports: reports_tx,
         connected: connected_tx,
-        renew: Arc::clone(&renew),
+        renewals,
         metrics: Arc::clone(&metrics),
     };
     let publisher = Publisher {
         outbox: Arc::clone(&outbox),
+        audit,
+        max_message_bytes,
         breaker: Arc::clone(&breaker),
         window: usize::from(settings.max_inflight) * 2,
         ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
@@ -196,13 +210,14 @@ struct Driver {
     breaker: Arc<Breaker>,
     reports: mpsc::UnboundedSender<Report>,
     connected: watch::Sender<bool>,
-    /// The publisher asks for a new connection (a publish went unacknowledged too long).
-    renew: Arc<Notify>,
+    /// The publisher asks for a new connection of the generation it names (a publish went
+    /// unacknowledged too long); a request about an older connection is ignored.
+    renewals: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Driver {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(
             Duration::from_millis(self.settings.reconnect_min_ms),
             Duration::from_millis(self.settings.reconnect_max_ms),
@@ -220,15 +235,24 @@ impl Driver {
                 }
             }
             generation += 1;
-            let (client, mut eventloop) =
-                self.connector
-                    .pair("-out", false, self.settings.max_inflight, window + 16);
+            let (client, mut eventloop) = self.connector.pair(
+                "-out",
+                false,
+                self.settings.max_inflight,
+                window + 16,
+                MAX_INCOMING,
+            );
             let mut up = false;
             // Dropping the event loop mid-poll is fine: the whole connection is abandoned.
             let reason = loop {
                 let event = tokio::select! {
                     event = eventloop.poll() => event,
-                    _ = self.renew.notified() => break "publish not acknowledged in time".to_owned(),
+                    renewed = self.renewals.changed() => {
+                        if renewed.is_ok() && *self.renewals.borrow_and_update() == generation {
+                            break "publish not acknowledged in time".to_owned();
+                        }
+                        continue;
+                    }
                     _ = stop.changed() => {
                         let _ = client.try_disconnect();
                         return;
@@ -239,7 +263,6 @@ impl Driver {
                         debug!(session_present = ack.session_present, "upstream connected");
                         up = true;
                         backoff.reset();
-                        self.breaker.success();
                         self.metrics.upstream.connected.set(1);
                         let _ = self.connected.send(true);
                         Report::Connected {
@@ -285,11 +308,15 @@ impl Driver {
 
 struct Publisher {
     outbox: Arc<Outbox>,
+    /// Removes acknowledged entries (the data file's one writer).
+    audit: AuditLog,
+    /// Entries with a larger payload cannot be sent (the limit shrank since they were queued).
+    max_message_bytes: usize,
     breaker: Arc<Breaker>,
     /// Entries handed to the client and not yet acknowledged, at most.
     window: usize,
     ack_timeout: Duration,
-    renew: Arc<Notify>,
+    renew: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     generation: u64,
     /// The current connection's client, while it is up.
@@ -359,8 +386,13 @@ impl Publisher {
                 self.held_back = None;
                 self.cursor = 0;
                 self.last_progress = Instant::now();
+                let depth = self.outbox.depth();
+                if depth == 0 {
+                    // Nothing to send: the accepted connection is all there is to prove.
+                    self.breaker.success();
+                }
                 info!(
-                    outbox_depth = self.outbox.depth(),
+                    outbox_depth = depth,
                     "upstream connected; sending the outbox"
                 );
             }
@@ -424,6 +456,19 @@ impl Publisher {
         // Keys acknowledged but not yet removed are all at or below the cursor (a new connection
         // removes them before it starts over), so nothing read here was acknowledged already.
         for (key, entry) in entries {
+            if entry.payload.len() > self.max_message_bytes {
+                error!(
+                    id = %entry.id,
+                    topic = %entry.topic,
+                    size = entry.payload.len(),
+                    limit = self.max_message_bytes,
+                    "outbox entry larger than mqtt.max_message_bytes can never be sent; dropped"
+                );
+                self.metrics.upstream.outbox_undeliverable.inc();
+                self.acked.push(key);
+                self.cursor = key;
+                continue;
+            }
             let payload = entry.payload.into_bytes();
             match client.try_publish(entry.topic, QoS::AtLeastOnce, false, payload) {
                 Ok(()) => {
@@ -448,29 +493,13 @@ impl Publisher {
                 "broker has not acknowledged publishes; renewing the connection"
             );
             self.last_progress = Instant::now();
-            self.renew.notify_one();
+            self.renew.send_replace(self.generation);
         }
     }
 
     async fn remove_acked(&mut self) {
-        if self.acked.is_empty() {
-            return;
-        }
         let keys = std::mem::take(&mut self.acked);
-        let outbox = Arc::clone(&self.outbox);
-        let result = tokio::task::spawn_blocking(move || {
-            let removed = outbox.remove(&keys);
-            (removed, keys)
-        })
-        .await;
-        match result {
-            Ok((Ok(_), _)) => {}
-            Ok((Err(err), keys)) => {
-                warn!(error = %err, "cannot remove acknowledged entries; retrying");
-                self.acked = keys;
-            }
-            Err(err) => warn!(error = %err, "outbox removal task failed"),
-        }
+        self.audit.remove_from_outbox(keys).await;
     }
 
     fn show_age(&self) {
