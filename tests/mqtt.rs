@@ -115,12 +115,21 @@ fn incident_in_over_mqtt_becomes_an_action_with_every_field() {
     });
 }
 
+/// A matching incident whose event JSON is about `size` bytes (its context carries the bulk).
+fn leak_of_size(event_id: &str, size: usize) -> Value {
+    let mut e = leak(event_id);
+    e["context"]["blob"] = json!("x".repeat(size));
+    e
+}
+
 #[test]
 fn malformed_payloads_are_rejected_and_the_intake_carries_on() {
     let space = Space::new();
     let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
-    let (agent, policy_id) =
-        agent_with_policy(space.agent(Options::default(), mqtt::broker(), "agent"));
+    let options = space
+        .agent(Options::default(), mqtt::broker(), "agent")
+        .env("MESH_AGENT_MQTT_MAX_MESSAGE_BYTES", "4096");
+    let (agent, policy_id) = agent_with_policy(options);
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     let deadline = Instant::now() + mqtt::PATIENCE;
     let mut round = 0;
@@ -132,6 +141,9 @@ fn malformed_payloads_are_rejected_and_the_intake_carries_on() {
             &[
                 b"not json at all".to_vec(),
                 br#"{"event_type": "memory_leak", "severity": "high"}"#.to_vec(),
+                // Over the limit itself; and under it, but its action would not be.
+                leak_of_size("huge", 10_000).to_string().into_bytes(),
+                leak_of_size("almost", 3_900).to_string().into_bytes(),
                 leak(&format!("good-{round}")).to_string().into_bytes(),
             ],
         );
@@ -149,26 +161,45 @@ fn malformed_payloads_are_rejected_and_the_intake_carries_on() {
     // Each malformed payload: counted, logged with its topic, audited as rejected.
     let metrics = agent.metrics();
     let rejected = metric(&metrics, "mqtt_intake_rejected_total");
-    assert!(rejected >= 2.0, "{metrics}");
-    assert_eq!(rejected as usize % 2, 0, "two per round: {metrics}");
+    assert!(rejected >= 4.0, "{metrics}");
+    assert_eq!(rejected as usize % 4, 0, "four per round: {metrics}");
     let log = agent.log_text();
     assert!(
         log.contains("malformed incident rejected") && log.contains(&space.incident_topic()),
         "{log}"
     );
-    let (_, audit) = agent.get("/audit?limit=100");
+    let (_, audit) = agent.get("/audit?limit=1000");
     let rejected: Vec<&Value> = audit["entries"]
         .as_array()
         .expect("entries")
         .iter()
         .filter(|e| e["results"][0]["policy_name"] == "(rejected)")
         .collect();
-    assert!(rejected.len() >= 2, "{audit}");
+    assert!(rejected.len() >= 4, "{audit}");
     let errors: Vec<&str> = rejected
         .iter()
         .filter_map(|e| e["results"][0]["error"].as_str())
         .collect();
     assert!(errors.iter().any(|e| e.contains("severity")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("payload is") && e.contains("over mqtt.max_message_bytes (4096)")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("action message of policy `leak`")),
+        "{errors:?}"
+    );
+    // Over HTTP, the incident whose action would be too large is refused, and nothing is queued.
+    let (status, body) = agent.post("/evaluate", &leak_of_size("almost-http", 3_900));
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.to_string().contains("mqtt.max_message_bytes"),
+        "{body}"
+    );
     assert!(
         errors.iter().all(|e| e.contains(&space.incident_topic())),
         "{errors:?}"
@@ -484,5 +515,155 @@ fn the_collector_receives_summaries_from_three_agents() {
         actions["actions"].as_array().map_or(0, Vec::len),
         6,
         "{actions}"
+    );
+}
+
+#[test]
+fn the_breaker_opens_on_a_broker_that_accepts_connections_but_never_acknowledges() {
+    // Every reconnect is accepted (CONNACK), every publish goes unacknowledged: that is a failure
+    // each time, and an accepted connection must not wipe the count while actions wait.
+    let space = Space::new();
+    let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
+    let proxy = Proxy::start(mqtt::broker());
+    let options = space
+        .agent(Options::default(), proxy.addr, "agent")
+        .env("MESH_AGENT_UPSTREAM_FAILURE_THRESHOLD", "3")
+        .env("MESH_AGENT_UPSTREAM_ACK_TIMEOUT_MS", "300")
+        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+    let (agent, policy_id) = agent_with_policy(options);
+    wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
+    proxy.mute();
+    post_incidents(&agent, 0, 1);
+    wait_health(&agent, "breaker open", |h| {
+        h["upstream"]["breaker"]["state"] == "open"
+    });
+    let log = agent.log_text();
+    assert!(
+        log.contains("broker has not acknowledged publishes"),
+        "{log}"
+    );
+    assert_eq!(consumer.count(), 0);
+    assert_eq!(agent.get("/health").1["upstream"]["outbox_depth"], 1);
+
+    // The broker starts acknowledging: the half-open trial delivers and closes the breaker.
+    proxy.restore();
+    let counts = consumer.wait_distinct("action_id", 1);
+    let got: BTreeSet<String> = counts.keys().cloned().collect();
+    assert_eq!(got, expected_ids("test-node", policy_id, 0..1));
+    wait_health(&agent, "breaker closed, outbox drained", |h| {
+        h["upstream"]["breaker"]["state"] == "closed" && h["upstream"]["outbox_depth"] == 0
+    });
+}
+
+/// The event ids in the newest `limit` audit entries, with how often each appears.
+fn audited(agent: &Agent, limit: usize) -> std::collections::BTreeMap<String, usize> {
+    let (_, audit) = agent.get(&format!("/audit?limit={limit}"));
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in audit["entries"].as_array().expect("entries") {
+        if let Some(id) = entry["event_id"].as_str() {
+            *counts.entry(id.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Publishes `marker` until the agent has audited it; the broker delivers in order, so whatever
+/// it had queued for the intake before (redeliveries included) has been taken by then.
+fn publish_marker(agent: &Agent, space: &Space, marker: &str) {
+    mqtt::publish(
+        &space.client_id("monitor"),
+        &space.incident_topic(),
+        &[leak(marker).to_string().into_bytes()],
+    );
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while !audited(agent, 10_000).contains_key(marker) {
+        assert!(
+            Instant::now() < deadline,
+            "{marker} not audited:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stopped_agent_acknowledges_what_it_recorded_so_nothing_comes_back_after_restart() {
+    let space = Space::new();
+    let (mut agent, _) =
+        agent_with_policy(space.agent(Options::default(), mqtt::broker(), "agent"));
+    wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
+    publish_marker(&agent, &space, "first");
+    // Stop while incidents are still arriving and being committed.
+    let incidents: Vec<Vec<u8>> = (0..300)
+        .map(|i| leak(&format!("ev-{i}")).to_string().into_bytes())
+        .collect();
+    mqtt::publish(
+        &space.client_id("monitor"),
+        &space.incident_topic(),
+        &incidents,
+    );
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while !audited(&agent, 10_000).contains_key("ev-0") {
+        assert!(Instant::now() < deadline, "ev-0 not audited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    agent.restart();
+    wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
+    publish_marker(&agent, &space, "after-restart");
+    // Each incident was taken exactly once: recorded and acknowledged before the stop, or left
+    // unacknowledged and taken after the restart.
+    let counts = audited(&agent, 10_000);
+    for i in 0..300 {
+        assert_eq!(
+            counts.get(&format!("ev-{i}")),
+            Some(&1),
+            "ev-{i}: {counts:?}"
+        );
+    }
+    let log = agent.log_text();
+    assert!(
+        !log.contains("stopped before every recorded incident was acknowledged"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_reconnecting_intake_does_not_replay_retained_incidents() {
+    let space = Space::new();
+    mqtt::publish_retained(
+        &space.client_id("monitor"),
+        &space.incident_topic(),
+        &[leak("retained").to_string().into_bytes()],
+    );
+    let proxy = Proxy::start(mqtt::broker());
+    let (agent, _) = agent_with_policy(space.agent(Options::default(), proxy.addr, "agent"));
+    publish_marker(&agent, &space, "before");
+    assert_eq!(audited(&agent, 1000).get("retained"), Some(&1));
+
+    // The connection drops and comes back: the broker resumes the session, subscriptions and all.
+    proxy.cut();
+    wait_health(&agent, "disconnected", |h| {
+        h["upstream"]["connected"] == false
+    });
+    proxy.restore();
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while agent.log_text().matches("MQTT intake connected").count() < 2 {
+        assert!(Instant::now() < deadline, "intake did not reconnect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    publish_marker(&agent, &space, "after");
+    assert_eq!(
+        audited(&agent, 1000).get("retained"),
+        Some(&1),
+        "{}",
+        agent.log_text()
+    );
+    // Clear the retained message (a shared broker keeps it).
+    mqtt::publish_retained(
+        &space.client_id("monitor"),
+        &space.incident_topic(),
+        &[Vec::new()],
     );
 }

@@ -135,6 +135,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     black: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -144,10 +145,12 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(AtomicBool::new(true));
         let black = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         {
             let up = Arc::clone(&up);
             let black = Arc::clone(&black);
+            let mute = Arc::clone(&mute);
             let conns = Arc::clone(&conns);
             thread::spawn(move || {
                 for client in listener.incoming() {
@@ -171,7 +174,7 @@ impl Proxy {
                     pipe(
                         client.try_clone().expect("clone"),
                         server.try_clone().expect("clone"),
-                        Some(Arc::clone(&black)),
+                        Some((Arc::clone(&black), Arc::clone(&mute))),
                     );
                     pipe(server, client, None);
                 }
@@ -181,8 +184,15 @@ impl Proxy {
             addr,
             up,
             black,
+            mute,
             conns,
         }
+    }
+
+    /// A broker that accepts connections and never acknowledges a publish: of what the agent
+    /// sends on a connection, only the first write (its CONNECT) reaches the broker.
+    pub fn mute(&self) {
+        self.mute.store(true, Ordering::SeqCst);
     }
 
     /// Connections stay open, but what the agent sends never reaches the broker: it is written
@@ -202,17 +212,29 @@ impl Proxy {
     /// The broker is back.
     pub fn restore(&self) {
         self.black.store(false, Ordering::SeqCst);
+        self.mute.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, black: Option<Arc<AtomicBool>>) {
+/// Copies `from` to `to`; `swallow` (black hole, mute) drops what should not arrive.
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    swallow: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>,
+) {
     thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
+        let mut first = true;
         loop {
-            match from.read(&mut buf) {
+            let read = from.read(&mut buf);
+            let dropped = swallow.as_ref().is_some_and(|(black, mute)| {
+                black.load(Ordering::SeqCst) || (!first && mute.load(Ordering::SeqCst))
+            });
+            first = false;
+            match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) if black.as_ref().is_some_and(|b| b.load(Ordering::SeqCst)) => {}
+                Ok(_) if dropped => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
@@ -323,6 +345,15 @@ pub fn distinct(messages: &[Value], field: &str) -> BTreeSet<String> {
 
 /// Publishes `payload` to `topic` with QoS 1 and waits for the broker's acknowledgement.
 pub fn publish(client_id: &str, topic: &str, payloads: &[Vec<u8>]) {
+    publish_with(client_id, topic, payloads, false);
+}
+
+/// [`publish`], as retained messages.
+pub fn publish_retained(client_id: &str, topic: &str, payloads: &[Vec<u8>]) {
+    publish_with(client_id, topic, payloads, true);
+}
+
+fn publish_with(client_id: &str, topic: &str, payloads: &[Vec<u8>], retain: bool) {
     let broker = broker();
     let mut options = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
     options
@@ -331,7 +362,7 @@ pub fn publish(client_id: &str, topic: &str, payloads: &[Vec<u8>]) {
     let (client, mut connection) = Client::new(options, payloads.len() + 10);
     for payload in payloads {
         client
-            .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+            .publish(topic, QoS::AtLeastOnce, retain, payload.clone())
             .expect("publish");
     }
     let mut acked = 0;

@@ -401,3 +401,6 @@ fn commit_group(
     txn.commit().ctx("commit audit group")?;
     Ok(change)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! The writer on a data file whose disk fails: a failed commit is fatal, its waiters learn that
+//! nothing was recorded, the room they took comes back, and nothing later is committed on the
+//! same handle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mesh_proto::AuditRecord;
+use redb::backends::FileBackend;
+use redb::{Database, StorageBackend};
+
+use super::*;
+use crate::outbox::{Lane, OutboxBounds, WhenFull};
+
+/// A real file whose writes and syncs start failing when `failing` is set (a disk gone bad).
+#[derive(Debug)]
+struct FailingDisk {
+    file: FileBackend,
+    failing: Arc<AtomicBool>,
+}
+
+impl FailingDisk {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected disk failure"));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FailingDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+}
+
+fn record(event_id: &str) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at_us: 1,
+        node: "n1".into(),
+        event_id: event_id.into(),
+        input_json: "{}".into(),
+        policy_revision: 1,
+        policies_evaluated: 0,
+        results: Vec::new(),
+        execution_time_ns: 0,
+    }
+}
+
+fn action(id: &str) -> OutboxItem {
+    OutboxItem {
+        id: id.into(),
+        topic: "p03/actions".into(),
+        payload: "{}".into(),
+        lane: Lane::Action,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.path().join("agent.redb"))
+        .unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let disk = FailingDisk {
+        file: FileBackend::new(file).unwrap(),
+        failing: Arc::clone(&failing),
+    };
+    let db = Arc::new(Database::builder().create_with_backend(disk).unwrap());
+    crate::store::migrate::to_current(&db, "n1").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let bounds = OutboxBounds {
+        capacity: 4,
+        when_full: WhenFull::Block,
+        summary_capacity: 4,
+    };
+    let outbox = Outbox::open(Arc::clone(&db), bounds, Arc::clone(&metrics)).unwrap();
+    let fatal = Fatal::new();
+    let settings = AuditSettings {
+        capacity: 100,
+        commit_interval: Duration::from_millis(10),
+    };
+    let (audit, writer) = AuditLog::start_with_outbox(
+        Arc::clone(&db),
+        settings,
+        metrics,
+        fatal.clone(),
+        Some(Arc::clone(&outbox)),
+    )
+    .unwrap();
+
+    // A healthy commit first.
+    let room = outbox.reserve(1).await;
+    let committed = audit
+        .append_durable(Some(record("ok")), vec![action("a-ok")], room)
+        .await;
+    assert!(matches!(committed.await, Ok(Ok(()))));
+    assert_eq!(outbox.depth(), 1);
+    assert_eq!(fatal.reason(), None);
+
+    // The disk fails: the decision is not recorded, the agent is told to stop, and the room the
+    // decision took is back (3 free of 4: one action is committed).
+    failing.store(true, Ordering::SeqCst);
+    let room = outbox.reserve(2).await;
+    let committed = audit
+        .append_durable(
+            Some(record("lost")),
+            vec![action("a-1"), action("a-2")],
+            room,
+        )
+        .await;
+    assert!(matches!(committed.await, Ok(Err(NotCommitted))));
+    let reason = tokio::time::timeout(Duration::from_secs(10), fatal.raised())
+        .await
+        .unwrap();
+    assert!(reason.contains("commit"), "{reason}");
+    assert_eq!(outbox.depth(), 1);
+    let again = tokio::time::timeout(Duration::from_secs(10), outbox.reserve(3)).await;
+    assert!(
+        again.is_ok(),
+        "the failed decision's room was not given back"
+    );
+    drop(again);
+
+    // Even once the disk answers again, this handle commits nothing more: only a restart (a
+    // fresh open) may write to the file again.
+    failing.store(false, Ordering::SeqCst);
+    let committed = audit
+        .append_durable(Some(record("later")), vec![action("a-3")], Room::none())
+        .await;
+    assert!(matches!(committed.await, Ok(Err(NotCommitted))));
+    writer.close().await;
+    let (entries, head) = audit
+        .read(Query {
+            limit: 10,
+            policy_id: None,
+            since_us: None,
+            matched_only: false,
+        })
+        .unwrap();
+    let ids: Vec<_> = entries.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!((ids, head), (vec!["ok"], 1));
+}
