@@ -667,3 +667,59 @@ fn a_reconnecting_intake_does_not_replay_retained_incidents() {
         &[Vec::new()],
     );
 }
+
+#[test]
+fn a_retried_batch_of_events_without_ids_sends_each_action_under_one_id() {
+    // A caller whose batch timed out sends it again: events that carry no id get the same
+    // derived ids the second time, so the consumer's de-duplication sees each action once.
+    let space = Space::new();
+    let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
+    let proxy = Proxy::start(mqtt::broker());
+    let options = space
+        .agent(Options::default(), proxy.addr, "agent")
+        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+    let (agent, _) = agent_with_policy(options);
+    wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
+    proxy.cut();
+    let batch: Vec<Value> = (0..20)
+        .map(|i| event("memory_leak", 9.0, json!({"pod": i})))
+        .collect();
+    let (status, first) = agent.post("/evaluate/batch", &json!(batch));
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = agent.post("/evaluate/batch", &json!(batch));
+    assert_eq!(status, 200, "{again}");
+    let ids = |answer: &Value| -> Vec<String> {
+        answer
+            .as_array()
+            .expect("one answer per event")
+            .iter()
+            .map(|results| {
+                results[0]["event_id"]
+                    .as_str()
+                    .expect("event_id")
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ids(&first), ids(&again));
+    assert_eq!(
+        ids(&first).iter().collect::<BTreeSet<_>>().len(),
+        20,
+        "distinct events get distinct ids"
+    );
+    assert_eq!(agent.get("/health").1["upstream"]["outbox_depth"], 40);
+
+    proxy.restore();
+    wait_health(&agent, "outbox drained", |h| {
+        h["upstream"]["outbox_depth"] == 0
+    });
+    // Both copies of every action arrive; they carry 20 ids between them.
+    let messages = consumer.wait_until("40 messages", |m| m.len() >= 40);
+    assert_eq!(mqtt::distinct(&messages, "action_id").len(), 20);
+    let incidents: BTreeSet<String> = consumer
+        .messages()
+        .iter()
+        .filter_map(|m| m["incident"]["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(incidents, ids(&first).into_iter().collect());
+}
