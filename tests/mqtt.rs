@@ -589,7 +589,8 @@ fn publish_marker(agent: &Agent, space: &Space, marker: &str) {
 #[test]
 fn a_stopped_agent_acknowledges_what_it_recorded_so_nothing_comes_back_after_restart() {
     let space = Space::new();
-    let (mut agent, _) =
+    let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
+    let (mut agent, policy_id) =
         agent_with_policy(space.agent(Options::default(), mqtt::broker(), "agent"));
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     publish_marker(&agent, &space, "first");
@@ -613,13 +614,16 @@ fn a_stopped_agent_acknowledges_what_it_recorded_so_nothing_comes_back_after_res
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     publish_marker(&agent, &space, "after-restart");
     // Each incident was taken exactly once: recorded and acknowledged before the stop, or left
-    // unacknowledged and taken after the restart.
+    // unacknowledged and taken after the restart. (With a broker that drops acknowledgements
+    // read just before a DISCONNECT, some come twice: never lost, and under the same ids.)
     let counts = audited(&agent, 10_000);
+    let once = mqtt::broker_keeps_order_to_disconnect();
     for i in 0..300 {
-        assert_eq!(
-            counts.get(&format!("ev-{i}")),
-            Some(&1),
-            "ev-{i}: {counts:?}"
+        let seen = counts.get(&format!("ev-{i}")).copied().unwrap_or(0);
+        assert!(
+            seen == 1 || (!once && seen == 2),
+            "ev-{i} taken {seen} times: {counts:?}\n{}",
+            agent.log_text()
         );
     }
     let log = agent.log_text();
@@ -627,6 +631,22 @@ fn a_stopped_agent_acknowledges_what_it_recorded_so_nothing_comes_back_after_res
         !log.contains("stopped before every recorded incident was acknowledged"),
         "{log}"
     );
+    // And each action went out once: what the broker acknowledged before the stop left the
+    // outbox before the agent exited, so the restart did not send it again.
+    wait_health(&agent, "outbox drained", |h| {
+        h["upstream"]["outbox_depth"] == 0
+    });
+    let mut expected = expected_ids("test-node", policy_id, 0..300);
+    for marker in ["first", "after-restart"] {
+        expected.insert(action_id("test-node", marker, policy_id, 1));
+    }
+    let messages = consumer.wait_until("every action", |m| {
+        mqtt::distinct(m, "action_id").len() >= expected.len()
+    });
+    assert_eq!(mqtt::distinct(&messages, "action_id"), expected);
+    if once {
+        assert_eq!(messages.len(), expected.len(), "an action was sent twice");
+    }
 }
 
 #[test]
@@ -722,4 +742,45 @@ fn a_retried_batch_of_events_without_ids_sends_each_action_under_one_id() {
         .filter_map(|m| m["incident"]["event_id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(incidents, ids(&first).into_iter().collect());
+}
+
+#[test]
+fn a_stop_turns_away_requests_waiting_for_outbox_room() {
+    // The broker is away and the outbox full: a request waits for room. SIGTERM must not wait
+    // for a broker that may never come back: the request is answered 503 and the agent exits.
+    let space = Space::new();
+    let proxy = Proxy::start(mqtt::broker());
+    let options = space
+        .agent(Options::default(), proxy.addr, "agent")
+        .env("MESH_AGENT_OUTBOX_CAPACITY", "1")
+        .env("MESH_AGENT_OUTBOX_WHEN_FULL", "block")
+        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+    let (mut agent, _) = agent_with_policy(options);
+    wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
+    proxy.cut();
+    post_incidents(&agent, 0, 1);
+    let url = agent.url("/evaluate");
+    let blocked = std::thread::spawn(move || {
+        let resp = reqwest::blocking::Client::new()
+            .post(url)
+            .json(&leak("ev-1"))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    });
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while metric(&agent.metrics(), "outbox_full_waits_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the second did not wait");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}\n{}", agent.log_text());
+    let (code, body) = blocked.join().expect("request thread");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.to_string().contains("stopping"), "{body}");
+    // The first action is still in the outbox for the next start.
+    agent.restart();
+    assert_eq!(agent.get("/health").1["upstream"]["outbox_depth"], 1);
 }

@@ -18,6 +18,7 @@ use crate::mesh::{Mesh, MeshSettings, OnMerged};
 use crate::metrics::Metrics;
 use crate::mqtt::service as mqtt_service;
 use crate::opa::{self, Evaluator, RegoService};
+use crate::outbox::Outbox;
 use crate::policy::{PolicyService, files};
 use crate::store::Store;
 
@@ -104,12 +105,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fatal.clone(),
         outbox.clone(),
     )?;
-    let (decider, mut mqtt) = mqtt_service::start(
+    let (decider, mqtt) = mqtt_service::start(
         &config,
         &node_id,
         engine,
         audit.clone(),
-        outbox,
+        outbox.clone(),
         Arc::clone(&metrics),
     )?;
 
@@ -166,21 +167,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "HTTP API listening");
 
     axum::serve(listener, api::router(state, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal(fatal.clone()))
+        .with_graceful_shutdown(shutdown_signal(fatal.clone(), outbox.clone()))
         .await
         .context("HTTP server failed")?;
 
     if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;
     }
-    if let Some(mqtt) = &mut mqtt {
-        mqtt.stop_intake().await;
-    }
-    info!("HTTP API stopped; flushing the audit ring");
-    audit_writer.close().await;
+    // The MQTT side stops while the audit writer still runs: the intake's last decisions and the
+    // publisher's last removals are committed by it.
     if let Some(mqtt) = mqtt {
         mqtt.stop().await;
     }
+    info!("HTTP API stopped; flushing the audit ring");
+    audit_writer.close().await;
     if let Some(reason) = fatal.reason() {
         // Non-zero: systemd (Restart=on-failure) starts the agent again on a freshly opened file.
         anyhow::bail!("stopped after a fatal fault: {reason}");
@@ -189,11 +189,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM (systemd stop), SIGINT (Ctrl-C), or a fatal fault.
-async fn shutdown_signal(fatal: Fatal) {
+/// Resolves on SIGTERM (systemd stop), SIGINT (Ctrl-C), or a fatal fault. Then decisions waiting
+/// for outbox room are turned away (503, or left unacknowledged), so the shutdown does not wait on
+/// a broker that may never make room.
+async fn shutdown_signal(fatal: Fatal, outbox: Option<Arc<Outbox>>) {
     tokio::select! {
         _ = signal() => {}
         reason = fatal.raised() => info!(reason = %reason, "shutting down after a fatal fault"),
+    }
+    if let Some(outbox) = outbox {
+        outbox.close();
     }
 }
 

@@ -13,7 +13,7 @@ use mesh_proto::{ActionMessage, AuditRecord, AuditResult, IncidentView};
 use crate::audit::{AuditLog, Committed, NotCommitted};
 use crate::clock::{now_us, rfc3339};
 use crate::engine::{Engine, Evaluation, Incident};
-use crate::outbox::{Lane, Outbox, OutboxItem};
+use crate::outbox::{Closed, Lane, Outbox, OutboxItem};
 use crate::summary::WindowStats;
 
 /// Evaluates incidents and audits the evaluations.
@@ -41,6 +41,9 @@ pub enum DecideError {
     NotCommitted(#[from] NotCommitted),
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    /// The agent is stopping: nothing was recorded; the caller retries elsewhere or later.
+    #[error(transparent)]
+    Stopping(#[from] Closed),
 }
 
 /// An action message would be larger than the broker link may carry: nothing was recorded.
@@ -117,25 +120,12 @@ impl Decider {
         incident: Incident,
         input_json: String,
         dry_run: bool,
-    ) -> Result<Pending, TooLarge> {
+    ) -> Result<Pending, DecideError> {
         let evaluation = self.engine.evaluate(&incident);
         let mut committed = None;
         if !dry_run {
-            let actions = match &self.upstream {
-                Some(sink) => self.actions(sink, &incident, &evaluation)?,
-                None => Vec::new(),
-            };
-            if let Some(stats) = &self.stats {
-                stats.record(&evaluation);
-            }
-            let record = self.audit_record(&incident, input_json, &evaluation);
-            match &self.upstream {
-                Some(sink) if !actions.is_empty() => {
-                    let room = sink.outbox.reserve(actions.len()).await;
-                    committed = Some(self.audit.append_durable(Some(record), actions, room).await);
-                }
-                _ => self.audit.append(record).await,
-            }
+            let (record, actions) = self.prepare(&incident, input_json, &evaluation)?;
+            committed = self.record(vec![record], actions).await?;
         }
         Ok(Pending {
             decision: Decision {
@@ -144,6 +134,77 @@ impl Decider {
             },
             committed,
         })
+    }
+
+    /// Decides a batch all or nothing: every event is evaluated and every action built (and
+    /// checked) before anything is recorded, and then all are committed together, in one
+    /// transaction; returns once they are.
+    pub async fn decide_batch(
+        &self,
+        events: Vec<(Incident, String)>,
+        dry_run: bool,
+    ) -> Result<Vec<Decision>, DecideError> {
+        let mut decisions = Vec::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
+        let mut actions = Vec::new();
+        for (incident, input_json) in events {
+            let evaluation = self.engine.evaluate(&incident);
+            if !dry_run {
+                let (record, more) = self.prepare(&incident, input_json, &evaluation)?;
+                records.push(record);
+                actions.extend(more);
+            }
+            decisions.push(Decision {
+                incident,
+                evaluation,
+            });
+        }
+        if let Some(committed) = self.record(records, actions).await? {
+            committed.await.map_err(|_| NotCommitted)??;
+        }
+        Ok(decisions)
+    }
+
+    /// The audit entry and the action messages of one evaluation (counted in the summary stats).
+    /// Nothing is recorded yet: an action too large refuses the incident before anything is.
+    fn prepare(
+        &self,
+        incident: &Incident,
+        input_json: String,
+        evaluation: &Evaluation,
+    ) -> Result<(AuditRecord, Vec<OutboxItem>), TooLarge> {
+        let actions = match &self.upstream {
+            Some(sink) => self.actions(sink, incident, evaluation)?,
+            None => Vec::new(),
+        };
+        if let Some(stats) = &self.stats {
+            stats.record(evaluation);
+        }
+        Ok((self.audit_record(incident, input_json, evaluation), actions))
+    }
+
+    /// Records audit entries with their actions: without actions, queued for the next group
+    /// commit; with actions, in one transaction once there is room for them (the returned
+    /// receiver resolves at the commit).
+    async fn record(
+        &self,
+        records: Vec<AuditRecord>,
+        actions: Vec<OutboxItem>,
+    ) -> Result<Option<Committed>, Closed> {
+        match &self.upstream {
+            Some(sink) if !actions.is_empty() => {
+                let room = sink.outbox.reserve(actions.len()).await?;
+                Ok(Some(
+                    self.audit.append_durable(records, actions, room).await,
+                ))
+            }
+            _ => {
+                for record in records {
+                    self.audit.append(record).await;
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Records an intake payload that is not a valid event: audited as rejected, with the reason.

@@ -25,13 +25,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode,
+};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::audit::Committed;
-use crate::decision::Decider;
+use crate::decision::{DecideError, Decider};
 use crate::event::Event as IncidentEvent;
 use crate::metrics::Metrics;
 use crate::mqtt::config::MAX_MQTT_PAYLOAD;
@@ -114,6 +117,19 @@ async fn run(
                     if let Err(err) = client.try_subscribe_many(filters) {
                         break format!("cannot subscribe: {err}");
                     }
+                }
+                // Subscribed only once the broker says so: a connection lost before the SUBACK
+                // may leave a session without the subscriptions, and the next one subscribes again.
+                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|code| matches!(code, SubscribeReasonCode::Failure))
+                        .count();
+                    if refused > 0 {
+                        break format!("the broker refused {refused} of the incident topics");
+                    }
+                    info!(topics = ?topics, "MQTT intake subscribed");
                     subscribed = true;
                 }
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
@@ -138,14 +154,19 @@ async fn run(
 }
 
 /// Stopping: decides what was received, acknowledges what is recorded and disconnects, while
-/// polling the event loop (it is what writes the acknowledgements to the socket). Gives up after
-/// [`STOP_GRACE`]; whatever is left unacknowledged is redelivered after the next start.
+/// polling the event loop (it is what writes the acknowledgements, and then the DISCONNECT, to
+/// the socket). Gives up after [`STOP_GRACE`]; whatever is left unacknowledged is redelivered
+/// after the next start. (A broker must process a connection's packets in order, DISCONNECT last;
+/// Mosquitto does, while rumqttd 0.20 sometimes drops acknowledgements it has read but not yet
+/// processed when the DISCONNECT arrives: those incidents come again, under the same ids.)
 async fn finish(
     client: &AsyncClient,
     eventloop: &mut EventLoop,
     decider: JoinHandle<()>,
     acker: JoinHandle<()>,
 ) {
+    // Past the grace period they are stopped, not left to append behind a closing writer.
+    let stragglers = [decider.abort_handle(), acker.abort_handle()];
     let flush = async {
         let _ = decider.await;
         let _ = acker.await;
@@ -160,6 +181,7 @@ async fn finish(
         tokio::select! {
             _ = &mut deadline => {
                 warn!("MQTT intake stopped before every recorded incident was acknowledged");
+                stragglers.iter().for_each(|task| task.abort());
                 return;
             }
             _ = &mut flush, if !flushed => flushed = true,
@@ -175,15 +197,26 @@ async fn finish(
     }
 }
 
+/// When an incident may be acknowledged.
+enum Ack {
+    /// Now: recorded (or rejected) with nothing to wait for.
+    Now,
+    /// Once its audit entry and actions are committed.
+    AfterCommit(Committed),
+    /// Never on this connection: nothing was recorded (the agent is stopping); the broker
+    /// redelivers it.
+    Never,
+}
+
 /// Decides queued incidents in arrival order and hands them on for acknowledgement.
 async fn decide_in_order(
     taker: Arc<Taker>,
     mut incoming: mpsc::Receiver<Publish>,
-    decided: mpsc::Sender<(Publish, Option<Committed>)>,
+    decided: mpsc::Sender<(Publish, Ack)>,
 ) {
     while let Some(publish) = incoming.recv().await {
-        let committed = taker.take(&publish).await;
-        if decided.send((publish, committed)).await.is_err() {
+        let ack = taker.take(&publish).await;
+        if decided.send((publish, ack)).await.is_err() {
             return;
         }
     }
@@ -192,13 +225,16 @@ async fn decide_in_order(
 /// Acknowledges incidents in arrival order, each once its decision is recorded.
 async fn acknowledge(
     client: AsyncClient,
-    mut queue: mpsc::Receiver<(Publish, Option<Committed>)>,
+    mut queue: mpsc::Receiver<(Publish, Ack)>,
     renew: Arc<Notify>,
 ) {
-    while let Some((publish, committed)) = queue.recv().await {
-        let recorded = match committed {
-            Some(committed) => matches!(committed.await, Ok(Ok(()))),
-            None => true,
+    while let Some((publish, ack)) = queue.recv().await {
+        let recorded = match ack {
+            Ack::Now => true,
+            Ack::AfterCommit(committed) => matches!(committed.await, Ok(Ok(()))),
+            // MQTT wants acknowledgements in the order the incidents came: once one is left
+            // unacknowledged, so are all after it (the broker redelivers them all).
+            Ack::Never => return,
         };
         if !recorded {
             // Not acknowledged: the broker redelivers it on the next connection.
@@ -220,8 +256,8 @@ struct Taker {
 }
 
 impl Taker {
-    /// Decides on one incident; returns what to wait for before acknowledging it.
-    async fn take(&self, publish: &Publish) -> Option<Committed> {
+    /// Decides on one incident; returns when to acknowledge it.
+    async fn take(&self, publish: &Publish) -> Ack {
         self.metrics.upstream.intake_received.inc();
         let event = if publish.payload.len() > self.max_bytes {
             Err(format!(
@@ -246,20 +282,21 @@ impl Taker {
                     actions = pending.committed.is_some(),
                     "incident decided"
                 );
-                pending.committed
+                pending.committed.map_or(Ack::Now, Ack::AfterCommit)
             }
-            Err(too_large) => self.reject(publish, &too_large.to_string()).await,
+            Err(err @ DecideError::TooLarge(_)) => self.reject(publish, &err.to_string()).await,
+            Err(DecideError::Stopping(_) | DecideError::NotCommitted(_)) => Ack::Never,
         }
     }
 
-    async fn reject(&self, publish: &Publish, reason: &str) -> Option<Committed> {
+    async fn reject(&self, publish: &Publish, reason: &str) -> Ack {
         self.metrics.upstream.intake_rejected.inc();
         self.metrics.evaluation_errors.inc();
         warn!(topic = %publish.topic, error = %reason, "malformed incident rejected");
         self.decider
             .reject(&publish.topic, &publish.payload, reason)
             .await;
-        None
+        Ack::Now
     }
 }
 

@@ -154,16 +154,24 @@ impl WindowStats {
     }
 }
 
+/// Where summaries go and how large they may be.
+pub struct SummarySink {
+    pub node_id: String,
+    pub topic: String,
+    pub interval: Duration,
+    /// `mqtt.max_message_bytes`: a larger summary sheds its least evaluated policies.
+    pub max_bytes: usize,
+}
+
 /// Every `interval`, closes the window and queues its summary on `topic` through the outbox's
 /// summary lane (until `stop`).
 pub async fn run(
     stats: Arc<WindowStats>,
-    node_id: String,
+    sink: SummarySink,
     audit: AuditLog,
-    topic: String,
-    interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let interval = sink.interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
@@ -177,23 +185,86 @@ pub async fn run(
                 0
             }
         };
-        let summary = stats.close(&node_id, now_us(), head);
+        let summary = stats.close(&sink.node_id, now_us(), head);
         let item = OutboxItem {
             id: summary.summary_id.clone(),
-            topic: topic.clone(),
-            payload: serde_json::to_string(&summary).unwrap_or_default(),
+            topic: sink.topic.clone(),
+            payload: payload_within(summary, sink.max_bytes),
             lane: Lane::Summary,
         };
-        debug!(id = %item.id, evaluated = summary.evaluated, "audit summary queued");
-        // Not awaited: the summary rides in the next group commit. Summaries take no room: their
-        // lane has its own bound.
-        drop(audit.append_durable(None, vec![item], Room::none()).await);
+        debug!(id = %item.id, "audit summary queued");
+        // Committed at once (with whatever is queued), not awaited here. Summaries take no room:
+        // their lane has its own bound.
+        drop(
+            audit
+                .append_durable(Vec::new(), vec![item], Room::none())
+                .await,
+        );
     }
+}
+
+/// The summary as JSON, at most `max_bytes`: the least evaluated policies are left out until it
+/// fits (the window's totals stay whole), and the shedding is logged.
+fn payload_within(mut summary: AuditSummary, max_bytes: usize) -> String {
+    // Serializing derived types into a String cannot fail.
+    let mut payload = serde_json::to_string(&summary).unwrap_or_default();
+    if payload.len() <= max_bytes {
+        return payload;
+    }
+    let listed = summary.policies.len();
+    summary.policies.sort_by(|a, b| {
+        b.evaluated
+            .cmp(&a.evaluated)
+            .then(a.policy_id.cmp(&b.policy_id))
+    });
+    while payload.len() > max_bytes && !summary.policies.is_empty() {
+        // Drop about the share of policies that makes it fit, at least one.
+        let keep = summary.policies.len() * max_bytes / payload.len();
+        summary
+            .policies
+            .truncate(keep.min(summary.policies.len() - 1));
+        payload = serde_json::to_string(&summary).unwrap_or_default();
+    }
+    warn!(
+        id = %summary.summary_id,
+        listed,
+        kept = summary.policies.len(),
+        max_bytes,
+        "audit summary over mqtt.max_message_bytes: least evaluated policies left out"
+    );
+    payload
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_too_large_keeps_its_most_evaluated_policies() {
+        let stats = WindowStats::new();
+        let mut summary = stats.close("n1", now_us(), 7);
+        summary.evaluated = 1_000;
+        summary.policies = (0..200)
+            .map(|i| PolicySummary {
+                policy_id: i,
+                policy_name: format!("policy-{i:03}-{}", "x".repeat(40)),
+                evaluated: i,
+                matched: 0,
+                errors: 0,
+            })
+            .collect();
+        let whole = serde_json::to_string(&summary).unwrap();
+        assert_eq!(payload_within(summary.clone(), whole.len()), whole);
+        let cut = payload_within(summary, 4096);
+        assert!(cut.len() <= 4096, "{}", cut.len());
+        let back: AuditSummary = serde_json::from_str(&cut).unwrap();
+        assert_eq!(back.evaluated, 1_000);
+        assert!(!back.policies.is_empty());
+        // The most evaluated ones stayed.
+        assert_eq!(back.policies[0].policy_id, 199);
+        let lowest = back.policies.iter().map(|p| p.policy_id).min().unwrap();
+        assert_eq!(lowest as usize, 200 - back.policies.len());
+    }
 
     #[test]
     fn quantiles_come_from_the_buckets() {

@@ -9,7 +9,6 @@ use serde_json::value::RawValue;
 
 use axum::http::StatusCode;
 
-use crate::audit::NotCommitted;
 use crate::decision::{DecideError, Decision};
 use crate::event::Event;
 
@@ -76,32 +75,23 @@ pub async fn batch(
             &format!("[{index}]"),
         )?);
     }
-    // Decided in order, then committed together (one fsync for the batch, not one per event).
-    // If the commit fails the caller retries the batch: events without an id get the same
-    // derived ids again, so actions already sent keep their action ids.
-    let mut pending = Vec::with_capacity(events.len());
-    for (event, item) in events.into_iter().zip(raw) {
-        let incident = event.into_incident(SOURCE, item.get().as_bytes());
-        pending.push(
-            state
-                .decider
-                .decide_deferred(incident, item.get().to_owned(), query.dry_run)
-                .await
-                .map_err(|err| not_decided(err.into()))?,
-        );
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for pending in pending {
-        if let Some(committed) = pending.committed {
-            committed
-                .await
-                .map_err(|_| NotCommitted)
-                .and_then(|r| r)
-                .map_err(|err| not_decided(err.into()))?;
-        }
-        out.push(results(&pending.decision));
-    }
-    Ok(Json(out))
+    // All or nothing: every action is built (and size-checked) before anything is recorded, and
+    // the batch is committed in one transaction. If that fails the caller retries the batch:
+    // events without an id get the same derived ids again, so their actions keep their ids.
+    let batch = events
+        .into_iter()
+        .zip(raw)
+        .map(|(event, item)| {
+            let bytes = item.get().as_bytes();
+            (event.into_incident(SOURCE, bytes), item.get().to_owned())
+        })
+        .collect();
+    let decisions = state
+        .decider
+        .decide_batch(batch, query.dry_run)
+        .await
+        .map_err(not_decided)?;
+    Ok(Json(decisions.iter().map(results).collect()))
 }
 
 /// Where HTTP events come from, for the ids of events that carry none.
@@ -110,7 +100,7 @@ const SOURCE: &str = "http:/evaluate";
 fn not_decided(err: DecideError) -> ApiError {
     match err {
         // The caller must retry.
-        DecideError::NotCommitted(_) => ApiError::new(
+        DecideError::NotCommitted(_) | DecideError::Stopping(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_recorded",
             err.to_string(),

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::fatal::Fatal;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, OutboxChange, OutboxItem, Room};
+use crate::outbox::{Lane, Outbox, OutboxChange, OutboxItem, Room};
 use crate::store::{DbContext, StoreError};
 
 pub use ring::Query;
@@ -55,11 +55,11 @@ pub struct NotCommitted;
 /// Resolves when an entry given to [`AuditLog::append_durable`] is committed (or failed to be).
 pub type Committed = oneshot::Receiver<Result<(), NotCommitted>>;
 
-/// One unit of work for the writer: an audit entry, outbox messages (with the room taken for
-/// them), outbox keys to remove, and who waits for the commit.
+/// One unit of work for the writer: audit entries, outbox messages (with the room taken for the
+/// actions among them), outbox keys to remove, and who waits for the commit.
 #[derive(Default)]
 struct Append {
-    record: Option<AuditRecord>,
+    records: Vec<AuditRecord>,
     outbox: Vec<OutboxItem>,
     room: Room,
     remove: Vec<u64>,
@@ -133,7 +133,7 @@ impl AuditLog {
     pub async fn append(&self, record: AuditRecord) {
         self.metrics.audit_pending.inc();
         let append = Append {
-            record: Some(record),
+            records: vec![record],
             ..Append::default()
         };
         if self.queue.send(append).await.is_err() {
@@ -142,37 +142,29 @@ impl AuditLog {
         }
     }
 
-    /// Queues an entry (if any) with messages for the outbox, to be committed together and at once;
-    /// the returned receiver resolves when they are on disk. `room` is what the caller reserved
-    /// for them (`Outbox::reserve`).
+    /// Queues entries with messages for the outbox, to be committed together (all or none) and at
+    /// once; the returned receiver resolves when they are on disk. `room` is what the caller
+    /// reserved for the actions among them (`Outbox::reserve`).
     pub async fn append_durable(
         &self,
-        record: Option<AuditRecord>,
+        records: Vec<AuditRecord>,
         outbox: Vec<OutboxItem>,
         room: Room,
     ) -> Committed {
-        let (done, committed) = oneshot::channel();
-        let has_record = record.is_some();
-        if has_record {
-            self.metrics.audit_pending.inc();
-        }
-        let append = Append {
-            record,
+        let count = records.len() as i64;
+        self.metrics.audit_pending.inc_by(count);
+        self.send_waited(Append {
+            records,
             outbox,
             room,
-            done: Some(done),
             ..Append::default()
-        };
-        if let Err(mpsc::error::SendError(append)) = self.queue.send(append).await {
-            if has_record {
-                self.metrics.audit_pending.dec();
-            }
+        })
+        .await
+        .inspect_err(|_| {
+            self.metrics.audit_pending.dec_by(count);
             warn!("audit writer has stopped; entry not recorded");
-            if let Some(done) = append.done {
-                let _ = done.send(Err(NotCommitted));
-            }
-        }
-        committed
+        })
+        .unwrap_or_else(|committed| committed)
     }
 
     /// Queues the removal of outbox entries the broker acknowledged; they leave with the next
@@ -188,6 +180,36 @@ impl AuditLog {
         };
         if self.queue.send(append).await.is_err() {
             debug!("audit writer has stopped; acknowledged entries stay until the next start");
+        }
+    }
+
+    /// Removes `keys` (possibly none) and resolves once they, and every removal queued before,
+    /// are committed: the queue is first in, first out.
+    pub async fn remove_from_outbox_now(&self, keys: Vec<u64>) -> Result<(), NotCommitted> {
+        let append = Append {
+            remove: keys,
+            ..Append::default()
+        };
+        let committed = self
+            .send_waited(append)
+            .await
+            .unwrap_or_else(|committed| committed);
+        committed.await.map_err(|_| NotCommitted)?
+    }
+
+    /// Queues `append` with a waiter; `Err` (holding an already answered receiver) when the
+    /// writer has stopped.
+    async fn send_waited(&self, mut append: Append) -> Result<Committed, Committed> {
+        let (done, committed) = oneshot::channel();
+        append.done = Some(done);
+        match self.queue.send(append).await {
+            Ok(()) => Ok(committed),
+            Err(mpsc::error::SendError(append)) => {
+                if let Some(done) = append.done {
+                    let _ = done.send(Err(NotCommitted));
+                }
+                Err(committed)
+            }
         }
     }
 
@@ -301,13 +323,19 @@ impl Writer {
         let mut waiters = Vec::new();
         let mut rooms = Vec::new();
         for append in appends.drain(..) {
-            if let Some(mut record) = append.record {
+            for mut record in append.records {
                 record.seq = self.next_seq;
                 self.next_seq += 1;
                 group.records.push(record);
             }
-            if !append.outbox.is_empty() {
-                rooms.push((append.room, append.outbox.len() as u64));
+            // Only actions hold room; summaries have their own bound.
+            let actions = append
+                .outbox
+                .iter()
+                .filter(|item| item.lane == Lane::Action)
+                .count() as u64;
+            if actions > 0 {
+                rooms.push((append.room, actions));
             }
             group.items.extend(append.outbox);
             group.remove.extend(append.remove);

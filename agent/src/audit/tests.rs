@@ -73,6 +73,84 @@ fn action(id: &str) -> OutboxItem {
     }
 }
 
+fn summary(id: &str) -> OutboxItem {
+    OutboxItem {
+        lane: Lane::Summary,
+        ..action(id)
+    }
+}
+
+/// A writer with a `block` outbox of `capacity` actions on a real file.
+fn writer(capacity: u64) -> (tempfile::TempDir, AuditLog, AuditWriter, Arc<Outbox>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("agent.redb"), "n1").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let bounds = OutboxBounds {
+        capacity,
+        when_full: WhenFull::Block,
+        summary_capacity: 100,
+    };
+    let outbox = Outbox::open(store.database(), bounds, Arc::clone(&metrics)).unwrap();
+    let settings = AuditSettings {
+        capacity: 100,
+        commit_interval: Duration::from_millis(10),
+    };
+    let (audit, writer) = AuditLog::start_with_outbox(
+        store.database(),
+        settings,
+        metrics,
+        Fatal::new(),
+        Some(Arc::clone(&outbox)),
+    )
+    .unwrap();
+    (dir, audit, writer, outbox)
+}
+
+#[tokio::test]
+async fn summaries_leaving_the_outbox_do_not_cost_actions_their_room() {
+    let (_dir, audit, writer, outbox) = writer(2);
+    // Summaries come and go (each committed and then acknowledged)...
+    for i in 0..5 {
+        let committed = audit
+            .append_durable(Vec::new(), vec![summary(&format!("s{i}"))], Room::none())
+            .await;
+        assert!(matches!(committed.await, Ok(Ok(()))));
+    }
+    let keys: Vec<u64> = outbox
+        .read_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    audit.remove_from_outbox_now(keys).await.unwrap();
+    // ...and then actions: each one that leaves gives its place back, so the whole capacity is
+    // free again at the end.
+    for i in 0..4 {
+        let room = tokio::time::timeout(Duration::from_secs(10), outbox.reserve(2))
+            .await
+            .expect("room for two actions")
+            .unwrap();
+        let committed = audit
+            .append_durable(
+                vec![record(&format!("e{i}"))],
+                vec![action(&format!("a{i}-1")), action(&format!("a{i}-2"))],
+                room,
+            )
+            .await;
+        assert!(matches!(committed.await, Ok(Ok(()))));
+        let keys: Vec<u64> = outbox
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        audit.remove_from_outbox_now(keys).await.unwrap();
+    }
+    assert_eq!(outbox.depth(), 0);
+    writer.close().await;
+}
+
 #[tokio::test]
 async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,9 +190,9 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     .unwrap();
 
     // A healthy commit first.
-    let room = outbox.reserve(1).await;
+    let room = outbox.reserve(1).await.unwrap();
     let committed = audit
-        .append_durable(Some(record("ok")), vec![action("a-ok")], room)
+        .append_durable(vec![record("ok")], vec![action("a-ok")], room)
         .await;
     assert!(matches!(committed.await, Ok(Ok(()))));
     assert_eq!(outbox.depth(), 1);
@@ -123,10 +201,10 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     // The disk fails: the decision is not recorded, the agent is told to stop, and the room the
     // decision took is back (3 free of 4: one action is committed).
     failing.store(true, Ordering::SeqCst);
-    let room = outbox.reserve(2).await;
+    let room = outbox.reserve(2).await.unwrap();
     let committed = audit
         .append_durable(
-            Some(record("lost")),
+            vec![record("lost")],
             vec![action("a-1"), action("a-2")],
             room,
         )
@@ -139,7 +217,7 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     assert_eq!(outbox.depth(), 1);
     let again = tokio::time::timeout(Duration::from_secs(10), outbox.reserve(3)).await;
     assert!(
-        again.is_ok(),
+        matches!(again, Ok(Ok(_))),
         "the failed decision's room was not given back"
     );
     drop(again);
@@ -148,7 +226,7 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     // fresh open) may write to the file again.
     failing.store(false, Ordering::SeqCst);
     let committed = audit
-        .append_durable(Some(record("later")), vec![action("a-3")], Room::none())
+        .append_durable(vec![record("later")], vec![action("a-3")], Room::none())
         .await;
     assert!(matches!(committed.await, Ok(Err(NotCommitted))));
     writer.close().await;

@@ -38,9 +38,9 @@ pub struct MqttConfig {
     pub actions_topic: String,
     /// Where audit summaries for the collector go.
     pub summaries_topic: String,
-    /// The largest message payload, either way: a larger incident is rejected, and an incident
-    /// whose action would be larger is refused (HTTP 413), so nothing queued can exceed what the
-    /// publisher may send.
+    /// The largest message payload, either way: a larger incident is rejected, an incident whose
+    /// action would be larger is refused (HTTP 413), and a larger summary sheds its least evaluated
+    /// policies, so nothing queued exceeds what the publisher may send.
     pub max_message_bytes: usize,
 }
 

@@ -68,21 +68,22 @@ impl MqttService {
         Arc::clone(&self.upstream)
     }
 
-    /// Stops taking incidents and writing summaries (what is committed is acknowledged first).
-    pub async fn stop_intake(&mut self) {
+    /// Stops in order: the intake and the summaries (what is recorded is acknowledged first), then
+    /// the publisher (what is in flight may still be acknowledged and removed). The audit writer
+    /// must still be running: it commits those removals. What is still in the outbox is sent after
+    /// the next start.
+    pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for task in [self.intake.take(), self.summary.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        for task in [self.intake, self.summary].into_iter().flatten() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
-    }
-
-    /// Stops the publisher; what is still in the outbox is sent after the next start.
-    pub async fn stop(mut self) {
-        self.stop_intake().await;
-        self.tasks.stop(Duration::from_secs(5)).await;
+        self.tasks.stop().await;
         info!("MQTT stopped");
     }
 }
@@ -140,14 +141,13 @@ pub fn start(
         )
     });
     let summary = (config.summary.interval_sec > 0).then(|| {
-        tokio::spawn(crate::summary::run(
-            stats,
-            node_id.to_owned(),
-            audit,
-            config.mqtt.summaries_topic.clone(),
-            Duration::from_secs(config.summary.interval_sec),
-            stopped,
-        ))
+        let sink = crate::summary::SummarySink {
+            node_id: node_id.to_owned(),
+            topic: config.mqtt.summaries_topic.clone(),
+            interval: Duration::from_secs(config.summary.interval_sec),
+            max_bytes: config.mqtt.max_message_bytes,
+        };
+        tokio::spawn(crate::summary::run(stats, sink, audit, stopped))
     });
     Ok((
         decider,

@@ -40,6 +40,11 @@ pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// The summary lane: sequence number -> encoded [`OutboxEntry`].
 pub const OUTBOX_SUMMARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_summaries");
 
+/// The outbox takes no more decisions: the agent is stopping.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the agent is stopping; the outbox takes no more actions")]
+pub struct Closed;
+
 /// What happens when an action would exceed the outbox's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,10 +170,11 @@ impl Outbox {
     /// Waits, under `block`, until there is room for `count` more actions, and takes it. The room
     /// travels with the decision to the writer: kept once its actions are committed (and given
     /// back as they leave), given back at once if the decision is dropped or not committed. Under
-    /// `drop_oldest` it returns at once.
-    pub async fn reserve(&self, count: usize) -> Room {
+    /// `drop_oldest` it returns at once. After [`close`](Self::close) it fails at once, waiters
+    /// included.
+    pub async fn reserve(&self, count: usize) -> Result<Room, Closed> {
         if self.bounds.when_full != WhenFull::Block || count == 0 {
-            return Room::none();
+            return Ok(Room::none());
         }
         // A decision with more actions than the whole capacity takes all of it.
         let wanted = count.min(self.bounds.capacity as usize).max(1) as u32;
@@ -176,10 +182,15 @@ impl Outbox {
             self.metrics.upstream.outbox_full_waits.inc();
         }
         match Arc::clone(&self.room).acquire_many_owned(wanted).await {
-            Ok(permit) => Room::new(permit),
-            // The semaphore is never closed.
-            Err(_) => Room::none(),
+            Ok(permit) => Ok(Room::new(permit)),
+            Err(_) => Err(Closed),
         }
+    }
+
+    /// The agent is stopping (or its data file failed): decisions waiting for room, and any later
+    /// ones, are turned away rather than waiting for a broker that may never make room.
+    pub fn close(&self) {
+        self.room.close();
     }
 
     /// Keeps `room` for `actions` committed actions: their places are given back by

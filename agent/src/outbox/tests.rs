@@ -122,13 +122,13 @@ fn removal_takes_keys_of_either_lane_and_the_depth_follows() {
 #[tokio::test]
 async fn room_given_up_by_an_abandoned_decision_comes_back() {
     let f = outbox(2, WhenFull::Block, 10);
-    let room = f.outbox.reserve(2).await;
+    let room = f.outbox.reserve(2).await.unwrap();
     assert_eq!(f.outbox.room.available_permits(), 0);
     // The decision is dropped before its commit (an HTTP client went away).
     drop(room);
     assert_eq!(f.outbox.room.available_permits(), 2);
     // A dropped wait for room takes nothing either.
-    let held = f.outbox.reserve(2).await;
+    let held = f.outbox.reserve(2).await.unwrap();
     let waiting = tokio::time::timeout(Duration::from_millis(50), f.outbox.reserve(1)).await;
     assert!(waiting.is_err(), "room was given twice");
     drop(held);
@@ -138,7 +138,7 @@ async fn room_given_up_by_an_abandoned_decision_comes_back() {
 #[tokio::test]
 async fn kept_room_returns_only_as_actions_leave() {
     let f = outbox(2, WhenFull::Block, 10);
-    let room = f.outbox.reserve(2).await;
+    let room = f.outbox.reserve(2).await.unwrap();
     f.insert(&[item("a1", Lane::Action), item("a2", Lane::Action)]);
     f.outbox.keep(room, 2);
     assert_eq!(f.outbox.room.available_permits(), 0);
@@ -157,7 +157,7 @@ async fn kept_room_returns_only_as_actions_leave() {
 #[tokio::test]
 async fn more_actions_than_the_capacity_owe_what_they_could_not_take() {
     let f = outbox(2, WhenFull::Block, 10);
-    let room = f.outbox.reserve(3).await;
+    let room = f.outbox.reserve(3).await.unwrap();
     f.insert(&[
         item("a1", Lane::Action),
         item("a2", Lane::Action),
@@ -191,4 +191,19 @@ fn a_reopened_outbox_counts_what_it_holds() {
     assert_eq!(again.room.available_permits(), 0);
     assert_eq!(again.owed.load(Ordering::Acquire), 1);
     assert!(again.oldest_age().unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_closed_outbox_turns_away_waiting_and_later_decisions() {
+    let f = outbox(1, WhenFull::Block, 10);
+    let held = f.outbox.reserve(1).await.unwrap();
+    let waiting = tokio::spawn({
+        let outbox = Arc::clone(&f.outbox);
+        async move { outbox.reserve(1).await.map(|_| ()) }
+    });
+    tokio::task::yield_now().await;
+    f.outbox.close();
+    assert!(waiting.await.unwrap().is_err(), "a waiter is turned away");
+    assert!(f.outbox.reserve(1).await.is_err());
+    drop(held);
 }

@@ -9,8 +9,9 @@
 //!   `peer_cursors`, and the file's incarnation.
 //! - 5: adds the `outbox` (`outbox::OUTBOX`): messages for the MQTT broker until it acknowledges
 //!   them. An older build would ignore them, so it must not open the file.
-//! - 6: adds `outbox_summaries` (`outbox::OUTBOX_SUMMARIES`), the outbox's summary lane; the
-//!   `outbox` table keeps only actions. A build of schema 5 would never send summaries queued there.
+//! - 6: adds `outbox_summaries` (`outbox::OUTBOX_SUMMARIES`), the outbox's summary lane; new
+//!   summaries no longer enter `outbox` (summaries a schema-5 build queued there are sent from it
+//!   as before, counted with the actions). A build of schema 5 would never send the new lane.
 
 use redb::TableDefinition;
 

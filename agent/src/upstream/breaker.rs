@@ -4,8 +4,9 @@
 //! everything), then `half_open` (one trial: success closes, failure opens again).
 //!
 //! A failure is a connection attempt that fails, a connection that drops, or a publish the broker
-//! does not acknowledge within the ack timeout; a success is a connection accepted by the broker
-//! (CONNACK) or a PUBACK. Every state change is logged as a structured event
+//! does not acknowledge within the ack timeout; a success is a PUBACK, or a connection accepted by
+//! the broker (CONNACK) when nothing waits to be sent: a CONNACK alone proves nothing about a
+//! broker that never acknowledges a publish. Every state change is logged as a structured event
 //! (`upstream_circuit_breaker_state_change`, like the seed's `opa_circuit_breaker_state_change`).
 
 use std::sync::{Arc, Mutex};

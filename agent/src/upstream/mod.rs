@@ -48,6 +48,8 @@ pub use breaker::{Breaker, BreakerSettings, BreakerView, State};
 const REMOVE_BATCH: usize = 1024;
 /// ...or this long after the first acknowledgement of a batch.
 const REMOVE_EVERY: Duration = Duration::from_millis(20);
+/// At a stop, how long publishes in flight may take to be acknowledged.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// PUBACKs carry no payload: anything larger from the broker is a protocol error.
 const MAX_INCOMING: usize = 64 * 1024;
 
@@ -98,17 +100,30 @@ impl Upstream {
 /// The running tasks; [`stop`](UpstreamTasks::stop) them at shutdown (the outbox keeps the rest).
 pub struct UpstreamTasks {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    publisher: JoinHandle<()>,
+    disconnect: watch::Sender<bool>,
+    driver: JoinHandle<()>,
 }
 
 impl UpstreamTasks {
-    /// Stops publishing, after giving in-flight publishes up to `grace` to be acknowledged.
-    pub async fn stop(self, grace: Duration) {
+    /// Stops publishing: nothing new is handed over, publishes in flight get up to [`STOP_GRACE`] to be
+    /// acknowledged, acknowledged entries are removed (the audit writer must still be running),
+    /// then the connection is closed. What is left is sent after the next start.
+    pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            if tokio::time::timeout(grace, task).await.is_err() {
-                warn!("upstream publisher did not stop in time");
-            }
+        let publisher = self.publisher.abort_handle();
+        // The publisher waits at most STOP_GRACE for acknowledgements, then for its removal commit.
+        if tokio::time::timeout(STOP_GRACE * 2, self.publisher)
+            .await
+            .is_err()
+        {
+            warn!("upstream publisher did not stop in time");
+            publisher.abort();
+        }
+        let _ = self.disconnect.send(true);
+        let driver = self.driver.abort_handle();
+        if tokio::time::timeout(STOP_GRACE, self.driver).await.is_err() {
+            driver.abort();
         }
     }
 }
@@ -153,6 +168,7 @@ pub fn start(
         Arc::clone(&metrics),
     ));
     let (stop, stopped) = watch::channel(false);
+    let (disconnect, disconnected) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (renew, renewals) = watch::channel(0);
@@ -190,10 +206,8 @@ pub fn start(
         acked: Vec::new(),
         last_progress: Instant::now(),
     };
-    let tasks = vec![
-        tokio::spawn(driver.run(stopped.clone())),
-        tokio::spawn(publisher.run(reports, stopped)),
-    ];
+    let driver = tokio::spawn(driver.run(disconnected));
+    let publisher = tokio::spawn(publisher.run(reports, stopped));
     info!(broker = %broker, "upstream publisher started");
     let upstream = Arc::new(Upstream {
         outbox,
@@ -201,7 +215,15 @@ pub fn start(
         connected,
         broker,
     });
-    (upstream, UpstreamTasks { stop, tasks })
+    (
+        upstream,
+        UpstreamTasks {
+            stop,
+            publisher,
+            disconnect,
+            driver,
+        },
+    )
 }
 
 struct Driver {
@@ -247,11 +269,10 @@ impl Driver {
             let reason = loop {
                 let event = tokio::select! {
                     event = eventloop.poll() => event,
-                    renewed = self.renewals.changed() => {
-                        if renewed.is_ok() && *self.renewals.borrow_and_update() == generation {
-                            break "publish not acknowledged in time".to_owned();
-                        }
-                        continue;
+                    // Only a renewal of this connection ends it; waking for any other would cancel
+                    // a poll part way (a publish numbered but not yet written).
+                    _ = renewal_of(&mut self.renewals, generation) => {
+                        break "publish not acknowledged in time".to_owned();
                     }
                     _ = stop.changed() => {
                         let _ = client.try_disconnect();
@@ -303,6 +324,14 @@ impl Driver {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Resolves when the publisher asks to renew connection `generation`.
+async fn renewal_of(renewals: &mut watch::Receiver<u64>, generation: u64) {
+    if renewals.wait_for(|g| *g == generation).await.is_err() {
+        // The publisher is gone: no renewal will come.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -371,14 +400,38 @@ impl Publisher {
             }
             self.feed();
         }
-        self.remove_acked().await;
+        self.finish(reports).await;
+    }
+
+    /// Stopping: hands nothing new over, lets what is in flight be acknowledged (up to the grace
+    /// period), and waits until the acknowledged entries are removed.
+    async fn finish(&mut self, mut reports: mpsc::UnboundedReceiver<Report>) {
+        let deadline = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(deadline);
+        while self.client.is_some() && !(self.in_flight.is_empty() && self.handed.is_empty()) {
+            tokio::select! {
+                report = reports.recv() => match report {
+                    Some(report) => self.handle(report).await,
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        let keys = std::mem::take(&mut self.acked);
+        if self.audit.remove_from_outbox_now(keys).await.is_err() {
+            warn!("acknowledged entries could not be removed; they are sent again after the start");
+        }
     }
 
     async fn handle(&mut self, report: Report) {
         match report {
             Report::Connected { generation, client } => {
-                // Everything not yet removed is sent again, from the oldest.
-                self.remove_acked().await;
+                // Everything not yet removed is sent again, from the oldest: so first wait until
+                // what was acknowledged is gone, or it would be sent again too.
+                let keys = std::mem::take(&mut self.acked);
+                if self.audit.remove_from_outbox_now(keys).await.is_err() {
+                    warn!("acknowledged entries could not be removed; they are sent again");
+                }
                 self.generation = generation;
                 self.client = Some(client);
                 self.handed.clear();
