@@ -351,8 +351,7 @@ fn a_full_outbox_drops_the_oldest_when_told_to() {
     let options = space
         .agent(Options::default(), proxy.addr, "agent")
         .env("MESH_AGENT_OUTBOX_CAPACITY", "10")
-        .env("MESH_AGENT_OUTBOX_WHEN_FULL", "drop_oldest")
-        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+        .env("MESH_AGENT_OUTBOX_WHEN_FULL", "drop_oldest");
     let (agent, policy_id) = agent_with_policy(options);
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     proxy.cut();
@@ -528,8 +527,7 @@ fn the_breaker_opens_on_a_broker_that_accepts_connections_but_never_acknowledges
     let options = space
         .agent(Options::default(), proxy.addr, "agent")
         .env("MESH_AGENT_UPSTREAM_FAILURE_THRESHOLD", "3")
-        .env("MESH_AGENT_UPSTREAM_ACK_TIMEOUT_MS", "300")
-        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+        .env("MESH_AGENT_UPSTREAM_ACK_TIMEOUT_MS", "300");
     let (agent, policy_id) = agent_with_policy(options);
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     proxy.mute();
@@ -695,9 +693,7 @@ fn a_retried_batch_of_events_without_ids_sends_each_action_under_one_id() {
     let space = Space::new();
     let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
     let proxy = Proxy::start(mqtt::broker());
-    let options = space
-        .agent(Options::default(), proxy.addr, "agent")
-        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+    let options = space.agent(Options::default(), proxy.addr, "agent");
     let (agent, _) = agent_with_policy(options);
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     proxy.cut();
@@ -753,8 +749,7 @@ fn a_stop_turns_away_requests_waiting_for_outbox_room() {
     let options = space
         .agent(Options::default(), proxy.addr, "agent")
         .env("MESH_AGENT_OUTBOX_CAPACITY", "1")
-        .env("MESH_AGENT_OUTBOX_WHEN_FULL", "block")
-        .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0");
+        .env("MESH_AGENT_OUTBOX_WHEN_FULL", "block");
     let (mut agent, _) = agent_with_policy(options);
     wait_health(&agent, "connected", |h| h["upstream"]["connected"] == true);
     proxy.cut();

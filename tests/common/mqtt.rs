@@ -134,6 +134,9 @@ impl Space {
             .env("MESH_AGENT_UPSTREAM_RECONNECT_MAX_MS", "500")
             // Outages in these tests open the breaker; its trial comes a second later.
             .env("MESH_AGENT_UPSTREAM_RESET_TIMEOUT_SEC", "1")
+            // No summaries unless a test asks (a later `.env` wins): they would change the
+            // outbox depths the tests check.
+            .env("MESH_AGENT_SUMMARY_INTERVAL_SEC", "0")
     }
 }
 
