@@ -779,3 +779,76 @@ fn a_stop_turns_away_requests_waiting_for_outbox_room() {
     agent.restart();
     assert_eq!(agent.get("/health").1["upstream"]["outbox_depth"], 1);
 }
+
+#[test]
+fn incidents_and_actions_travel_over_mqtts_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let pki = tmp.path();
+    mesh_agent::certs::init(pki, false).expect("CA");
+    // The broker's certificate names the host the agent dials; the agent's is its client identity.
+    let (broker_cert, broker_key) = mesh_agent::certs::issue(pki, "localhost", 30).expect("cert");
+    let (agent_cert, agent_key) = mesh_agent::certs::issue(pki, "edge-1", 30).expect("cert");
+    let ca = pki.join("ca.pem");
+    let front = mqtt::TlsFront::start(mqtt::broker(), &broker_cert, &broker_key, &ca);
+    let url = format!("mqtts://localhost:{}", front.addr.port());
+
+    let space = Space::new();
+    let consumer = Consumer::subscribe(&space.client_id("consumer"), &space.actions_topic());
+    let options = space
+        .agent_at(Options::default(), &url, "agent")
+        .env("MESH_AGENT_MQTT_CA_FILE", ca.display().to_string())
+        .env(
+            "MESH_AGENT_MQTT_CLIENT_CERT_FILE",
+            agent_cert.display().to_string(),
+        )
+        .env(
+            "MESH_AGENT_MQTT_CLIENT_KEY_FILE",
+            agent_key.display().to_string(),
+        );
+    let (agent, policy_id) = agent_with_policy(options);
+    let health = wait_health(&agent, "connected over TLS", |h| {
+        h["upstream"]["connected"] == true
+    });
+    assert_eq!(
+        health["upstream"]["broker"],
+        format!("mqtts://localhost:{}", front.addr.port())
+    );
+    // In over TLS (the intake), out over TLS (the publisher).
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while consumer.count() == 0 {
+        mqtt::publish(
+            &space.client_id("monitor"),
+            &space.incident_topic(),
+            &[leak("tls-1").to_string().into_bytes()],
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no action:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        consumer.messages()[0]["action_id"],
+        action_id("test-node", "tls-1", policy_id, 1)
+    );
+    assert_eq!(front.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Without its client certificate the agent is refused, and says why.
+    let space = Space::new();
+    let options = space
+        .agent_at(Options::default(), &url, "bare")
+        .env("MESH_AGENT_MQTT_CA_FILE", ca.display().to_string());
+    let bare = Agent::start(options);
+    let deadline = Instant::now() + mqtt::PATIENCE;
+    while metric(&bare.metrics(), "upstream_connection_failures_total") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt:\n{}",
+            bare.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(bare.get("/health").1["upstream"]["connected"], false);
+    assert!(front.refused.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}

@@ -123,9 +123,14 @@ impl Space {
 
     /// Agent options: connect to `broker` (through a proxy, usually), topics of this space.
     pub fn agent(&self, options: Options, broker: SocketAddr, node: &str) -> Options {
+        self.agent_at(options, &format!("mqtt://{broker}"), node)
+    }
+
+    /// [`agent`](Self::agent), with the broker's url (`mqtts://...`).
+    pub fn agent_at(&self, options: Options, url: &str, node: &str) -> Options {
         options
             .arg("--mqtt-url")
-            .arg(format!("mqtt://{broker}"))
+            .arg(url)
             .env("MESH_AGENT_MQTT_CLIENT_ID", self.client_id(node))
             .env("MESH_AGENT_MQTT_TOPIC_PREFIX", &self.prefix)
             .env("MESH_AGENT_MQTT_ACTIONS_TOPIC", self.actions_topic())
@@ -482,5 +487,84 @@ impl Drop for Collector {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An `mqtts://` listener in front of the broker: it terminates TLS with its own certificate,
+/// requires a client certificate that chains to `client_ca`, and forwards the plain bytes.
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    /// Handshakes refused (no client certificate, or one of another CA).
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsFront {
+    pub fn start(
+        target: SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: &std::path::Path,
+    ) -> TlsFront {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("front certificate")
+            .collect::<Result<_, _>>()
+            .expect("front certificate");
+        let key = PrivateKeyDer::from_pem_file(key).expect("front key");
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(client_ca).expect("client CA") {
+            roots.add(ca.expect("client CA")).expect("client CA");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("front TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("front bind");
+        let addr = listener.local_addr().expect("front addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&refused);
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("front runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("front listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let refused = Arc::clone(&counted);
+                    tokio::spawn(async move {
+                        let mut tls = match acceptor.accept(tcp).await {
+                            Ok(tls) => tls,
+                            Err(_) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        };
+                        let Ok(mut broker) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                    });
+                }
+            });
+        });
+        TlsFront { addr, refused }
     }
 }
