@@ -106,6 +106,12 @@ fn writer(capacity: u64) -> (tempfile::TempDir, AuditLog, AuditWriter, Arc<Outbo
     (dir, audit, writer, outbox)
 }
 
+/// The keys of what the outbox holds, oldest first.
+fn keys(outbox: &Outbox) -> Vec<u64> {
+    let entries = outbox.read_after(0, 100).unwrap();
+    entries.into_iter().map(|(key, _)| key).collect()
+}
+
 #[tokio::test]
 async fn summaries_leaving_the_outbox_do_not_cost_actions_their_room() {
     let (_dir, audit, writer, outbox) = writer(2);
@@ -116,13 +122,7 @@ async fn summaries_leaving_the_outbox_do_not_cost_actions_their_room() {
             .await;
         assert!(matches!(committed.await, Ok(Ok(()))));
     }
-    let keys: Vec<u64> = outbox
-        .read_after(0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    audit.remove_from_outbox_now(keys).await.unwrap();
+    audit.remove_from_outbox_now(keys(&outbox)).await.unwrap();
     // ...and then actions: each one that leaves gives its place back, so the whole capacity is
     // free again at the end.
     for i in 0..4 {
@@ -138,14 +138,9 @@ async fn summaries_leaving_the_outbox_do_not_cost_actions_their_room() {
             )
             .await;
         assert!(matches!(committed.await, Ok(Ok(()))));
-        let keys: Vec<u64> = outbox
-            .read_after(0, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys.len(), 2);
-        audit.remove_from_outbox_now(keys).await.unwrap();
+        let queued = keys(&outbox);
+        assert_eq!(queued.len(), 2);
+        audit.remove_from_outbox_now(queued).await.unwrap();
     }
     assert_eq!(outbox.depth(), 0);
     writer.close().await;
