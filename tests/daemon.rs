@@ -313,3 +313,45 @@ fn policy_test_runs_the_cases_and_fails_on_a_wrong_one() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_failed_commit_stops_the_agent_non_zero_and_a_restart_carries_on() {
+    // The data file cannot grow past 4 MiB: a commit that needs more fails (EFBIG), as on a full
+    // disk. redb refuses every later write on that handle, so the agent must not carry on: it
+    // shuts down and exits non-zero, for systemd to start it again on a fresh handle.
+    let mut agent = Agent::start(Options::default().file_limit(4 << 20));
+    let (status, created) = agent.post("/policies", &policy("leak", "incident.type == 'leak'", 1));
+    assert_eq!(status, 201, "{created}");
+    let blob = "x".repeat(100_000);
+    let http = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let exit = loop {
+        if let Some(status) = agent.exited() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running:\n{}",
+            agent.log_text()
+        );
+        // Answers do not matter here (the agent may be going away); the file grows.
+        let _ = http
+            .post(agent.url("/evaluate"))
+            .json(&event("leak", 9.0, json!({"blob": blob})))
+            .send();
+    };
+    assert_eq!(exit.code(), Some(1), "{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(
+        log.contains("fatal fault") && log.contains("File too large"),
+        "{log}"
+    );
+
+    // Started again with room to grow, on the same file: what was committed is there.
+    agent.restart_with(Options::default());
+    let (status, listed) = agent.get("/policies");
+    assert_eq!(status, 200);
+    assert_eq!(listed[0]["name"], "leak", "{listed}");
+    let (status, _) = agent.post("/evaluate", &event("leak", 9.0, json!({})));
+    assert_eq!(status, 200);
+}

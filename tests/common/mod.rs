@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_mesh-agent");
 
 /// How long an agent may take to start or stop before the test fails (generous: CI is 2 cores).
-const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The repository's `policies/` directory.
 pub fn policies_dir() -> PathBuf {
@@ -30,6 +30,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// `--node-id` (default: `test-node`).
     pub node_id: Option<String>,
+    /// No file the agent writes may grow past this many bytes (RLIMIT_FSIZE, with SIGXFSZ
+    /// ignored): a write past it fails with EFBIG, as on a full disk.
+    pub file_limit: Option<u64>,
 }
 
 impl Options {
@@ -40,6 +43,11 @@ impl Options {
 
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Options {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn file_limit(mut self, bytes: u64) -> Options {
+        self.file_limit = Some(bytes);
         self
     }
 
@@ -105,7 +113,21 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.options.file_limit {
+            // Through a shell: it sets the limit (in 512-byte blocks) and ignores the signal,
+            // then becomes the agent.
+            Some(bytes) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!(
+                        "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+                        bytes / 512
+                    ))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--node-id")
             .arg(self.options.node_id.as_deref().unwrap_or("test-node"))
@@ -173,6 +195,13 @@ impl Agent {
     pub fn crash(&mut self) {
         kill(self.pid(), Signal::SIGKILL).expect("SIGKILL");
         self.wait_exit();
+    }
+
+    /// The exit status, once the agent has exited on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("wait")?;
+        self.child = None;
+        Some(status)
     }
 
     fn wait_exit(&mut self) -> ExitStatus {

@@ -115,6 +115,7 @@ impl AuditLog {
             db: Arc::clone(&db),
             capacity: settings.capacity,
             next_seq,
+            committed_seq: next_seq - 1,
             metrics: Arc::clone(&metrics),
             outbox,
             fatal,
@@ -242,6 +243,8 @@ struct Writer {
     db: Arc<Database>,
     capacity: u64,
     next_seq: u64,
+    /// The newest sequence number on disk.
+    committed_seq: u64,
     metrics: Arc<Metrics>,
     outbox: Option<Arc<Outbox>>,
     fatal: Fatal,
@@ -306,7 +309,7 @@ impl Writer {
         if !group.is_empty() {
             self.commit(group).await;
         }
-        info!(head = self.next_seq - 1, "audit ring flushed");
+        info!(head = self.committed_seq, "audit ring flushed");
     }
 
     /// Numbers and commits one group (entries, outbox messages and removals in one transaction),
@@ -361,6 +364,7 @@ impl Writer {
             .await;
             match joined {
                 Ok(Ok(change)) => {
+                    self.committed_seq = self.next_seq - 1;
                     self.metrics
                         .audit_commit_duration
                         .observe(started.elapsed().as_secs_f64());
