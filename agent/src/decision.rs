@@ -126,6 +126,7 @@ impl Decider {
         if !dry_run {
             let (record, actions) = self.prepare(&incident, input_json, &evaluation)?;
             committed = self.record(vec![record], actions).await?;
+            self.count(&evaluation);
         }
         Ok(Pending {
             decision: Decision {
@@ -159,14 +160,27 @@ impl Decider {
                 evaluation,
             });
         }
+        if dry_run {
+            return Ok(decisions);
+        }
         if let Some(committed) = self.record(records, actions).await? {
             committed.await.map_err(|_| NotCommitted)??;
+        }
+        for decision in &decisions {
+            self.count(&decision.evaluation);
         }
         Ok(decisions)
     }
 
-    /// The audit entry and the action messages of one evaluation (counted in the summary stats).
-    /// Nothing is recorded yet: an action too large refuses the incident before anything is.
+    /// Counts a recorded evaluation for the audit summaries.
+    fn count(&self, evaluation: &Evaluation) {
+        if let Some(stats) = &self.stats {
+            stats.record(evaluation);
+        }
+    }
+
+    /// The audit entry and the action messages of one evaluation. Nothing is recorded yet: an
+    /// action too large refuses the incident before anything is.
     fn prepare(
         &self,
         incident: &Incident,
@@ -177,20 +191,17 @@ impl Decider {
             Some(sink) => self.actions(sink, incident, evaluation)?,
             None => Vec::new(),
         };
-        if let Some(stats) = &self.stats {
-            stats.record(evaluation);
-        }
         Ok((self.audit_record(incident, input_json, evaluation), actions))
     }
 
-    /// Records audit entries with their actions: without actions, queued for the next group
-    /// commit; with actions, in one transaction once there is room for them (the returned
-    /// receiver resolves at the commit).
+    /// Records audit entries with their actions, all in one transaction: without actions, queued
+    /// for the next group commit; with actions, committed at once when there is room for them
+    /// (the returned receiver resolves at the commit).
     async fn record(
         &self,
         records: Vec<AuditRecord>,
         actions: Vec<OutboxItem>,
-    ) -> Result<Option<Committed>, Closed> {
+    ) -> Result<Option<Committed>, DecideError> {
         match &self.upstream {
             Some(sink) if !actions.is_empty() => {
                 let room = sink.outbox.reserve(actions.len()).await?;
@@ -199,19 +210,19 @@ impl Decider {
                 ))
             }
             _ => {
-                for record in records {
-                    self.audit.append(record).await;
-                }
+                self.audit.append(records).await?;
                 Ok(None)
             }
         }
     }
 
     /// Records an intake payload that is not a valid event: audited as rejected, with the reason.
-    pub async fn reject(&self, source: &str, payload: &[u8], reason: &str) {
-        if let Some(stats) = &self.stats {
-            stats.record_rejected();
-        }
+    pub async fn reject(
+        &self,
+        source: &str,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), NotCommitted> {
         let text = String::from_utf8_lossy(&payload[..payload.len().min(64 * 1024)]);
         let record = AuditRecord {
             seq: 0,
@@ -233,7 +244,11 @@ impl Decider {
             }],
             execution_time_ns: 0,
         };
-        self.audit.append(record).await;
+        self.audit.append(vec![record]).await?;
+        if let Some(stats) = &self.stats {
+            stats.record_rejected();
+        }
+        Ok(())
     }
 
     /// One action message per matched rule.

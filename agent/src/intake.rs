@@ -29,7 +29,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter,
     SubscribeReasonCode,
 };
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -87,14 +87,14 @@ async fn run(
             connector.pair("-in", true, 100, 4 * ACK_QUEUE, MAX_MQTT_PAYLOAD);
         let (incoming, to_decide) = mpsc::channel(DECIDE_QUEUE);
         let (decided, to_ack) = mpsc::channel(ACK_QUEUE);
-        let renew = Arc::new(Notify::new());
         let decider = tokio::spawn(decide_in_order(Arc::clone(&taker), to_decide, decided));
-        let acker = tokio::spawn(acknowledge(client.clone(), to_ack, Arc::clone(&renew)));
+        let acker = tokio::spawn(acknowledge(client.clone(), to_ack));
+        // If this task is aborted (a stop that took too long), they go with it.
+        let tasks = AbortOnDrop([decider.abort_handle(), acker.abort_handle()]);
         let reason = loop {
             // Dropping the event loop mid-poll is fine: the whole connection is abandoned.
             let event = tokio::select! {
                 event = eventloop.poll() => event,
-                _ = renew.notified() => break "a decision could not be recorded".to_owned(),
                 _ = stop.changed() => {
                     drop(incoming);
                     finish(&client, &mut eventloop, decider, acker).await;
@@ -103,12 +103,12 @@ async fn run(
             };
             match event {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                    backoff.reset();
                     info!(
                         session_present = ack.session_present,
                         "MQTT intake connected"
                     );
                     if ack.session_present && subscribed {
+                        backoff.reset();
                         continue;
                     }
                     let filters = topics
@@ -130,6 +130,8 @@ async fn run(
                         break format!("the broker refused {refused} of the incident topics");
                     }
                     info!(topics = ?topics, "MQTT intake subscribed");
+                    // Only now: a broker that refuses the topics is retried with a growing wait.
+                    backoff.reset();
                     subscribed = true;
                 }
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
@@ -142,8 +144,7 @@ async fn run(
             }
         };
         // What was received and not acknowledged is redelivered on the next connection.
-        decider.abort();
-        acker.abort();
+        drop(tasks);
         let wait = backoff.next_wait();
         warn!(error = %reason, retry_in_ms = wait.as_millis() as u64, "MQTT intake disconnected");
         tokio::select! {
@@ -197,25 +198,43 @@ async fn finish(
     }
 }
 
+/// Aborts its tasks when dropped.
+struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
 /// When an incident may be acknowledged.
 enum Ack {
     /// Now: recorded (or rejected) with nothing to wait for.
     Now,
     /// Once its audit entry and actions are committed.
     AfterCommit(Committed),
-    /// Never on this connection: nothing was recorded (the agent is stopping); the broker
-    /// redelivers it.
+    /// Never on this connection: nothing was recorded (the agent is stopping, or its data file
+    /// failed); the broker redelivers it after the next connect.
     Never,
 }
 
-/// Decides queued incidents in arrival order and hands them on for acknowledgement.
+/// Decides queued incidents in arrival order and hands them on for acknowledgement. After the
+/// first incident that could not be recorded, it records nothing more: the agent is stopping or
+/// its data file failed, and those incidents are redelivered after the restart. The connection
+/// stays up meanwhile (no reconnect churn, no redelivery while stopping).
 async fn decide_in_order(
     taker: Arc<Taker>,
     mut incoming: mpsc::Receiver<Publish>,
     decided: mpsc::Sender<(Publish, Ack)>,
 ) {
+    let mut refusing = false;
     while let Some(publish) = incoming.recv().await {
-        let ack = taker.take(&publish).await;
+        let ack = if refusing {
+            Ack::Never
+        } else {
+            taker.take(&publish).await
+        };
+        refusing |= matches!(ack, Ack::Never);
         if decided.send((publish, ack)).await.is_err() {
             return;
         }
@@ -223,27 +242,27 @@ async fn decide_in_order(
 }
 
 /// Acknowledges incidents in arrival order, each once its decision is recorded.
-async fn acknowledge(
-    client: AsyncClient,
-    mut queue: mpsc::Receiver<(Publish, Ack)>,
-    renew: Arc<Notify>,
-) {
+/// MQTT wants acknowledgements in the order the incidents came: once one is left
+/// unacknowledged, so are all after it (the broker redelivers them all after the next connect).
+/// The queue is still drained, so the decider is never stuck behind it.
+async fn acknowledge(client: AsyncClient, mut queue: mpsc::Receiver<(Publish, Ack)>) {
+    let mut acknowledging = true;
     while let Some((publish, ack)) = queue.recv().await {
+        if !acknowledging {
+            continue;
+        }
         let recorded = match ack {
             Ack::Now => true,
             Ack::AfterCommit(committed) => matches!(committed.await, Ok(Ok(()))),
-            // MQTT wants acknowledgements in the order the incidents came: once one is left
-            // unacknowledged, so are all after it (the broker redelivers them all).
-            Ack::Never => return,
+            Ack::Never => false,
         };
         if !recorded {
-            // Not acknowledged: the broker redelivers it on the next connection.
             warn!(topic = %publish.topic, "decision not recorded; incident left unacknowledged");
-            renew.notify_one();
-            return;
+            acknowledging = false;
+            continue;
         }
         if client.ack(&publish).await.is_err() {
-            return;
+            acknowledging = false;
         }
     }
 }
@@ -289,14 +308,19 @@ impl Taker {
         }
     }
 
+    /// Audits a payload as rejected; acknowledged at once (a redelivery would not make it valid).
     async fn reject(&self, publish: &Publish, reason: &str) -> Ack {
         self.metrics.upstream.intake_rejected.inc();
         self.metrics.evaluation_errors.inc();
         warn!(topic = %publish.topic, error = %reason, "malformed incident rejected");
-        self.decider
+        match self
+            .decider
             .reject(&publish.topic, &publish.payload, reason)
-            .await;
-        Ack::Now
+            .await
+        {
+            Ok(()) => Ack::Now,
+            Err(_) => Ack::Never,
+        }
     }
 }
 

@@ -73,6 +73,8 @@ pub struct AuditLog {
     db: Arc<Database>,
     settings: AuditSettings,
     metrics: Arc<Metrics>,
+    /// Raised when the data file fails: from then on nothing is taken.
+    fatal: Fatal,
 }
 
 /// The writer task; [`close`](AuditWriter::close) it to commit what is queued before exit.
@@ -118,7 +120,7 @@ impl AuditLog {
             committed_seq: next_seq - 1,
             metrics: Arc::clone(&metrics),
             outbox,
-            fatal,
+            fatal: fatal.clone(),
         };
         let task = tokio::spawn(writer.run(rx, stopped, settings.commit_interval));
         let log = AuditLog {
@@ -126,21 +128,30 @@ impl AuditLog {
             db,
             settings,
             metrics,
+            fatal,
         };
         Ok((log, AuditWriter { stop, task }))
     }
 
-    /// Queues one entry (its `seq` is assigned by the writer). Waits only if the queue is full.
-    pub async fn append(&self, record: AuditRecord) {
-        self.metrics.audit_pending.inc();
+    /// Queues entries for the next group commit, together (their `seq` is assigned by the
+    /// writer). Waits only if the queue is full. Refused once the data file has failed or the
+    /// writer has stopped: the caller must not report them recorded.
+    pub async fn append(&self, records: Vec<AuditRecord>) -> Result<(), NotCommitted> {
+        if self.fatal.reason().is_some() {
+            return Err(NotCommitted);
+        }
+        let count = records.len() as i64;
+        self.metrics.audit_pending.inc_by(count);
         let append = Append {
-            records: vec![record],
+            records,
             ..Append::default()
         };
         if self.queue.send(append).await.is_err() {
-            self.metrics.audit_pending.dec();
+            self.metrics.audit_pending.dec_by(count);
             warn!("audit writer has stopped; entry not recorded");
+            return Err(NotCommitted);
         }
+        Ok(())
     }
 
     /// Queues entries with messages for the outbox, to be committed together (all or none) and at
@@ -153,6 +164,11 @@ impl AuditLog {
         room: Room,
     ) -> Committed {
         let count = records.len() as i64;
+        if self.fatal.reason().is_some() {
+            let (done, committed) = oneshot::channel();
+            let _ = done.send(Err(NotCommitted));
+            return committed;
+        }
         self.metrics.audit_pending.inc_by(count);
         self.send_waited(Append {
             records,

@@ -275,7 +275,15 @@ impl Driver {
                         break "publish not acknowledged in time".to_owned();
                     }
                     _ = stop.changed() => {
+                        // Say goodbye properly (a DISCONNECT on the wire), briefly.
                         let _ = client.try_disconnect();
+                        let goodbye = async {
+                            while !matches!(
+                                eventloop.poll().await,
+                                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
+                            ) {}
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
                         return;
                     }
                 };
@@ -375,6 +383,8 @@ impl Publisher {
         let mut age_every = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                // Reports first: a tick must never judge progress with acknowledgements unread.
+                biased;
                 report = reports.recv() => match report {
                     Some(report) => {
                         self.handle(report).await;
