@@ -93,10 +93,6 @@ impl Decider {
         self
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// Evaluates `incident` (whose original JSON is `input_json`) and, unless `dry_run`, records the
     /// evaluation; when it produced actions, returns only once they are committed.
     pub async fn decide(

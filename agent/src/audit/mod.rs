@@ -140,6 +140,9 @@ impl AuditLog {
         if self.fatal.reason().is_some() {
             return Err(NotCommitted);
         }
+        if records.is_empty() {
+            return Ok(());
+        }
         let count = records.len() as i64;
         self.metrics.audit_pending.inc_by(count);
         let append = Append {
