@@ -137,24 +137,14 @@ impl AuditLog {
     /// writer). Waits only if the queue is full. Refused once the data file has failed or the
     /// writer has stopped: the caller must not report them recorded.
     pub async fn append(&self, records: Vec<AuditRecord>) -> Result<(), NotCommitted> {
-        if self.fatal.reason().is_some() {
-            return Err(NotCommitted);
-        }
         if records.is_empty() {
             return Ok(());
         }
-        let count = records.len() as i64;
-        self.metrics.audit_pending.inc_by(count);
-        let append = Append {
+        self.submit(Append {
             records,
             ..Append::default()
-        };
-        if self.queue.send(append).await.is_err() {
-            self.metrics.audit_pending.dec_by(count);
-            warn!("audit writer has stopped; entry not recorded");
-            return Err(NotCommitted);
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// Queues entries with messages for the outbox, to be committed together (all or none) and at
@@ -166,71 +156,68 @@ impl AuditLog {
         outbox: Vec<OutboxItem>,
         room: Room,
     ) -> Committed {
-        let count = records.len() as i64;
-        if self.fatal.reason().is_some() {
-            let (done, committed) = oneshot::channel();
-            let _ = done.send(Err(NotCommitted));
-            return committed;
-        }
-        self.metrics.audit_pending.inc_by(count);
-        self.send_waited(Append {
-            records,
-            outbox,
-            room,
-            ..Append::default()
-        })
-        .await
-        .inspect_err(|_| {
-            self.metrics.audit_pending.dec_by(count);
-            warn!("audit writer has stopped; entry not recorded");
-        })
-        .unwrap_or_else(|committed| committed)
+        let (done, committed) = oneshot::channel();
+        // Refused, the receiver is told so.
+        let _ = self
+            .submit(Append {
+                records,
+                outbox,
+                room,
+                done: Some(done),
+                ..Append::default()
+            })
+            .await;
+        committed
     }
 
     /// Queues the removal of outbox entries the broker acknowledged; they leave with the next
     /// group (not fsynced on their own: a crash before the next durable commit only sends them
     /// again, under the same id).
     pub async fn remove_from_outbox(&self, keys: Vec<u64>) {
-        if keys.is_empty() {
-            return;
-        }
-        let append = Append {
-            remove: keys,
-            ..Append::default()
-        };
-        if self.queue.send(append).await.is_err() {
-            debug!("audit writer has stopped; acknowledged entries stay until the next start");
+        if !keys.is_empty() {
+            let _ = self
+                .submit(Append {
+                    remove: keys,
+                    ..Append::default()
+                })
+                .await;
         }
     }
 
     /// Removes `keys` (possibly none) and resolves once they, and every removal queued before,
     /// are committed: the queue is first in, first out.
     pub async fn remove_from_outbox_now(&self, keys: Vec<u64>) -> Result<(), NotCommitted> {
-        let append = Append {
-            remove: keys,
-            ..Append::default()
-        };
-        let committed = self
-            .send_waited(append)
-            .await
-            .unwrap_or_else(|committed| committed);
+        let (done, committed) = oneshot::channel();
+        let _ = self
+            .submit(Append {
+                remove: keys,
+                done: Some(done),
+                ..Append::default()
+            })
+            .await;
         committed.await.map_err(|_| NotCommitted)?
     }
 
-    /// Queues `append` with a waiter; `Err` (holding an already answered receiver) when the
-    /// writer has stopped.
-    async fn send_waited(&self, mut append: Append) -> Result<Committed, Committed> {
-        let (done, committed) = oneshot::channel();
-        append.done = Some(done);
-        match self.queue.send(append).await {
-            Ok(()) => Ok(committed),
-            Err(mpsc::error::SendError(append)) => {
-                if let Some(done) = append.done {
-                    let _ = done.send(Err(NotCommitted));
-                }
-                Err(committed)
+    /// Hands `append` to the writer, its entries counted as pending. Refused once the data file
+    /// has failed or the writer has stopped; its waiter, if any, is told.
+    async fn submit(&self, append: Append) -> Result<(), NotCommitted> {
+        let refuse = |append: Append| {
+            if let Some(done) = append.done {
+                let _ = done.send(Err(NotCommitted));
             }
+            Err(NotCommitted)
+        };
+        if self.fatal.reason().is_some() {
+            return refuse(append);
         }
+        let count = append.records.len() as i64;
+        self.metrics.audit_pending.inc_by(count);
+        if let Err(mpsc::error::SendError(append)) = self.queue.send(append).await {
+            self.metrics.audit_pending.dec_by(count);
+            warn!("audit writer has stopped; not recorded");
+            return refuse(append);
+        }
+        Ok(())
     }
 
     /// Reads committed entries, newest first, and the head sequence number of the same snapshot.

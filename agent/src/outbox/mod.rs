@@ -126,22 +126,20 @@ impl Outbox {
         bounds: OutboxBounds,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Outbox>, StoreError> {
-        let (actions, summaries, last) = {
-            let txn = db.begin_read().ctx("begin read")?;
-            let mut last = 0;
-            let mut sizes = [0; 2];
-            for (i, lane) in [Lane::Action, Lane::Summary].into_iter().enumerate() {
-                let table = txn.open_table(lane.table()).ctx("open outbox")?;
-                sizes[i] = table.len().ctx("count outbox")?;
-                last = last.max(
-                    table
-                        .last()
-                        .ctx("read outbox tail")?
-                        .map_or(0, |(k, _)| k.value()),
-                );
-            }
-            (sizes[0], sizes[1], last)
+        // Each lane's size and newest key.
+        let txn = db.begin_read().ctx("begin read")?;
+        let lane = |lane: Lane| -> Result<(u64, u64), StoreError> {
+            let table = txn.open_table(lane.table()).ctx("open outbox")?;
+            let last = table.last().ctx("read outbox tail")?;
+            Ok((
+                table.len().ctx("count outbox")?,
+                last.map_or(0, |(k, _)| k.value()),
+            ))
         };
+        let (actions, last_action) = lane(Lane::Action)?;
+        let (summaries, last_summary) = lane(Lane::Summary)?;
+        let last = last_action.max(last_summary);
+        drop(txn);
         let room = match bounds.when_full {
             WhenFull::Block => bounds.capacity.saturating_sub(actions),
             WhenFull::DropOldest => 0,
@@ -274,17 +272,14 @@ impl Outbox {
         }
         // The depth moves before the new entries are shown to the publisher, so an entry is
         // counted before its removal can be.
-        let up = change.added;
-        let down = change.dropped + change.removed;
-        let depth = self
+        let next =
+            |depth: u64| (depth + change.added).saturating_sub(change.dropped + change.removed);
+        let before = self
             .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                Some((d + up).saturating_sub(down))
-            })
-            .map_or(0, |d| (d + up).saturating_sub(down));
-        self.metrics.upstream.outbox_depth.set(depth as i64);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| Some(next(d)))
+            .unwrap_or_default();
+        self.metrics.upstream.outbox_depth.set(next(before) as i64);
         self.metrics.upstream.outbox_dropped.inc_by(change.dropped);
-        self.metrics.upstream.published.inc_by(change.removed);
         self.give_back(change.removed_actions);
         if change.added > 0 {
             self.last_committed

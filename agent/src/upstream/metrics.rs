@@ -16,7 +16,7 @@ pub struct StateLabel {
 
 /// Every metric of the MQTT side.
 pub struct UpstreamMetrics {
-    /// Messages the broker acknowledged (and that left the outbox).
+    /// PUBACKs the broker sent for outbox messages (each then leaves the outbox).
     pub published: Counter,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age: Gauge<f64, AtomicU64>,
@@ -52,7 +52,7 @@ impl UpstreamMetrics {
         };
         registry.register(
             "upstream_published",
-            "Messages the broker acknowledged (PUBACK) and that left the outbox",
+            "Outbox messages the broker acknowledged (PUBACK); each then leaves the outbox",
             m.published.clone(),
         );
         registry.register(

@@ -427,10 +427,7 @@ impl Publisher {
                 _ = &mut deadline => break,
             }
         }
-        let keys = std::mem::take(&mut self.acked);
-        if self.audit.remove_from_outbox_now(keys).await.is_err() {
-            warn!("acknowledged entries could not be removed; they are sent again after the start");
-        }
+        self.remove_acked_now().await;
     }
 
     async fn handle(&mut self, report: Report) {
@@ -438,10 +435,7 @@ impl Publisher {
             Report::Connected { generation, client } => {
                 // Everything not yet removed is sent again, from the oldest: so first wait until
                 // what was acknowledged is gone, or it would be sent again too.
-                let keys = std::mem::take(&mut self.acked);
-                if self.audit.remove_from_outbox_now(keys).await.is_err() {
-                    warn!("acknowledged entries could not be removed; they are sent again");
-                }
+                self.remove_acked_now().await;
                 self.generation = generation;
                 self.client = Some(client);
                 self.handed.clear();
@@ -490,6 +484,7 @@ impl Publisher {
             }
             Report::Acked { generation, pkid } if generation == self.generation => {
                 if let Some(key) = self.in_flight.remove(&pkid) {
+                    self.metrics.upstream.published.inc();
                     self.acked.push(key);
                     self.last_progress = Instant::now();
                     self.breaker.success();
@@ -563,6 +558,15 @@ impl Publisher {
     async fn remove_acked(&mut self) {
         let keys = std::mem::take(&mut self.acked);
         self.audit.remove_from_outbox(keys).await;
+    }
+
+    /// Removes the acknowledged entries and waits until that (and every removal before) is
+    /// committed.
+    async fn remove_acked_now(&mut self) {
+        let keys = std::mem::take(&mut self.acked);
+        if self.audit.remove_from_outbox_now(keys).await.is_err() {
+            warn!("acknowledged entries could not be removed; they are sent again");
+        }
     }
 
     fn show_age(&self) {
