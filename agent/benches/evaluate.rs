@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
 
     let settings = AuditSettings {
         capacity: 100_000,
+        max_bytes: u64::MAX,
         commit_interval: Duration::from_millis(200),
     };
     let (audit, writer) = runtime
@@ -99,7 +100,12 @@ fn bench(c: &mut Criterion) {
             )
         })
         .unwrap();
-    let decider = Decider::new(Arc::clone(&engine), audit, "bench".into());
+    let decider = Decider::new(
+        Arc::clone(&engine),
+        audit,
+        "bench".into(),
+        mesh_agent::event::Dedup::new(std::time::Duration::from_secs(120)),
+    );
     let input =
         serde_json::to_string(&json!({"event_type": "memory_leak_0", "severity": 9})).unwrap();
 

@@ -57,6 +57,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Events without an `event_id` that are byte-for-byte the same (from the same source) within
+    /// this many seconds are one incident (a retry or a redelivery); after it, a new one.
+    pub dedup_window_sec: u64,
+    pub http: crate::api::HttpConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
     pub mesh: MeshConfig,
@@ -148,6 +152,8 @@ impl Default for MeshConfig {
 pub struct AuditConfig {
     /// Entries kept; the oldest is dropped first.
     pub capacity: u64,
+    /// Bytes the kept entries may take (encoded); the oldest are dropped first.
+    pub max_bytes: u64,
     /// Longest time an accepted entry waits before it is committed (what a crash can lose).
     pub commit_interval_ms: u64,
 }
@@ -161,6 +167,8 @@ impl Default for Config {
             policies_dir: None,
             log_format: LogFormat::Human,
             max_body_bytes: 1024 * 1024,
+            dedup_window_sec: 120,
+            http: crate::api::HttpConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
             mesh: MeshConfig::default(),
@@ -176,6 +184,7 @@ impl Default for AuditConfig {
     fn default() -> AuditConfig {
         AuditConfig {
             capacity: 100_000,
+            max_bytes: 64 * 1024 * 1024,
             commit_interval_ms: 200,
         }
     }
@@ -201,7 +210,13 @@ const KEYS: &[(&str, Kind)] = &[
     ("policies_dir", Kind::Text),
     ("log_format", Kind::Text),
     ("max_body_bytes", Kind::Integer),
+    ("dedup_window_sec", Kind::Integer),
+    ("http.max_connections", Kind::Integer),
+    ("http.header_read_timeout_ms", Kind::Integer),
+    ("http.idle_timeout_ms", Kind::Integer),
+    ("http.request_timeout_ms", Kind::Integer),
     ("audit.capacity", Kind::Integer),
+    ("audit.max_bytes", Kind::Integer),
     ("audit.commit_interval_ms", Kind::Integer),
     ("rego.time_limit_ms", Kind::Integer),
     ("rego.fail_mode", Kind::Text),
@@ -273,10 +288,19 @@ impl Config {
                 message,
             })?;
         }
+        self.http
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.audit.capacity == 0 {
             return Err(ConfigError::Invalid {
                 key: "audit.capacity",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.audit.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "audit.max_bytes",
+                message: "must be at least 1048576 (1 MiB)".into(),
             });
         }
         if !(1..=60_000).contains(&self.audit.commit_interval_ms) {
@@ -322,6 +346,10 @@ impl Config {
                 cleaned
             }
         })
+    }
+
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_window_sec)
     }
 
     pub fn commit_interval(&self) -> Duration {
@@ -530,7 +558,13 @@ mod tests {
                 ("MESH_AGENT_POLICIES_DIR", "/p"),
                 ("MESH_AGENT_LOG_FORMAT", "json"),
                 ("MESH_AGENT_MAX_BODY_BYTES", "2048"),
+                ("MESH_AGENT_DEDUP_WINDOW_SEC", "11"),
+                ("MESH_AGENT_HTTP_MAX_CONNECTIONS", "12"),
+                ("MESH_AGENT_HTTP_HEADER_READ_TIMEOUT_MS", "13"),
+                ("MESH_AGENT_HTTP_IDLE_TIMEOUT_MS", "14"),
+                ("MESH_AGENT_HTTP_REQUEST_TIMEOUT_MS", "15"),
                 ("MESH_AGENT_AUDIT_CAPACITY", "5"),
+                ("MESH_AGENT_AUDIT_MAX_BYTES", "2000000"),
                 ("MESH_AGENT_AUDIT_COMMIT_INTERVAL_MS", "7"),
                 ("MESH_AGENT_REGO_TIME_LIMIT_MS", "9"),
                 ("MESH_AGENT_REGO_FAIL_MODE", "fail_open"),
@@ -580,8 +614,16 @@ mod tests {
             policies_dir: Some("/p".into()),
             log_format: LogFormat::Json,
             max_body_bytes: 2048,
+            dedup_window_sec: 11,
+            http: crate::api::HttpConfig {
+                max_connections: 12,
+                header_read_timeout_ms: 13,
+                idle_timeout_ms: 14,
+                request_timeout_ms: 15,
+            },
             audit: AuditConfig {
                 capacity: 5,
+                max_bytes: 2_000_000,
                 commit_interval_ms: 7,
             },
             rego: RegoConfig {

@@ -92,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let audit_settings = AuditSettings {
         capacity: config.audit.capacity,
+        max_bytes: config.audit.max_bytes,
         commit_interval: config.commit_interval(),
     };
     // MQTT (when configured): the outbox is written by the audit writer, in the decision's
@@ -166,10 +167,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
 
-    axum::serve(listener, api::router(state, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal(fatal.clone(), outbox.clone()))
-        .await
-        .context("HTTP server failed")?;
+    let http_metrics = state.metrics.http.clone();
+    api::serve::serve(
+        listener,
+        api::router(state, config.max_body_bytes),
+        config.http.limits(),
+        http_metrics,
+        shutdown_signal(fatal.clone(), outbox.clone()),
+    )
+    .await;
 
     if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;

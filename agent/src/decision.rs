@@ -13,6 +13,7 @@ use mesh_proto::{ActionMessage, AuditRecord, AuditResult, IncidentView};
 use crate::audit::{AuditLog, Committed, NotCommitted};
 use crate::clock::{now_us, rfc3339};
 use crate::engine::{Engine, Evaluation, Incident};
+use crate::event::Dedup;
 use crate::outbox::{Closed, Lane, Outbox, OutboxItem};
 use crate::summary::WindowStats;
 
@@ -23,6 +24,8 @@ pub struct Decider {
     node_id: String,
     upstream: Option<ActionSink>,
     stats: Option<Arc<WindowStats>>,
+    /// Ids for events that come without one.
+    dedup: Dedup,
 }
 
 /// Where matched rules go: the outbox, for this topic, at most this large.
@@ -71,14 +74,44 @@ pub struct Decision {
 }
 
 impl Decider {
-    pub fn new(engine: Arc<Engine>, audit: AuditLog, node_id: String) -> Decider {
+    /// `dedup` gives ids to events without one; seed it with [`Decider::reopen_windows`].
+    pub fn new(engine: Arc<Engine>, audit: AuditLog, node_id: String, dedup: Dedup) -> Decider {
         Decider {
             engine,
             audit,
             node_id,
             upstream: None,
             stats: None,
+            dedup,
         }
+    }
+
+    /// The de-duplication windows of id-less events, for the intakes.
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    /// Re-opens the de-duplication windows of the events recorded within the last `window` (after
+    /// a restart: a redelivered incident keeps the id it was recorded under).
+    pub fn reopen_windows(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<usize, crate::store::StoreError> {
+        let now_us = now_us();
+        let since_us = now_us.saturating_sub(window.as_micros() as i64);
+        let records = self
+            .audit
+            .read(crate::audit::Query {
+                limit: crate::event::DEDUP_MAX_ENTRIES,
+                since_us: Some(since_us),
+                ..crate::audit::Query::default()
+            })?
+            .records;
+        let now_ms = (now_us / 1000) as u64;
+        for record in records.iter().rev() {
+            self.dedup.remember(&record.event_id, now_ms);
+        }
+        Ok(self.dedup.len())
     }
 
     /// Matched rules become action messages through `sink`.

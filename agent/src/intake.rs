@@ -292,7 +292,7 @@ impl Taker {
             Err(reason) => return self.reject(publish, &reason).await,
         };
         let input = String::from_utf8_lossy(&publish.payload).into_owned();
-        let incident = event.into_incident(&publish.topic, &publish.payload);
+        let incident = event.into_incident(&publish.topic, &publish.payload, self.decider.dedup());
         match self.decider.decide_deferred(incident, input, false).await {
             Ok(pending) => {
                 debug!(

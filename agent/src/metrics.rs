@@ -61,6 +61,8 @@ pub struct Metrics {
     pub upstream: crate::upstream::metrics::UpstreamMetrics,
     /// Gossip, membership and rollout.
     pub mesh: crate::mesh::metrics::MeshMetrics,
+    /// HTTP connections: open, evicted, refused, timed out.
+    pub http: crate::api::HttpMetrics,
 }
 
 impl Metrics {
@@ -158,9 +160,11 @@ impl Metrics {
         registry.register("rego_modules", "Rego modules loaded", rego_modules.clone());
         let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
         let mesh = crate::mesh::metrics::MeshMetrics::register(&mut registry);
+        let http = crate::api::HttpMetrics::register(&mut registry);
         Metrics {
             upstream,
             mesh,
+            http,
             registry,
             opa_evaluations,
             opa_duration,

@@ -168,7 +168,9 @@ fn run_incident_cases(
 fn check_incident_case(engine: &Engine, case: &IncidentCase) -> Result<(), String> {
     let event: Event = serde_json::from_value(case.event.clone())
         .map_err(|err| format!("the event is not valid: {err}"))?;
-    let evaluation = engine.evaluate(&event.into_incident("policy test", case.name.as_bytes()));
+    let dedup = crate::event::Dedup::new(std::time::Duration::ZERO);
+    let evaluation =
+        engine.evaluate(&event.into_incident("policy test", case.name.as_bytes(), &dedup));
     if let Some((policy, verdict)) = evaluation.iter().find(|(_, v)| v.error.is_some()) {
         return Err(format!(
             "rule `{}` failed: {:?}",

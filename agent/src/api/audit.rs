@@ -14,10 +14,15 @@ use super::{ApiError, AppState};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+/// A page ends before its entries (encoded) pass this size: one response stays a few MB however
+/// large the events were. `next_before` continues it.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     limit: Option<usize>,
+    /// Only entries older than this sequence number: the `next_before` of the previous page.
+    before: Option<u64>,
     /// Only entries in which this policy matched or lacked a field.
     policy_id: Option<u64>,
     /// RFC 3339 time; only entries at or after it.
@@ -33,6 +38,9 @@ pub struct AuditPage {
     /// Sequence number of the newest committed entry.
     head: u64,
     entries: Vec<EntryView>,
+    /// Set when the page stopped at its size cap before `limit`: pass it as `before` to read on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,15 +96,18 @@ pub async fn read(
     let log = state.audit.clone();
     let ring_query = audit::Query {
         limit,
+        before_seq: query.before,
+        max_bytes: MAX_PAGE_BYTES,
         policy_id: query.policy_id,
         since_us,
         matched_only: query.matched,
     };
-    let (entries, head) = tokio::task::spawn_blocking(move || log.read(ring_query)).await??;
+    let page = tokio::task::spawn_blocking(move || log.read(ring_query)).await??;
     Ok(Json(AuditPage {
         capacity: state.audit.settings().capacity,
-        head,
-        entries: entries.into_iter().map(EntryView::from).collect(),
+        head: page.head,
+        entries: page.records.into_iter().map(EntryView::from).collect(),
+        next_before: page.next_before,
     }))
 }
 

@@ -50,7 +50,7 @@ pub async fn one(
     let body = body?;
     let event = parse_event(&state, &body, "")?;
     let input = String::from_utf8_lossy(&body).into_owned();
-    let incident = event.into_incident(SOURCE, &body);
+    let incident = event.into_incident(SOURCE, &body, state.decider.dedup());
     let decision = state
         .decider
         .decide(incident, input, query.dry_run)
@@ -66,6 +66,21 @@ pub async fn batch(
 ) -> Result<Json<Vec<Vec<PolicyResult>>>, ApiError> {
     let Query(query) = query?;
     let raw: Vec<Box<RawValue>> = json::parse(&body?)?;
+    let policies = state.policies.active_count().max(1);
+    if raw.len().saturating_mul(policies) > MAX_BATCH_RESULTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "a batch of {} events against {policies} active policies would answer {} results; \
+                 at most {MAX_BATCH_RESULTS} per request (send at most {} events per batch)",
+                raw.len(),
+                raw.len().saturating_mul(policies),
+                MAX_BATCH_RESULTS / policies
+            ),
+        )
+        .with("max_results", MAX_BATCH_RESULTS));
+    }
     // Every event is checked before any is evaluated: a bad batch records nothing.
     let mut events = Vec::with_capacity(raw.len());
     for (index, item) in raw.iter().enumerate() {
@@ -83,7 +98,10 @@ pub async fn batch(
         .zip(raw)
         .map(|(event, item)| {
             let bytes = item.get().as_bytes();
-            (event.into_incident(SOURCE, bytes), item.get().to_owned())
+            (
+                event.into_incident(SOURCE, bytes, state.decider.dedup()),
+                item.get().to_owned(),
+            )
         })
         .collect();
     let decisions = state
@@ -93,6 +111,10 @@ pub async fn batch(
         .map_err(not_decided)?;
     Ok(Json(decisions.iter().map(results).collect()))
 }
+
+/// The most results (events x active policies) one `/evaluate/batch` answers: about 10 MB of
+/// JSON. A larger batch is refused whole, before anything is evaluated.
+pub const MAX_BATCH_RESULTS: usize = 50_000;
 
 /// Where HTTP events come from, for the ids of events that carry none.
 const SOURCE: &str = "http:/evaluate";

@@ -12,6 +12,7 @@ mod json;
 mod mesh;
 mod opa;
 mod policies;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyService;
 
 pub use error::ApiError;
+pub use serve::{HttpConfig, HttpLimits, HttpMetrics};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -93,6 +95,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/validate", post(opa::validate))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::new(
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {}", uri.path()),
+                )
+            },
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

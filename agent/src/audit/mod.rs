@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Lane, Outbox, OutboxChange, OutboxItem, Room};
 use crate::store::{DbContext, StoreError};
 
-pub use ring::Query;
+pub use ring::{Bounds, Page, Query};
 
 /// Entries committed in one transaction at most; a fuller queue commits sooner.
 const MAX_GROUP: usize = 8_192;
@@ -44,7 +44,18 @@ const QUEUE: usize = 65_536;
 #[derive(Debug, Clone, Copy)]
 pub struct AuditSettings {
     pub capacity: u64,
+    /// The most bytes the ring's entries may take (encoded); the oldest go first.
+    pub max_bytes: u64,
     pub commit_interval: Duration,
+}
+
+impl AuditSettings {
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            entries: self.capacity,
+            bytes: self.max_bytes,
+        }
+    }
 }
 
 /// The entry could not be committed (the data file failed); nothing of it was recorded.
@@ -102,7 +113,7 @@ impl AuditLog {
         fatal: Fatal,
         outbox: Option<Arc<Outbox>>,
     ) -> Result<(AuditLog, AuditWriter), StoreError> {
-        let dropped = ring::trim(&db, settings.capacity)?;
+        let dropped = ring::trim(&db, settings.bounds())?;
         if dropped > 0 {
             info!(
                 dropped,
@@ -115,7 +126,7 @@ impl AuditLog {
         let (stop, stopped) = watch::channel(false);
         let writer = Writer {
             db: Arc::clone(&db),
-            capacity: settings.capacity,
+            bounds: settings.bounds(),
             next_seq,
             committed_seq: next_seq - 1,
             metrics: Arc::clone(&metrics),
@@ -220,8 +231,8 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Reads committed entries, newest first, and the head sequence number of the same snapshot.
-    pub fn read(&self, query: Query) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+    /// Reads committed entries, newest first, with the head sequence number of the same snapshot.
+    pub fn read(&self, query: Query) -> Result<Page, StoreError> {
         ring::read(&self.db, query)
     }
 
@@ -247,7 +258,7 @@ impl AuditWriter {
 
 struct Writer {
     db: Arc<Database>,
-    capacity: u64,
+    bounds: Bounds,
     next_seq: u64,
     /// The newest sequence number on disk.
     committed_seq: u64,
@@ -361,11 +372,11 @@ impl Writer {
             Err(NotCommitted)
         } else {
             let db = Arc::clone(&self.db);
-            let capacity = self.capacity;
+            let bounds = self.bounds;
             let outbox = self.outbox.clone();
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
-                commit_group(&db, &group, capacity, outbox.as_deref())
+                commit_group(&db, &group, bounds, outbox.as_deref())
             })
             .await;
             match joined {
@@ -420,7 +431,7 @@ impl Writer {
 fn commit_group(
     db: &Database,
     group: &Group,
-    capacity: u64,
+    bounds: Bounds,
     outbox: Option<&Outbox>,
 ) -> Result<OutboxChange, StoreError> {
     let mut txn = db.begin_write().ctx("begin audit commit")?;
@@ -428,7 +439,7 @@ fn commit_group(
         txn.set_durability(Durability::None)
             .ctx("set removal durability")?;
     }
-    ring::append(&txn, &group.records, capacity)?;
+    ring::append(&txn, &group.records, bounds)?;
     let mut change = OutboxChange::default();
     if let Some(outbox) = outbox {
         change = outbox.insert(&txn, &group.items)?;

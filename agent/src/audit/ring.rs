@@ -1,13 +1,22 @@
-//! The audit ring's table operations: append with eviction, trim to capacity, read newest first.
+//! The audit ring's table operations: append with eviction, trim to its bounds, read newest first.
 //!
-//! Keys are sequence numbers 1, 2, 3, ...; appending entry `seq` evicts entry `seq - capacity`, so an
-//! append is one insert and at most one remove whatever the ring's size.
+//! Keys are sequence numbers 1, 2, 3, ...; appending entry `seq` evicts entry `seq - entries`, so an
+//! append is one insert and at most one remove whatever the ring's size. The ring is bounded in
+//! bytes too: the encoded size of its entries is kept in `meta` (`audit_bytes`), and an append that
+//! takes it over `bytes` evicts the oldest entries until it fits (large events keep fewer entries).
 
 use mesh_proto::{AuditRecord, decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::store::schema::AUDIT;
+use crate::store::schema::{AUDIT, META, META_AUDIT_BYTES};
 use crate::store::{DbContext, StoreError};
+
+/// How much the ring keeps: the newest `entries`, and at most `bytes` of them (encoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub entries: u64,
+    pub bytes: u64,
+}
 
 /// The sequence number of the newest entry, 0 for an empty ring.
 pub fn head(db: &Database) -> Result<u64, StoreError> {
@@ -17,16 +26,28 @@ pub fn head(db: &Database) -> Result<u64, StoreError> {
     Ok(last.map_or(0, |(k, _)| k.value()))
 }
 
-/// Drops the oldest entries until at most `capacity` remain (the capacity may have shrunk).
-pub fn trim(db: &Database, capacity: u64) -> Result<u64, StoreError> {
+/// Recounts the ring's bytes and drops the oldest entries until it is within `bounds` (which may
+/// have shrunk, or an older build kept no byte count). Returns how many entries were dropped.
+pub fn trim(db: &Database, bounds: Bounds) -> Result<u64, StoreError> {
     let txn = db.begin_write().ctx("begin audit trim")?;
     let mut dropped = 0;
     {
         let mut table = txn.open_table(AUDIT).ctx("open audit ring")?;
-        while table.len().ctx("count audit ring")? > capacity {
-            table.pop_first().ctx("trim audit ring")?;
+        let mut bytes = 0u64;
+        for entry in table.iter().ctx("scan audit ring")? {
+            let (_, value) = entry.ctx("scan audit ring")?;
+            bytes += value.value().len() as u64;
+        }
+        while table.len().ctx("count audit ring")? > bounds.entries || bytes > bounds.bytes {
+            let Some((_, value)) = table.pop_first().ctx("trim audit ring")? else {
+                break;
+            };
+            bytes -= value.value().len() as u64;
             dropped += 1;
         }
+        let mut meta = txn.open_table(META).ctx("open meta")?;
+        meta.insert(META_AUDIT_BYTES, bytes)
+            .ctx("write audit bytes")?;
     }
     txn.commit().ctx("commit audit trim")?;
     Ok(dropped)
@@ -36,26 +57,62 @@ pub fn trim(db: &Database, capacity: u64) -> Result<u64, StoreError> {
 pub fn append(
     txn: &WriteTransaction,
     records: &[AuditRecord],
-    capacity: u64,
+    bounds: Bounds,
 ) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
     let mut table = txn.open_table(AUDIT).ctx("open audit ring")?;
+    let mut meta = txn.open_table(META).ctx("open meta")?;
+    let mut bytes = meta
+        .get(META_AUDIT_BYTES)
+        .ctx("read audit bytes")?
+        .map_or(0, |v| v.value());
     for record in records {
+        let encoded = encode(record);
+        bytes += encoded.len() as u64;
         table
-            .insert(record.seq, encode(record).as_slice())
+            .insert(record.seq, encoded.as_slice())
             .ctx("append audit entry")?;
-        if record.seq > capacity {
-            table
-                .remove(record.seq - capacity)
-                .ctx("evict audit entry")?;
+        if record.seq > bounds.entries
+            && let Some(evicted) = table
+                .remove(record.seq - bounds.entries)
+                .ctx("evict audit entry")?
+        {
+            bytes -= evicted.value().len() as u64;
         }
     }
+    // The newest entry always stays, even alone over the bound (an event is at most
+    // `max_body_bytes` or `mqtt.max_message_bytes`).
+    while bytes > bounds.bytes && table.len().ctx("count audit ring")? > 1 {
+        let Some((_, evicted)) = table.pop_first().ctx("evict audit entry")? else {
+            break;
+        };
+        bytes -= evicted.value().len() as u64;
+    }
+    meta.insert(META_AUDIT_BYTES, bytes)
+        .ctx("write audit bytes")?;
     Ok(())
+}
+
+/// The ring's size in bytes, as last committed.
+pub fn bytes(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().ctx("begin read")?;
+    let meta = txn.open_table(META).ctx("open meta")?;
+    Ok(meta
+        .get(META_AUDIT_BYTES)
+        .ctx("read audit bytes")?
+        .map_or(0, |v| v.value()))
 }
 
 /// Which entries a read wants.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query {
     pub limit: usize,
+    /// Only entries older than this sequence number (the next page of an earlier read).
+    pub before_seq: Option<u64>,
+    /// Stop once the entries read take this many bytes (encoded), after at least one; 0: no cap.
+    pub max_bytes: usize,
     /// Only entries in which this policy matched or lacked a field (the verdicts the ring keeps).
     pub policy_id: Option<u64>,
     /// Only entries at or after this time (Unix µs).
@@ -64,8 +121,18 @@ pub struct Query {
     pub matched_only: bool,
 }
 
+/// Entries read, newest first.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub records: Vec<AuditRecord>,
+    /// The ring's head as of the same snapshot.
+    pub head: u64,
+    /// Set when the read stopped at its byte cap: read on with `before_seq` set to it.
+    pub next_before: Option<u64>,
+}
+
 /// Reads entries newest first, with the ring's head as of the same snapshot.
-pub fn read(db: &Database, query: Query) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+pub fn read(db: &Database, query: Query) -> Result<Page, StoreError> {
     let txn = db.begin_read().ctx("begin read")?;
     let table = txn.open_table(AUDIT).ctx("open audit ring")?;
     let head = table
@@ -73,11 +140,18 @@ pub fn read(db: &Database, query: Query) -> Result<(Vec<AuditRecord>, u64), Stor
         .ctx("read audit head")?
         .map_or(0, |(k, _)| k.value());
     let mut out = Vec::with_capacity(query.limit.min(1024));
-    for entry in table.iter().ctx("scan audit ring")?.rev() {
+    let mut taken = 0usize;
+    let mut next_before = None;
+    let upper = query.before_seq.unwrap_or(u64::MAX);
+    for entry in table.range(..upper).ctx("scan audit ring")?.rev() {
         if out.len() >= query.limit {
             break;
         }
-        let (_, bytes) = entry.ctx("scan audit ring")?;
+        let (seq, bytes) = entry.ctx("scan audit ring")?;
+        if query.max_bytes > 0 && !out.is_empty() && taken + bytes.value().len() > query.max_bytes {
+            next_before = Some(seq.value() + 1);
+            break;
+        }
         let record: AuditRecord = decode(bytes.value()).map_err(|source| StoreError::Decode {
             context: "audit entry",
             source,
@@ -87,10 +161,15 @@ pub fn read(db: &Database, query: Query) -> Result<(Vec<AuditRecord>, u64), Stor
             break;
         }
         if wanted(&record, &query) {
+            taken += bytes.value().len();
             out.push(record);
         }
     }
-    Ok((out, head))
+    Ok(Page {
+        records: out,
+        head,
+        next_before,
+    })
 }
 
 fn wanted(record: &AuditRecord, query: &Query) -> bool {

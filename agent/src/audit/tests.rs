@@ -93,6 +93,7 @@ fn writer(capacity: u64) -> (tempfile::TempDir, AuditLog, AuditWriter, Arc<Outbo
     let outbox = Outbox::open(store.database(), bounds, Arc::clone(&metrics)).unwrap();
     let settings = AuditSettings {
         capacity: 100,
+        max_bytes: u64::MAX,
         commit_interval: Duration::from_millis(10),
     };
     let (audit, writer) = AuditLog::start_with_outbox(
@@ -173,6 +174,7 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     let fatal = Fatal::new();
     let settings = AuditSettings {
         capacity: 100,
+        max_bytes: u64::MAX,
         commit_interval: Duration::from_millis(10),
     };
     let (audit, writer) = AuditLog::start_with_outbox(
@@ -225,14 +227,13 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
         .await;
     assert!(matches!(committed.await, Ok(Err(NotCommitted))));
     writer.close().await;
-    let (entries, head) = audit
+    let page = audit
         .read(Query {
             limit: 10,
-            policy_id: None,
-            since_us: None,
-            matched_only: false,
+            ..Query::default()
         })
         .unwrap();
+    let (entries, head) = (page.records, page.head);
     let ids: Vec<_> = entries.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!((ids, head), (vec!["ok"], 1));
 }

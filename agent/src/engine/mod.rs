@@ -49,7 +49,11 @@ pub struct Evaluation {
 impl Evaluation {
     /// Each policy with its verdict, in evaluation order.
     pub fn iter(&self) -> impl Iterator<Item = (&CompiledPolicy, &Verdict)> {
-        self.set.policies().iter().zip(&self.verdicts)
+        self.set
+            .policies()
+            .iter()
+            .map(AsRef::as_ref)
+            .zip(&self.verdicts)
     }
 
     /// The policies that matched, in evaluation order.

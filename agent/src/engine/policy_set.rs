@@ -1,5 +1,11 @@
 //! The compiled, immutable set of active policies the engine evaluates, in evaluation order.
+//!
+//! A set shares its compiled policies (`Arc`) with the set it was derived from: a write of one
+//! policy compiles that policy only ([`PolicySet::with_change`]) and a reload after a merge
+//! recompiles only the policies whose version changed, so a write costs O(changed policy) plus a
+//! copy of the pointers, whatever the number of policies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mesh_proto::PolicyRecord;
@@ -29,7 +35,7 @@ pub struct CompiledPolicy {
 /// The active policies, highest priority first (ties: lower id first), at one store revision.
 #[derive(Debug, Default)]
 pub struct PolicySet {
-    policies: Vec<CompiledPolicy>,
+    policies: Vec<Arc<CompiledPolicy>>,
     revision: u64,
 }
 
@@ -41,19 +47,63 @@ impl PolicySet {
         revision: u64,
         metrics: &Metrics,
     ) -> (PolicySet, Vec<(PolicyRecord, PolicyError)>) {
+        PolicySet::default().rebuild(records, revision, metrics)
+    }
+
+    /// The set of `records`, reusing this set's compiled policies whose id and version match.
+    pub fn rebuild(
+        &self,
+        records: Vec<PolicyRecord>,
+        revision: u64,
+        metrics: &Metrics,
+    ) -> (PolicySet, Vec<(PolicyRecord, PolicyError)>) {
+        let known: HashMap<(u64, u64), &Arc<CompiledPolicy>> = self
+            .policies
+            .iter()
+            .map(|p| ((p.id, p.version), p))
+            .collect();
         let mut policies = Vec::with_capacity(records.len());
         let mut invalid = Vec::new();
         for record in records.into_iter().filter(|r| r.active) {
+            if let Some(policy) = known.get(&(record.id, record.version))
+                && policy.priority == record.priority
+            {
+                policies.push(Arc::clone(policy));
+                continue;
+            }
             match compile(&record, metrics) {
-                Ok(policy) => policies.push(policy),
+                Ok(policy) => policies.push(Arc::new(policy)),
                 Err(err) => invalid.push((record, err)),
             }
         }
-        policies.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        policies.sort_by(|a, b| order(a, b));
         (PolicySet { policies, revision }, invalid)
     }
 
-    pub fn policies(&self) -> &[CompiledPolicy] {
+    /// This set with one policy changed: `record` replaces the policy of its id (or is added), and
+    /// leaves the set if it is inactive or `deleted`. Only `record` is compiled.
+    pub fn with_change(
+        &self,
+        record: &PolicyRecord,
+        deleted: bool,
+        revision: u64,
+        metrics: &Metrics,
+    ) -> Result<PolicySet, PolicyError> {
+        let mut policies: Vec<Arc<CompiledPolicy>> = self
+            .policies
+            .iter()
+            .filter(|p| p.id != record.id)
+            .cloned()
+            .collect();
+        if record.active && !deleted {
+            let policy = Arc::new(compile(record, metrics)?);
+            let at = policies.partition_point(|p| order(p, &policy).is_lt());
+            policies.insert(at, policy);
+        }
+        Ok(PolicySet { policies, revision })
+    }
+
+    pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
         &self.policies
     }
 
@@ -69,6 +119,11 @@ impl PolicySet {
     pub fn revision(&self) -> u64 {
         self.revision
     }
+}
+
+/// Evaluation order: highest priority first, ties by id (oldest first).
+fn order(a: &CompiledPolicy, b: &CompiledPolicy) -> std::cmp::Ordering {
+    b.priority.cmp(&a.priority).then(a.id.cmp(&b.id))
 }
 
 fn compile(record: &PolicyRecord, metrics: &Metrics) -> Result<CompiledPolicy, PolicyError> {

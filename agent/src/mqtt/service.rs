@@ -7,12 +7,13 @@ use std::time::Duration;
 use redb::Database;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::decision::{ActionSink, Decider};
 use crate::engine::Engine;
+use crate::event::Dedup;
 use crate::metrics::Metrics;
 use crate::mqtt::{Connector, MqttError};
 use crate::outbox::{Outbox, OutboxBounds};
@@ -97,7 +98,19 @@ pub fn start(
     outbox: Option<Arc<Outbox>>,
     metrics: Arc<Metrics>,
 ) -> Result<(Arc<Decider>, Option<MqttService>), StartError> {
-    let decider = Decider::new(engine, audit.clone(), node_id.to_owned());
+    let decider = Decider::new(
+        engine,
+        audit.clone(),
+        node_id.to_owned(),
+        Dedup::new(config.dedup_window()),
+    );
+    match decider.reopen_windows(config.dedup_window()) {
+        Ok(0) => {}
+        Ok(open) => info!(open, "de-duplication windows re-opened from the audit ring"),
+        Err(err) => {
+            warn!(error = %err, "cannot re-open de-duplication windows from the audit ring")
+        }
+    }
     let Some(outbox) = outbox else {
         return Ok((Arc::new(decider), None));
     };

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use mesh_proto::{PolicyChange, PolicyRecord};
 use tracing::{info, warn};
 
-use crate::engine::{Engine, PolicySet};
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::{PolicyFields, Store, StoreError};
 
@@ -53,37 +53,40 @@ impl PolicyService {
             new.active,
             new.priority,
         )?;
-        self.write(|store| Ok(store.create(fields)?))
+        self.write(|store| Ok(store.create(fields)?), |r| Some((r, false)))
     }
 
     /// Applies a partial update; fields not given keep their stored values.
     pub fn update(&self, id: u64, patch: PolicyPatch) -> Result<PolicyRecord, PolicyError> {
-        self.write(|store| {
-            let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
-            let mut definition =
-                Definition::from_json(&current.definition_json).map_err(|err| {
-                    PolicyError::invalid(
-                        "definition",
-                        format!("stored definition is unreadable: {err}"),
-                    )
-                })?;
-            if let Some(def_patch) = patch.definition {
-                definition.apply(def_patch);
-            }
-            let fields = validated(
-                patch.name.unwrap_or(current.name),
-                patch.description.unwrap_or(current.description),
-                &definition,
-                patch.active.unwrap_or(current.active),
-                patch.priority.unwrap_or(current.priority),
-            )?;
-            // Under the write lock no other local writer can slip in between read and write.
-            Ok(store.update(id, current.version, fields)?)
-        })
+        self.write(
+            |store| {
+                let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
+                let mut definition =
+                    Definition::from_json(&current.definition_json).map_err(|err| {
+                        PolicyError::invalid(
+                            "definition",
+                            format!("stored definition is unreadable: {err}"),
+                        )
+                    })?;
+                if let Some(def_patch) = patch.definition {
+                    definition.apply(def_patch);
+                }
+                let fields = validated(
+                    patch.name.unwrap_or(current.name),
+                    patch.description.unwrap_or(current.description),
+                    &definition,
+                    patch.active.unwrap_or(current.active),
+                    patch.priority.unwrap_or(current.priority),
+                )?;
+                // Under the write lock no other local writer can slip in between read and write.
+                Ok(store.update(id, current.version, fields)?)
+            },
+            |r| Some((r, false)),
+        )
     }
 
     pub fn delete(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
-        self.write(|store| Ok(store.delete(id)?))
+        self.write(|store| Ok(store.delete(id)?), |r| Some((r, true)))
     }
 
     pub fn get(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
@@ -124,46 +127,82 @@ impl PolicyService {
             new.active,
             new.priority,
         )?;
-        self.write(|store| {
-            let Some(current) = store.get_by_name(&fields.name)? else {
-                return Ok((ImportOutcome::Created, store.create(fields)?));
-            };
-            let unchanged = current.description == fields.description
-                && current.active == fields.active
-                && current.priority == fields.priority
-                && Definition::from_json(&current.definition_json)
-                    .ok()
-                    .as_ref()
-                    == Some(&new.definition);
-            if unchanged {
-                return Ok((ImportOutcome::Unchanged, current));
-            }
-            Ok((
-                ImportOutcome::Updated,
-                store.update(current.id, current.version, fields)?,
-            ))
-        })
+        self.write(
+            |store| {
+                let Some(current) = store.get_by_name(&fields.name)? else {
+                    return Ok((ImportOutcome::Created, store.create(fields)?));
+                };
+                let unchanged = current.description == fields.description
+                    && current.active == fields.active
+                    && current.priority == fields.priority
+                    && Definition::from_json(&current.definition_json)
+                        .ok()
+                        .as_ref()
+                        == Some(&new.definition);
+                if unchanged {
+                    return Ok((ImportOutcome::Unchanged, current));
+                }
+                Ok((
+                    ImportOutcome::Updated,
+                    store.update(current.id, current.version, fields)?,
+                ))
+            },
+            |(outcome, record)| (*outcome != ImportOutcome::Unchanged).then_some((record, false)),
+        )
     }
 
+    /// Runs `change` on the store, then swaps in the engine's set with the policy `changed` names
+    /// (the record written, and whether it was deleted) recompiled: O(changed policy).
     fn write<T>(
         &self,
         change: impl FnOnce(&Store) -> Result<T, PolicyError>,
+        changed: impl FnOnce(&T) -> Option<(&PolicyRecord, bool)>,
     ) -> Result<T, PolicyError> {
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let out = change(&self.store)?;
-        self.reload()?;
+        if let Some((record, deleted)) = changed(&out) {
+            let revision = self.store.revision()?;
+            match self
+                .engine
+                .current()
+                .with_change(record, deleted, revision, &self.metrics)
+            {
+                Ok(set) => {
+                    self.metrics.policies_active.set(set.len() as i64);
+                    self.engine.replace(set);
+                }
+                // Validated before it was stored, so this build compiles it; if not, start over.
+                Err(err) => {
+                    warn!(policy_id = record.id, error = %err, "changed policy does not compile; reloading all");
+                    self.reload_locked()?;
+                }
+            }
+        }
         Ok(out)
     }
 
     /// Recompiles the active policies and swaps them into the engine (also after the mesh merged
     /// changes from peers into the store).
     pub fn reload(&self) -> Result<(), PolicyError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.reload_locked()
+    }
+
+    /// [`reload`](Self::reload), under the write lock already taken: a set built from an older
+    /// snapshot never replaces a newer one.
+    fn reload_locked(&self) -> Result<(), PolicyError> {
         let records = self.store.list()?;
         let revision = self.store.revision()?;
-        let (set, invalid) = PolicySet::build(records, revision, &self.metrics);
+        let (set, invalid) = self
+            .engine
+            .current()
+            .rebuild(records, revision, &self.metrics);
         for (record, err) in &invalid {
             // Possible only for data written by another build: this one validates before storing.
             warn!(policy_id = record.id, policy_name = %record.name, error = %err, "stored policy does not compile; not evaluated");

@@ -25,6 +25,8 @@ pub const META_REVISION: &str = "revision";
 pub const META_LAST_ID: &str = "last_policy_id";
 pub const META_CLOCK_WALL: &str = "clock_wall_ms";
 pub const META_CLOCK_LOGICAL: &str = "clock_logical";
+/// Bytes of the encoded entries in the audit ring (kept by `audit::ring`, recounted at start).
+pub const META_AUDIT_BYTES: &str = "audit_bytes";
 
 /// Current policies: id -> encoded `PolicyRecord`.
 pub const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");

@@ -10,11 +10,13 @@ use regex::{Regex, RegexBuilder};
 
 use super::eval;
 use super::parser::{CmpOp, Expr, Literal, Method, Operand, Parsed, Path, Segment};
-use super::{ConditionError, missing_bit};
+use super::{ConditionError, MAX_REGEXES, missing_bit};
 
 /// Upper bound on a compiled regex, so that a pathological pattern fails to compile instead of
 /// taking the memory and time of the policy store. Far above anything a condition needs.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Upper bound on each regex's lazy DFA cache (the regex crate's default is 2 MiB).
+const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
@@ -108,6 +110,7 @@ pub(crate) fn compile(source: &str, parsed: Parsed) -> Result<Program, Condition
         source,
         paths: parsed.paths.into_iter(),
         regex_columns: parsed.regex_columns.into_iter(),
+        regexes: 0,
         names: Vec::new(),
         index_of: HashMap::new(),
     };
@@ -134,6 +137,8 @@ struct Compiler<'a> {
     /// is the order [`Compiler::expr`] meets them.
     paths: std::vec::IntoIter<(usize, usize)>,
     regex_columns: std::vec::IntoIter<usize>,
+    /// Regexes compiled so far (at most [`MAX_REGEXES`]).
+    regexes: usize,
     names: Vec<String>,
     index_of: HashMap<String, usize>,
 }
@@ -288,8 +293,19 @@ impl Compiler<'_> {
         let Lit::Str(pattern) = pattern else {
             return Err(ConditionError::new(column, "`.matches(..)` takes a string"));
         };
+        self.regexes += 1;
+        if self.regexes > MAX_REGEXES {
+            return Err(ConditionError::new(
+                column,
+                format!(
+                    "a condition may use at most {MAX_REGEXES} `.matches(..)`; \
+                     combine patterns with `|` or split the policy"
+                ),
+            ));
+        }
         RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
             .map_err(|error| {
                 ConditionError::new(

@@ -73,6 +73,9 @@ use crate::engine::Incident;
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
 /// The deepest nesting of parentheses and `not` accepted.
 pub const MAX_DEPTH: usize = 64;
+/// The most `.matches(..)` one condition may use. Each regex may compile to 1 MiB (and its lazy
+/// DFA cache grow to 1 MiB more), so this bounds what one condition can hold at 32 MiB.
+pub const MAX_REGEXES: usize = 16;
 
 /// A compiled condition. Cheap to evaluate from many threads at once.
 #[derive(Clone)]

@@ -24,6 +24,9 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+mod parse_cost;
+mod recursion;
+
 /// regorus's answer when a path is not a rule (a package, data, or a partial path): such paths are
 /// evaluated as a query instead.
 const NOT_A_RULE: &str = "not a valid rule path";
@@ -47,7 +50,7 @@ pub struct Location {
 /// One compile error, in OPA's shape.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CompileError {
-    /// `rego_parse_error` or `rego_compile_error`.
+    /// `rego_parse_error`, `rego_compile_error` or `rego_recursion_error`.
     pub code: &'static str,
     pub message: String,
     pub location: Location,
@@ -130,11 +133,30 @@ impl RegoSet {
     ) -> Result<RegoSet, CompileError> {
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(timer(settings));
+        let mut units = 0;
         for module in modules {
+            units += parse_cost::check(&module.id, &module.text)?;
+            if units > parse_cost::MAX_SET_UNITS {
+                return Err(CompileError {
+                    code: "rego_parse_error",
+                    message: format!(
+                        "the modules together would take too long to parse (over {} units by \
+                         this one; see its nested literals); remove or split modules",
+                        parse_cost::MAX_SET_UNITS
+                    ),
+                    location: Location {
+                        file: module.id.clone(),
+                        row: 1,
+                        col: 1,
+                    },
+                });
+            }
             engine
                 .add_policy(module.id.clone(), module.text.clone())
                 .map_err(|err| compile_error("rego_parse_error", &module.id, &err))?;
         }
+        // Before anything evaluates: regorus would recurse until the stack overflows.
+        recursion::check(engine.get_modules())?;
         let data = regorus::Value::from(data);
         engine
             .add_data(data.clone())
@@ -519,6 +541,102 @@ mod tests {
                 limit_ms: 20
             }
         );
+    }
+
+    fn refused(text: &str) -> CompileError {
+        match RegoSet::build(
+            &[module("m.rego", text)],
+            serde_json::json!({}),
+            1,
+            settings(),
+        ) {
+            Ok(_) => panic!("compiled:\n{text}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn recursion_is_refused_when_built() {
+        for (text, rule) in [
+            ("package rec1\np := q\nq := p\n", "data.rec1.p"),
+            ("package rec2\nf(x) := f(x)\np := f(1)\n", "data.rec2.f"),
+            (
+                "package rec3\ns contains x if { some x in s }\n",
+                "data.rec3.s",
+            ),
+            (
+                "package rec4\nf(x) := g(x)\ng(x) := f(x)\np := f(1)\n",
+                "data.rec4.f",
+            ),
+            (
+                "package rec5\np := data.rec5.q\nq := data.rec5.p\n",
+                "data.rec5.p",
+            ),
+            (
+                "package rec6\nimport data.rec6 as me\np if me.q\nq if { some x in me.p }\n",
+                "data.rec6.p",
+            ),
+            (
+                "package rec7\np := x if { x := [y | y := q[_]] }\nq := [p]\n",
+                "data.rec7.p",
+            ),
+            ("package rec8\np := data.rec8\n", "data.rec8.p"),
+        ] {
+            let err = refused(text);
+            assert_eq!(err.code, "rego_recursion_error", "{text}: {err}");
+            assert!(err.message.contains(rule), "{text}: {err}");
+            assert_eq!(err.location.file, "m.rego");
+            assert!(err.location.row >= 2, "{err}");
+        }
+        // Across modules too.
+        let err = RegoSet::build(
+            &[
+                module("a.rego", "package a\np := data.b.q\n"),
+                module("b.rego", "package b\nq := data.a.p\n"),
+            ],
+            serde_json::json!({}),
+            1,
+            settings(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, "rego_recursion_error");
+    }
+
+    #[test]
+    fn locals_and_other_rules_are_not_recursion() {
+        for text in [
+            "package ok1\np := q\nq := 1\n",
+            "package ok2\nf(x) := y if { y := x + 1 }\np := f(1)\n",
+            "package ok3\nq := 1\np if { some x in input.items; x > q }\n",
+            "package ok4\np contains x if { some x in input.a }\nr := count(p)\n",
+            "package ok5\ndefault allow := false\nallow if input.user == \"a\"\n",
+            "package ok6\nimport data.other.limits\np if input.n > limits.max\n",
+            "package ok7\na.b := 1\na.c := a.b + 1\n",
+        ] {
+            if let Err(err) = RegoSet::build(
+                &[module("m.rego", text)],
+                serde_json::json!({}),
+                1,
+                settings(),
+            ) {
+                panic!("{text}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let text = format!(
+            "package nest\np := {}1{}\n",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        let err = refused(&text);
+        assert_eq!(err.code, "rego_parse_error");
+        assert!(err.message.contains("nest deeper"), "{err}");
+        assert!(err.message.contains("data document"), "{err}");
+        assert_eq!(err.location.row, 2);
     }
 
     #[test]
