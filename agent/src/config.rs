@@ -90,6 +90,8 @@ pub struct RegoConfig {
     pub cache_ttl_sec: u64,
     /// Most decisions the cache keeps.
     pub cache_entries: usize,
+    /// Bytes all data documents (`PUT /v1/data`) may take together.
+    pub max_data_bytes: u64,
 }
 
 impl Default for RegoConfig {
@@ -99,6 +101,7 @@ impl Default for RegoConfig {
             fail_mode: FailMode::FailClosed,
             cache_ttl_sec: 30,
             cache_entries: 10_000,
+            max_data_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -222,6 +225,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("rego.fail_mode", Kind::Text),
     ("rego.cache_ttl_sec", Kind::Integer),
     ("rego.cache_entries", Kind::Integer),
+    ("rego.max_data_bytes", Kind::Integer),
     ("mesh.tls_dir", Kind::Text),
     ("mesh.cluster_id", Kind::Text),
     ("mesh.gossip_listen", Kind::Text),
@@ -631,6 +635,7 @@ mod tests {
                 fail_mode: FailMode::FailOpen,
                 cache_ttl_sec: 0,
                 cache_entries: 3,
+                max_data_bytes: 16 * 1024 * 1024,
             },
             mesh: MeshConfig {
                 tls_dir: Some("/tls".into()),

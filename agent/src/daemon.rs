@@ -46,12 +46,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         time_limit: Duration::from_millis(config.rego.time_limit_ms),
     };
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
-    let rego = Arc::new(RegoService::new(
-        Arc::clone(&store),
-        Arc::clone(&rego_engine),
-        rego_settings,
-        Arc::clone(&metrics),
-    )?);
+    let rego = Arc::new(
+        RegoService::new(
+            Arc::clone(&store),
+            Arc::clone(&rego_engine),
+            rego_settings,
+            Arc::clone(&metrics),
+        )?
+        .with_max_data_bytes(config.rego.max_data_bytes),
+    );
     let evaluator = Arc::new(Evaluator::new(
         rego_engine.clone(),
         Arc::clone(&metrics),
@@ -206,7 +209,21 @@ async fn shutdown_signal(fatal: Fatal, outbox: Option<Arc<Outbox>>) {
     if let Some(outbox) = outbox {
         outbox.close();
     }
+    // Every stage below has its own bound (HTTP drain, MQTT flush, audit commit); this one holds
+    // whatever they miss, so a stop always ends and systemd never has to SIGKILL.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_BOUND);
+        error!(
+            bound_sec = SHUTDOWN_BOUND.as_secs(),
+            "shutdown did not complete in time; exiting"
+        );
+        std::process::exit(1);
+    });
 }
+
+/// The longest a stop may take, from the signal to the exit: under the unit's `TimeoutStopSec`
+/// (30 s), so the agent exits on its own before systemd would kill it.
+pub const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(25);
 
 async fn signal() {
     let interrupt = tokio::signal::ctrl_c();

@@ -210,7 +210,10 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(&err),
     };
-    match runtime.block_on(daemon::run(config)) {
+    let result = runtime.block_on(daemon::run(config));
+    // A blocking task still running (a store read, a compile) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "mesh-agent failed");

@@ -61,6 +61,9 @@ impl From<OpaError> for OpaApiError {
                 format!("storage_not_found_error: {what}"),
             ),
             OpaError::BadRequest(message) => OpaApiError::invalid(message),
+            OpaError::TooLarge(message) => {
+                OpaApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
             OpaError::Data(data_tree::DataError::NotFound(path)) => OpaApiError::new(
                 StatusCode::NOT_FOUND,
                 "resource_not_found",

@@ -44,7 +44,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Time a client has to send a request's headers.
     pub header_read_timeout_ms: u64,
-    /// Time a connection may stay open with no request in flight.
+    /// Time a connection may stay open with no request in flight. hyper starts the header timer as
+    /// soon as a kept-alive connection waits for its next request, so an idle connection closes
+    /// after the shorter of this and `header_read_timeout_ms`.
     pub idle_timeout_ms: u64,
     /// Time a request may take, its body included; past it the answer is 408.
     pub request_timeout_ms: u64,
@@ -139,6 +141,8 @@ struct Slot {
     /// `None` while a request is in flight.
     idle_since: Option<Instant>,
     in_flight: usize,
+    /// Chosen to make room; it closes as soon as its task runs.
+    evicting: bool,
     close: Arc<Notify>,
 }
 
@@ -155,25 +159,27 @@ impl Connections {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes room for one more connection: `false` if every connection is busy.
+    /// Makes room for one more connection: `false` if every connection is busy (or already
+    /// leaving). Connections chosen to leave still count until they are gone, so the cap holds.
     fn make_room(&self, max: usize, metrics: &HttpMetrics) -> bool {
-        let slots = self.lock();
+        let mut slots = self.lock();
+        let leaving = slots.values().filter(|slot| slot.evicting).count();
         if slots.len() < max {
             return true;
         }
-        let oldest_idle = slots
-            .values()
-            .filter_map(|slot| slot.idle_since.map(|since| (since, &slot.close)))
-            .min_by_key(|(since, _)| *since);
-        match oldest_idle {
-            Some((_, close)) => {
-                close.notify_one();
+        if slots.len() - leaving >= max.max(1) || leaving == 0 {
+            let oldest_idle = slots
+                .values_mut()
+                .filter(|slot| !slot.evicting && slot.idle_since.is_some())
+                .min_by_key(|slot| slot.idle_since);
+            if let Some(slot) = oldest_idle {
+                slot.evicting = true;
+                slot.close.notify_one();
                 metrics.evicted.inc();
-                // It leaves as soon as its task runs; until then the cap is exceeded by one.
-                true
             }
-            None => false,
         }
+        // Admitted only while what leaves makes up for it.
+        slots.len() - slots.values().filter(|slot| slot.evicting).count() < max.max(1)
     }
 
     fn open(&self) -> (u64, Arc<Notify>) {
@@ -184,6 +190,7 @@ impl Connections {
             Slot {
                 idle_since: Some(Instant::now()),
                 in_flight: 0,
+                evicting: false,
                 close: Arc::clone(&close),
             },
         );
@@ -273,6 +280,7 @@ pub async fn serve(
             "HTTP connections still open after the drain; closed"
         );
         tasks.abort_all();
+        metrics.connections.set(0);
     }
 }
 
@@ -346,10 +354,9 @@ async fn connection(
                 }
                 break;
             }
-            _ = close.notified(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now());
-            }
+            // Evicted: it had nothing in flight, so it goes at once (a graceful shutdown would
+            // leave a half-sent header open until its timeout).
+            _ = close.notified() => break,
             _ = stopped.changed(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
@@ -360,8 +367,7 @@ async fn connection(
                     break;
                 }
                 if connections.idle_since(id).is_some_and(|since| since.elapsed() >= limits.idle_timeout) {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
+                    break;
                 }
             }
         }

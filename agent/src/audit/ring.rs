@@ -38,7 +38,11 @@ pub fn trim(db: &Database, bounds: Bounds) -> Result<u64, StoreError> {
             let (_, value) = entry.ctx("scan audit ring")?;
             bytes += value.value().len() as u64;
         }
-        while table.len().ctx("count audit ring")? > bounds.entries || bytes > bounds.bytes {
+        // As in `append`, the newest entry stays even alone over the byte bound: the sequence
+        // numbers go on from it.
+        while table.len().ctx("count audit ring")? > bounds.entries
+            || (bytes > bounds.bytes && table.len().ctx("count audit ring")? > 1)
+        {
             let Some((_, value)) = table.pop_first().ctx("trim audit ring")? else {
                 break;
             };

@@ -28,6 +28,9 @@ pub struct CompiledPolicy {
     /// Serialized once here, so a response copies bytes instead of re-encoding a map.
     pub modifiers: Box<RawValue>,
     pub reversibility_sec: u64,
+    /// Which write of the policy this is: two nodes can both write a version 3 (the mesh keeps
+    /// one by stamp and author), so a reload reuses a compiled policy only on the same write.
+    written: (mesh_proto::Hlc, Arc<str>),
     pub(crate) evaluations: Counter,
     pub(crate) matches: Counter,
 }
@@ -57,16 +60,15 @@ impl PolicySet {
         revision: u64,
         metrics: &Metrics,
     ) -> (PolicySet, Vec<(PolicyRecord, PolicyError)>) {
-        let known: HashMap<(u64, u64), &Arc<CompiledPolicy>> = self
-            .policies
-            .iter()
-            .map(|p| ((p.id, p.version), p))
-            .collect();
+        let known: HashMap<u64, &Arc<CompiledPolicy>> =
+            self.policies.iter().map(|p| (p.id, p)).collect();
         let mut policies = Vec::with_capacity(records.len());
         let mut invalid = Vec::new();
         for record in records.into_iter().filter(|r| r.active) {
-            if let Some(policy) = known.get(&(record.id, record.version))
-                && policy.priority == record.priority
+            if let Some(policy) = known.get(&record.id)
+                && policy.version == record.version
+                && policy.written.0 == record.stamp
+                && *policy.written.1 == *record.author
             {
                 policies.push(Arc::clone(policy));
                 continue;
@@ -142,6 +144,7 @@ fn compile(record: &PolicyRecord, metrics: &Metrics) -> Result<CompiledPolicy, P
         action: Arc::from(definition.action.as_str()),
         modifiers,
         reversibility_sec: definition.reversibility_sec,
+        written: (record.stamp, Arc::from(record.author.as_str())),
         evaluations,
         matches,
     })

@@ -44,7 +44,10 @@ impl Dedup {
         let hash = content_hash(source, bytes);
         let mut windows = self.lock();
         windows.expire(now_ms, self.window_ms);
-        if let Some((id, _)) = windows.ids.get(&hash) {
+        // Re-opened windows may sit out of order in `opened`: check the age of a hit itself.
+        if let Some((id, opened_ms)) = windows.ids.get(&hash)
+            && now_ms.saturating_sub(*opened_ms) < self.window_ms
+        {
             return id.clone();
         }
         let id = format_id(&hash, now_ms);

@@ -24,6 +24,9 @@ pub enum OpaError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Over a byte budget (`rego.max_data_bytes`).
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Data(#[from] data_tree::DataError),
     #[error(transparent)]

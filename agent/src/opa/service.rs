@@ -21,6 +21,8 @@ pub struct RegoService {
     engine: Arc<RegoEngine>,
     settings: RegoSettings,
     metrics: Arc<Metrics>,
+    /// The most bytes all data documents may take together (`rego.max_data_bytes`).
+    max_data_bytes: u64,
     write_lock: Mutex<()>,
 }
 
@@ -38,6 +40,7 @@ impl RegoService {
             engine,
             settings,
             metrics,
+            max_data_bytes: u64::MAX,
             write_lock: Mutex::new(()),
         };
         let modules = service.store.list_documents(DocKind::RegoModule)?;
@@ -49,6 +52,13 @@ impl RegoService {
             }
         }
         Ok(service)
+    }
+
+    /// Refuses data writes that would take all data documents past `bytes` together. Every data
+    /// write recompiles the whole data tree, so this bounds its time as well as its memory.
+    pub fn with_max_data_bytes(mut self, bytes: u64) -> RegoService {
+        self.max_data_bytes = bytes;
+        self
     }
 
     /// Creates or replaces a module. Returns whether anything changed.
@@ -142,6 +152,7 @@ impl RegoService {
     fn change_locked(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
         let mut modules = self.store.list_documents(DocKind::RegoModule)?;
         let mut data = self.store.list_documents(DocKind::Data)?;
+        let data_bytes_before: u64 = data.iter().map(|d| d.body.len() as u64).sum();
         for write in &writes {
             match write {
                 DocWrite::Put {
@@ -154,6 +165,15 @@ impl RegoService {
                 } => write.apply_to(&mut modules),
                 _ => write.apply_to(&mut data),
             }
+        }
+        let data_bytes: u64 = data.iter().map(|d| d.body.len() as u64).sum();
+        // A write that shrinks the data passes even over the budget (it may have been lowered).
+        if data_bytes > self.max_data_bytes && data_bytes > data_bytes_before {
+            return Err(OpaError::TooLarge(format!(
+                "the data documents would take {data_bytes} bytes together, over \
+                 rego.max_data_bytes ({}); nothing was changed",
+                self.max_data_bytes
+            )));
         }
         let set = self.build(&modules, &data)?;
         let written = self.store.write_documents(writes)?;

@@ -581,6 +581,15 @@ mod tests {
                 "data.rec7.p",
             ),
             ("package rec8\np := data.rec8\n", "data.rec8.p"),
+            // A comprehension's variable is local to it: the `q` after it is the rule.
+            (
+                "package rec9\np if { ys := [q | some q in input.xs]; count(ys) > 0; q }\nq if p\n",
+                "data.rec9.p",
+            ),
+            (
+                "package rec10\np := 1 if { x := 2; x > 1 } else := q\nq := p\n",
+                "data.rec10.p",
+            ),
         ] {
             let err = refused(text);
             assert_eq!(err.code, "rego_recursion_error", "{text}: {err}");

@@ -11,8 +11,9 @@
 use super::{CompileError, Location};
 
 /// The deepest nesting of `[` and `{` accepted in a module (a literal this deep parses in about
-/// 80 ms). Rule bodies, objects and arrays of real policies stay far below it.
-pub const MAX_NESTING: usize = 12;
+/// 0.35 s, an object in 0.7 s). Rule bodies count as a level; test fixtures written inline
+/// (`with input as {...}`) reach 12 or 13.
+pub const MAX_NESTING: usize = 14;
 
 /// Parse units one module may cost (about 0.65 s at worst). A 5,000-line module of flat literals
 /// costs about 10,000.
@@ -118,11 +119,11 @@ mod tests {
 
     #[test]
     fn counts_brackets_outside_strings_and_comments() {
-        let deep = format!("package p\nq := {}1{}\n", "[".repeat(13), "]".repeat(13));
+        let deep = format!("package p\nq := {}1{}\n", "[".repeat(15), "]".repeat(15));
         let err = check("m.rego", &deep).unwrap_err();
-        assert_eq!((err.location.row, err.location.col), (2, 18));
-        let ok = format!("package p\nq := {}1{}\n", "[".repeat(12), "]".repeat(12));
-        assert_eq!(check("m.rego", &ok).unwrap(), (1 << 13) - 2);
+        assert_eq!((err.location.row, err.location.col), (2, 20));
+        let ok = format!("package p\nq := {}1{}\n", "[".repeat(14), "]".repeat(14));
+        assert_eq!(check("m.rego", &ok).unwrap(), (1 << 15) - 2);
         let quoted = format!(
             "package p\n# {}\nq := \"{}\\\"{}\"\nr := `{}`\n",
             "[".repeat(50),

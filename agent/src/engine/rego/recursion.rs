@@ -55,17 +55,15 @@ pub fn check(modules: &[Ref<Module>]) -> Result<(), CompileError> {
             let mut walker = Walker {
                 package: &package,
                 aliases: &aliases,
-                locals: BTreeSet::new(),
+                scopes: vec![BTreeSet::new()],
                 refs: Vec::new(),
             };
             for arg in args {
                 walker.bind(arg);
             }
+            walker.walk_ref_indices(head);
             if let Some((head, bodies)) = bodies {
-                for body in bodies {
-                    walker.collect_locals(&body.query);
-                }
-                match head {
+                let head_value = |walker: &mut Walker<'_>| match head {
                     RuleHead::Compr { assign, .. } | RuleHead::Func { assign, .. } => {
                         if let Some(assign) = assign {
                             walker.expr(&assign.value);
@@ -76,12 +74,20 @@ pub fn check(modules: &[Ref<Module>]) -> Result<(), CompileError> {
                             walker.expr(key);
                         }
                     }
+                };
+                if bodies.is_empty() {
+                    head_value(&mut walker);
                 }
+                // Each body (an `else` too) has its own variables, which the head's value sees.
                 for body in bodies {
+                    walker.scopes.push(BTreeSet::new());
+                    walker.collect_locals(&body.query);
+                    head_value(&mut walker);
                     if let Some(assign) = &body.assign {
                         walker.expr(&assign.value);
                     }
                     walker.query(&body.query);
+                    walker.scopes.pop();
                 }
             }
             nodes.push(Node {
@@ -252,18 +258,29 @@ fn static_path(expr: &Expr) -> Vec<String> {
 struct Walker<'a> {
     package: &'a [String],
     aliases: &'a BTreeMap<String, Vec<String>>,
-    /// Variables the rule binds itself: they shadow rule names.
-    locals: BTreeSet<String>,
+    /// Variables in scope (the rule's arguments, then each body, comprehension and `every`
+    /// inside it): they shadow rule names.
+    scopes: Vec<BTreeSet<String>>,
     refs: Vec<Vec<String>>,
 }
 
 impl Walker<'_> {
+    fn declare(&mut self, name: &str) {
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.insert(name.to_owned());
+        }
+    }
+
+    fn is_local(&self, name: &str) -> bool {
+        self.scopes.iter().any(|scope| scope.contains(name))
+    }
+
     /// Records the variables a pattern binds (an argument, the left side of `:=`, `some x`).
     fn bind(&mut self, pattern: &Expr) {
         match pattern {
             Expr::Var { value, .. } => {
                 if let Ok(name) = value.as_string() {
-                    self.locals.insert(name.to_string());
+                    self.declare(name.as_ref());
                 }
             }
             Expr::Array { items, .. } | Expr::Set { items, .. } => {
@@ -274,13 +291,14 @@ impl Walker<'_> {
         }
     }
 
-    /// Finds the variables a query binds, in it and in its nested queries.
+    /// Declares the variables a query's own statements bind (not those of nested queries, which
+    /// get their own scope when walked).
     fn collect_locals(&mut self, query: &Query) {
         for stmt in &query.stmts {
             match &stmt.literal {
                 Literal::SomeVars { vars, .. } => {
                     for var in vars {
-                        self.locals.insert(var.text().to_owned());
+                        self.declare(var.text());
                     }
                 }
                 Literal::SomeIn { key, value, .. } => {
@@ -289,15 +307,7 @@ impl Walker<'_> {
                     }
                     self.bind(value);
                 }
-                Literal::Every {
-                    key, value, query, ..
-                } => {
-                    if let Some(key) = key {
-                        self.locals.insert(key.text().to_owned());
-                    }
-                    self.locals.insert(value.text().to_owned());
-                    self.collect_locals(query);
-                }
+                Literal::Every { .. } => {}
                 Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
                     if let Expr::AssignExpr { lhs, .. } = expr.as_ref() {
                         self.bind(lhs);
@@ -324,10 +334,22 @@ impl Walker<'_> {
                     self.expr(collection);
                 }
                 Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
-                Literal::Every { domain, query, .. } => {
+                Literal::Every {
+                    key,
+                    value,
+                    domain,
+                    query,
+                    ..
+                } => {
                     self.expr(domain);
+                    self.scopes.push(BTreeSet::new());
+                    if let Some(key) = key {
+                        self.declare(key.text());
+                    }
+                    self.declare(value.text());
                     self.collect_locals(query);
                     self.query(query);
+                    self.scopes.pop();
                 }
             }
             for with in &stmt.with_mods {
@@ -341,7 +363,7 @@ impl Walker<'_> {
         let Some(root) = path.first() else { return };
         let resolved = if root == "data" {
             path
-        } else if root == "input" || self.locals.contains(root) {
+        } else if root == "input" || self.is_local(root) {
             return;
         } else if let Some(alias) = self.aliases.get(root) {
             alias.iter().chain(&path[1..]).cloned().collect()
@@ -379,17 +401,21 @@ impl Walker<'_> {
                 }
             }
             Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                self.scopes.push(BTreeSet::new());
                 self.collect_locals(query);
                 self.expr(term);
                 self.query(query);
+                self.scopes.pop();
             }
             Expr::ObjectCompr {
                 key, value, query, ..
             } => {
+                self.scopes.push(BTreeSet::new());
                 self.collect_locals(query);
                 self.expr(key);
                 self.expr(value);
                 self.query(query);
+                self.scopes.pop();
             }
             Expr::Call { fcn, params, .. } => {
                 self.reference(fcn);
