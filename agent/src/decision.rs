@@ -272,6 +272,8 @@ impl Decider {
                 error: Some(format!("rejected payload from {source}: {reason}")),
             }],
             execution_time_ns: 0,
+            // Set by the ring when appended.
+            prev_hash: [0; 32],
         };
         self.audit.append(vec![record]).await?;
         if let Some(stats) = &self.stats {
@@ -375,6 +377,8 @@ impl Decider {
                 })
                 .collect(),
             execution_time_ns: evaluation.elapsed_ns,
+            // Set by the ring when appended.
+            prev_hash: [0; 32],
         }
     }
 }

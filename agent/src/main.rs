@@ -37,6 +37,20 @@ enum Command {
     /// Create the mesh CA and node certificates for mutual TLS between nodes.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Inspect a stopped agent's audit ring.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that the audit ring is a whole hash chain: sequence numbers without gaps, every
+    /// entry readable and chained to the one before it. Exits 1 if it is not.
+    Verify {
+        /// The agent's data directory (the agent must be stopped).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +159,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(file),
         Command::Collector(args) => collector(args),
         Command::Policy(PolicyCommand::Test { dir, verbose }) => policy_test(&dir, verbose),
+        Command::Audit(AuditCommand::Verify { data_dir }) => audit_verify(&data_dir),
         Command::Certs(CertsCommand::Init { dir, force }) => match certs::init(&dir, force) {
             Ok((cert, key)) => {
                 println!("created {} and {}", cert.display(), key.display());
@@ -161,6 +176,40 @@ fn main() -> ExitCode {
                 Err(err) => fail(&err),
             }
         }
+    }
+}
+
+fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
+    let path = data_dir.join(daemon::DATA_FILE);
+    // Read-only: a running agent holds the file, and verifying must not migrate or write it.
+    let db = match redb::ReadOnlyDatabase::open(&path) {
+        Ok(db) => db,
+        Err(err) => {
+            eprintln!(
+                "error: cannot open {} (is the agent still running?): {err}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match mesh_agent::audit::verify(&db) {
+        Ok(verified) => match verified.broken {
+            None => {
+                println!(
+                    "audit ring whole: {} entries, {} to {}",
+                    verified.entries, verified.first, verified.last
+                );
+                ExitCode::SUCCESS
+            }
+            Some((seq, problem)) => {
+                println!(
+                    "audit ring broken at entry {seq}: {problem} ({} entries, {} to {})",
+                    verified.entries, verified.first, verified.last
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Err(err) => fail(&err),
     }
 }
 

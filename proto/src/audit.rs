@@ -25,6 +25,32 @@ pub struct AuditRecord {
     pub results: Vec<AuditResult>,
     /// Time spent evaluating every policy for this event.
     pub execution_time_ns: u64,
+    /// SHA-256 of the stored bytes of entry `seq - 1` (zeros for the first entry ever): the ring
+    /// is a hash chain, so a lost, reordered or altered entry shows (`mesh-agent audit verify`).
+    pub prev_hash: [u8; 32],
+}
+
+/// [`AuditRecord`] as schemas 2 to 6 stored it, before the hash chain (read by migrations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecordV1 {
+    /// Position in the ring: 1, 2, 3, ... for the lifetime of the data directory.
+    pub seq: u64,
+    pub at_us: i64,
+    pub node: String,
+    pub event_id: String,
+    /// The incident as received, as compact JSON text.
+    pub input_json: String,
+    /// The store revision of the policy set evaluated: the policies active at this revision are
+    /// the ones evaluated, which history can tell.
+    pub policy_revision: u64,
+    /// How many policies were evaluated.
+    pub policies_evaluated: u32,
+    /// The verdicts worth keeping: every policy that matched or lacked a field it read. Every other
+    /// policy of the set evaluated to "no match" on complete data. (Keeping all of them would cost
+    /// ~35 bytes per policy per event: 350 MB for a full ring of 100,000 events over 100 policies.)
+    pub results: Vec<AuditResult>,
+    /// Time spent evaluating every policy for this event.
+    pub execution_time_ns: u64,
 }
 
 /// One policy's verdict within an [`AuditRecord`].
@@ -42,6 +68,29 @@ pub struct AuditResult {
 }
 
 impl Record for AuditRecord {
+    const FORMAT: u8 = 2;
+    const KIND: &'static str = "audit";
+}
+
+impl Record for AuditRecordV1 {
     const FORMAT: u8 = 1;
     const KIND: &'static str = "audit";
+}
+
+impl AuditRecordV1 {
+    /// This entry in the current shape, chained to `prev_hash`.
+    pub fn chained(self, prev_hash: [u8; 32]) -> AuditRecord {
+        AuditRecord {
+            seq: self.seq,
+            at_us: self.at_us,
+            node: self.node,
+            event_id: self.event_id,
+            input_json: self.input_json,
+            policy_revision: self.policy_revision,
+            policies_evaluated: self.policies_evaluated,
+            results: self.results,
+            execution_time_ns: self.execution_time_ns,
+            prev_hash,
+        }
+    }
 }

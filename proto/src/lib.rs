@@ -14,7 +14,7 @@ pub mod mesh;
 pub mod policy;
 pub mod upstream;
 
-pub use audit::{AuditRecord, AuditResult};
+pub use audit::{AuditRecord, AuditRecordV1, AuditResult};
 pub use clock::Hlc;
 pub use codec::{DecodeError, Record, decode, encode};
 pub use document::{DocKind, DocumentChange, DocumentRecord};

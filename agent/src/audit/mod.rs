@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Lane, Outbox, OutboxChange, OutboxItem, Room};
 use crate::store::{DbContext, StoreError};
 
-pub use ring::{Bounds, Page, Query};
+pub use ring::{Bounds, Page, Query, Verified, entry_hash, verify};
 
 /// Entries committed in one transaction at most; a fuller queue commits sooner.
 const MAX_GROUP: usize = 8_192;
@@ -376,7 +376,7 @@ impl Writer {
             let outbox = self.outbox.clone();
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
-                commit_group(&db, &group, bounds, outbox.as_deref())
+                commit_group(&db, &mut group, bounds, outbox.as_deref())
             })
             .await;
             match joined {
@@ -430,7 +430,7 @@ impl Writer {
 /// a crash only sends those messages again.
 fn commit_group(
     db: &Database,
-    group: &Group,
+    group: &mut Group,
     bounds: Bounds,
     outbox: Option<&Outbox>,
 ) -> Result<OutboxChange, StoreError> {
@@ -439,7 +439,7 @@ fn commit_group(
         txn.set_durability(Durability::None)
             .ctx("set removal durability")?;
     }
-    ring::append(&txn, &group.records, bounds)?;
+    ring::append(&txn, &mut group.records, bounds)?;
     let mut change = OutboxChange::default();
     if let Some(outbox) = outbox {
         change = outbox.insert(&txn, &group.items)?;

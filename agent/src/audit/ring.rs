@@ -4,6 +4,10 @@
 //! append is one insert and at most one remove whatever the ring's size. The ring is bounded in
 //! bytes too: the encoded size of its entries is kept in `meta` (`audit_bytes`), and an append that
 //! takes it over `bytes` evicts the oldest entries until it fits (large events keep fewer entries).
+//!
+//! The ring is a hash chain: every entry carries the SHA-256 of the stored bytes of the one before
+//! it (read back in the same transaction that appends), so [`verify`] can tell a stopped agent's
+//! ring is gap-free and unaltered from its oldest kept entry to its head.
 
 use mesh_proto::{AuditRecord, decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -57,23 +61,38 @@ pub fn trim(db: &Database, bounds: Bounds) -> Result<u64, StoreError> {
     Ok(dropped)
 }
 
-/// Appends `records` (already numbered) in one transaction, evicting what falls out of the ring.
+/// SHA-256 of an entry's stored bytes: the `prev_hash` of the entry after it.
+pub fn entry_hash(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
+/// Appends `records` (already numbered) in one transaction, chaining each to the one before it
+/// and evicting what falls out of the ring.
 pub fn append(
     txn: &WriteTransaction,
-    records: &[AuditRecord],
+    records: &mut [AuditRecord],
     bounds: Bounds,
 ) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
     let mut table = txn.open_table(AUDIT).ctx("open audit ring")?;
+    let mut prev_hash = table
+        .last()
+        .ctx("read audit head")?
+        .map_or([0u8; 32], |(_, bytes)| entry_hash(bytes.value()));
     let mut meta = txn.open_table(META).ctx("open meta")?;
     let mut bytes = meta
         .get(META_AUDIT_BYTES)
         .ctx("read audit bytes")?
         .map_or(0, |v| v.value());
-    for record in records {
-        let encoded = encode(record);
+    for record in records.iter_mut() {
+        record.prev_hash = prev_hash;
+        let encoded = encode(&*record);
+        prev_hash = entry_hash(&encoded);
         bytes += encoded.len() as u64;
         table
             .insert(record.seq, encoded.as_slice())
@@ -97,6 +116,65 @@ pub fn append(
     meta.insert(META_AUDIT_BYTES, bytes)
         .ctx("write audit bytes")?;
     Ok(())
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub entries: u64,
+    /// Sequence numbers of the oldest and newest entries (0 and 0 for an empty ring).
+    pub first: u64,
+    pub last: u64,
+    /// The first entry that breaks the chain, and how; `None` if the ring is whole.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Checks the ring, oldest to newest: sequence numbers without gaps, every entry readable, and
+/// every entry's `prev_hash` the hash of the entry before it. The oldest kept entry's own
+/// `prev_hash` names an evicted entry and cannot be checked.
+pub fn verify(db: &impl ReadableDatabase) -> Result<Verified, StoreError> {
+    let txn = db.begin_read().ctx("begin read")?;
+    let table = txn.open_table(AUDIT).ctx("open audit ring")?;
+    let mut verified = Verified {
+        entries: 0,
+        first: 0,
+        last: 0,
+        broken: None,
+    };
+    let mut previous: Option<(u64, [u8; 32])> = None;
+    for entry in table.iter().ctx("scan audit ring")? {
+        let (seq, bytes) = entry.ctx("scan audit ring")?;
+        let (seq, bytes) = (seq.value(), bytes.value());
+        let problem = match decode::<AuditRecord>(bytes) {
+            Err(err) => Some(format!("entry {seq} cannot be read: {err}")),
+            Ok(record) if record.seq != seq => {
+                Some(format!("entry {seq} says it is entry {}", record.seq))
+            }
+            Ok(record) => match previous {
+                Some((prev_seq, _)) if seq != prev_seq + 1 => Some(format!(
+                    "entries {} to {} are missing",
+                    prev_seq + 1,
+                    seq - 1
+                )),
+                Some((prev_seq, prev_hash)) if record.prev_hash != prev_hash => Some(format!(
+                    "entry {seq} does not follow entry {prev_seq} (its prev_hash differs)"
+                )),
+                _ => None,
+            },
+        };
+        if verified.entries == 0 {
+            verified.first = seq;
+        }
+        verified.entries += 1;
+        verified.last = seq;
+        if let Some(problem) = problem
+            && verified.broken.is_none()
+        {
+            verified.broken = Some((seq, problem));
+        }
+        previous = Some((seq, entry_hash(bytes)));
+    }
+    Ok(verified)
 }
 
 /// The ring's size in bytes, as last committed.

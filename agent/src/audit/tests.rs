@@ -61,6 +61,7 @@ fn record(event_id: &str) -> AuditRecord {
         policies_evaluated: 0,
         results: Vec::new(),
         execution_time_ns: 0,
+        prev_hash: [0; 32],
     }
 }
 
@@ -236,4 +237,102 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
     let (entries, head) = (page.records, page.head);
     let ids: Vec<_> = entries.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!((ids, head), (vec!["ok"], 1));
+}
+
+fn numbered(first: u64, count: u64) -> Vec<AuditRecord> {
+    (first..first + count)
+        .map(|seq| AuditRecord {
+            seq,
+            ..record(&format!("e{seq}"))
+        })
+        .collect()
+}
+
+fn append_committed(db: &Database, records: &mut [AuditRecord], bounds: Bounds) {
+    let txn = db.begin_write().unwrap();
+    ring::append(&txn, records, bounds).unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn the_ring_is_a_hash_chain_that_verify_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("a.redb")).unwrap();
+    let bounds = Bounds {
+        entries: 5,
+        bytes: u64::MAX,
+    };
+    append_committed(&db, &mut numbered(1, 3), bounds);
+    append_committed(&db, &mut numbered(4, 4), bounds);
+    let verified = verify(&db).unwrap();
+    assert_eq!(
+        (
+            verified.entries,
+            verified.first,
+            verified.last,
+            verified.broken
+        ),
+        (5, 3, 7, None),
+        "evicted entries do not break the chain"
+    );
+    // A lost entry in the middle, then an altered one, are found.
+    {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::store::schema::AUDIT)
+            .unwrap()
+            .remove(5)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let broken = verify(&db).unwrap().broken.unwrap();
+    assert_eq!(broken.0, 6);
+    assert!(broken.1.contains("missing"), "{}", broken.1);
+    let mut altered = numbered(5, 1);
+    altered[0].prev_hash = [7; 32];
+    {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::store::schema::AUDIT)
+            .unwrap()
+            .insert(5, mesh_proto::encode(&altered[0]).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let broken = verify(&db).unwrap().broken.unwrap();
+    assert_eq!(broken.0, 5, "{}", broken.1);
+}
+
+#[test]
+fn a_schema_6_ring_is_chained_by_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    drop(crate::store::Store::open(&path, "n1").unwrap());
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(crate::store::schema::META).unwrap();
+            meta.insert(crate::store::schema::META_SCHEMA, 6).unwrap();
+            let mut table = txn.open_table(crate::store::schema::AUDIT).unwrap();
+            for seq in 1..=3u64 {
+                let old = mesh_proto::AuditRecordV1 {
+                    seq,
+                    at_us: 1,
+                    node: "n1".into(),
+                    event_id: format!("e{seq}"),
+                    input_json: "{}".into(),
+                    policy_revision: 1,
+                    policies_evaluated: 0,
+                    results: Vec::new(),
+                    execution_time_ns: 0,
+                };
+                table
+                    .insert(seq, mesh_proto::encode(&old).as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = crate::store::Store::open(&path, "n1").unwrap();
+    let verified = verify(&*store.database()).unwrap();
+    assert_eq!((verified.entries, verified.broken), (3, None));
 }

@@ -4,7 +4,9 @@
 //! guessed at. Each step reads the old shapes (kept in `mesh_proto`) and writes the new ones; if a
 //! step fails, the transaction is dropped and the file is left exactly as it was.
 
-use mesh_proto::{ChangeOp, Hlc, PolicyChange, PolicyRecord, PolicyRecordV1, decode, encode};
+use mesh_proto::{
+    AuditRecordV1, ChangeOp, Hlc, PolicyChange, PolicyRecord, PolicyRecordV1, decode, encode,
+};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction};
 use tracing::info;
 
@@ -41,6 +43,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
                 v4_to_v5(&txn)?;
             }
             // 5 -> 6 only adds the outbox's summary lane, created below like every table.
+            if v < 7 {
+                v6_to_v7(&txn)?;
+            }
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -91,6 +96,31 @@ fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// Schema 4 -> 5: an empty outbox.
 fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(crate::outbox::OUTBOX).ctx("create outbox")?;
+    Ok(())
+}
+
+/// Schema 6 -> 7: the audit ring's entries, oldest first, re-encoded as a hash chain.
+fn v6_to_v7(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT).ctx("open audit ring")?;
+    let mut old = Vec::new();
+    for entry in table.iter().ctx("scan audit ring")? {
+        let (seq, bytes) = entry.ctx("scan audit ring")?;
+        let record: AuditRecordV1 = decode(bytes.value()).map_err(|source| StoreError::Decode {
+            context: "schema 6 audit entry",
+            source,
+        })?;
+        old.push((seq.value(), record));
+    }
+    let mut prev_hash = [0u8; 32];
+    let count = old.len();
+    for (seq, record) in old {
+        let encoded = encode(&record.chained(prev_hash));
+        prev_hash = crate::audit::entry_hash(&encoded);
+        table
+            .insert(seq, encoded.as_slice())
+            .ctx("rewrite audit entry")?;
+    }
+    info!(entries = count, "audit ring chained");
     Ok(())
 }
 

@@ -12,11 +12,13 @@
 //! - 6: adds `outbox_summaries` (`outbox::OUTBOX_SUMMARIES`), the outbox's summary lane; new
 //!   summaries no longer enter `outbox` (summaries a schema-5 build queued there are sent from it
 //!   as before, counted with the actions). A build of schema 5 would never send the new lane.
+//! - 7: audit entries become a hash chain (`AuditRecord` format 2 carries `prev_hash`); the
+//!   migration re-encodes the ring, oldest first. An older build could not read the entries.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

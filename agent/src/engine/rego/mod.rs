@@ -103,6 +103,9 @@ pub struct RegoSet {
     revision: u64,
     settings: RegoSettings,
     modules: usize,
+    /// The package of every module (`["data", "a", "b"]`): a path outside all of them is data
+    /// only, read from `data` without evaluating anything.
+    packages: Vec<Vec<String>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -157,6 +160,15 @@ impl RegoSet {
         }
         // Before anything evaluates: regorus would recurse until the stack overflows.
         recursion::check(engine.get_modules())?;
+        let packages = engine
+            .get_modules()
+            .iter()
+            .map(|module| {
+                let mut path = vec!["data".to_owned()];
+                path.extend(recursion::static_path(&module.package.refr));
+                path
+            })
+            .collect();
         let data = regorus::Value::from(data);
         engine
             .add_data(data.clone())
@@ -174,6 +186,7 @@ impl RegoSet {
             revision,
             settings,
             modules: modules.len(),
+            packages,
         })
     }
 
@@ -188,6 +201,7 @@ impl RegoSet {
             revision: 0,
             settings,
             modules: 0,
+            packages: Vec::new(),
         }
     }
 
@@ -212,11 +226,40 @@ impl RegoSet {
         path: &str,
         input: Option<regorus::Value>,
     ) -> Result<Option<regorus::Value>, EvalError> {
+        if let Some(value) = self.read_data(path) {
+            return Ok(value);
+        }
         let input = input.unwrap_or(regorus::Value::Undefined);
         if let Some(result) = self.run_program(path, &input) {
             return result;
         }
         self.interpret(path, input)
+    }
+
+    /// The data at `path` when no module's package is above or below it: pure data needs no
+    /// evaluation (and no time limit, however large it is). `None`: evaluate it.
+    fn read_data(&self, path: &str) -> Option<Option<regorus::Value>> {
+        let components = path_components(path)?;
+        let overlaps = self
+            .packages
+            .iter()
+            .any(|package| package.starts_with(&components) || components.starts_with(package));
+        if overlaps {
+            return None;
+        }
+        let mut value = &self.data;
+        for key in &components[1..] {
+            match value {
+                regorus::Value::Object(fields) => {
+                    match fields.get(&regorus::Value::from(key.as_str())) {
+                        Some(next) => value = next,
+                        None => return Some(None),
+                    }
+                }
+                _ => return Some(None),
+            }
+        }
+        Some(Some(value.clone()))
     }
 
     /// Runs the VM program of `path`, compiling it on first use; `None` if the VM cannot take it.
@@ -375,6 +418,34 @@ pub fn data_path(slash_path: &str) -> String {
         }
     }
     out
+}
+
+/// `data.a["b-c"].d` -> `["data", "a", "b-c", "d"]`, as [`data_path`] writes paths; `None` for
+/// anything else (it is evaluated as a query instead).
+fn path_components(path: &str) -> Option<Vec<String>> {
+    let mut rest = path.strip_prefix("data")?;
+    let mut components = vec!["data".to_owned()];
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if end == 0 {
+                return None;
+            }
+            components.push(after[..end].to_owned());
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let mut strings = serde_json::Deserializer::from_str(after).into_iter::<String>();
+            let key = strings.next()?.ok()?;
+            let consumed = strings.byte_offset();
+            rest = after[consumed..].strip_prefix(']')?;
+            components.push(key);
+        } else {
+            return None;
+        }
+    }
+    Some(components)
 }
 
 /// Turns a regorus error (`\n--> file:row:col\n ... \nerror: message`) into OPA's shape.
@@ -646,6 +717,46 @@ mod tests {
         assert!(err.message.contains("nest deeper"), "{err}");
         assert!(err.message.contains("data document"), "{err}");
         assert_eq!(err.location.row, 2);
+    }
+
+    #[test]
+    fn pure_data_is_read_without_evaluation() {
+        let set = RegoSet::build(
+            &[module(
+                "ex.rego",
+                "package ex\n\nallow if input.n > data.limits.n\n",
+            )],
+            serde_json::json!({"limits": {"n": 2, "big-list": [1, 2]}, "other": 1}),
+            1,
+            settings(),
+        )
+        .unwrap();
+        assert_eq!(
+            set.read_data(&data_path("limits/big-list")),
+            Some(Some(regorus::Value::from(serde_json::json!([1, 2]))))
+        );
+        assert_eq!(set.read_data("data.limits.absent"), Some(None));
+        assert_eq!(set.read_data("data.ex.allow"), None, "a rule: evaluated");
+        assert_eq!(set.read_data("data"), None, "above a package: evaluated");
+        assert_eq!(
+            path_components(r#"data.a["b-c"].d"#),
+            Some(vec!["data".into(), "a".into(), "b-c".into(), "d".into()])
+        );
+        assert_eq!(path_components("data.a[x]"), None);
+        // Data far too large to evaluate within the time limit is still read whole.
+        let big: Vec<serde_json::Value> =
+            (0..200_000).map(|i| serde_json::json!({"i": i})).collect();
+        let set = RegoSet::build(
+            &[],
+            serde_json::json!({"docs": {"big": big}}),
+            1,
+            RegoSettings {
+                time_limit: Duration::from_millis(1),
+            },
+        )
+        .unwrap();
+        let value = set.evaluate("data.docs.big", None).unwrap().unwrap();
+        assert_eq!(value.as_array().unwrap().len(), 200_000);
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn imports(module: &Module) -> BTreeMap<String, Vec<String>> {
 }
 
 /// The leading static components of a reference: `data.a["b"].c[x].d` -> `[data, a, b, c]`.
-fn static_path(expr: &Expr) -> Vec<String> {
+pub(super) fn static_path(expr: &Expr) -> Vec<String> {
     let mut reversed = Vec::new();
     let mut current = expr;
     loop {
