@@ -8,15 +8,17 @@
 //! the tests assert what the nodes serve, not how fast.
 
 mod common;
+#[path = "common/mesh.rs"]
+mod mesh_ca;
 
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, BIN, Options, event, free_udp_addr, holds_for, policy, wait_until};
+use common::{Agent, Options, event, free_udp_addr, holds_for, policy, wait_until};
+use mesh_ca::Ca;
 use mesh_proto::mesh::{Hello, MESH_PROTOCOL, Request, Response};
 use mesh_proto::{decode, encode};
 use quinn::crypto::rustls::QuicClientConfig;
@@ -35,42 +37,6 @@ const CLUSTER: &str = "e2e";
 const CANARY_REGO: &str = "package rollout.canary\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.user == \"alice\"\n";
 
 /// A mesh CA in a temp dir (`certs init`), which issues node certificates (`certs issue`).
-struct Ca {
-    dir: tempfile::TempDir,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let dir = tempfile::tempdir().expect("temp dir");
-        certs(&["init"], dir.path());
-        Ca { dir }
-    }
-
-    fn issue(&self, node_id: &str) {
-        certs(&["issue", "--node-id", node_id], self.path());
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-fn certs(args: &[&str], dir: &Path) {
-    let out = Command::new(BIN)
-        .arg("certs")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .expect("run mesh-agent certs");
-    assert!(
-        out.status.success(),
-        "mesh-agent certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A running mesh node: an agent with its node id and gossip address.
 struct Node {
     id: String,
     gossip: SocketAddr,

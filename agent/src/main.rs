@@ -181,18 +181,18 @@ fn main() -> ExitCode {
 
 fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
     let path = data_dir.join(daemon::DATA_FILE);
-    // Read-only: a running agent holds the file, and verifying must not migrate or write it.
-    let db = match redb::ReadOnlyDatabase::open(&path) {
-        Ok(db) => db,
-        Err(err) => {
-            eprintln!(
-                "error: cannot open {} (is the agent still running?): {err}",
-                path.display()
-            );
-            return ExitCode::FAILURE;
-        }
+    // Read-only: verifying must not migrate or change the file. A file left by a crash needs
+    // redb's recovery first, which only a writable open does: the same recovery the agent runs
+    // when it starts, changing no committed data.
+    let verified = match redb::ReadOnlyDatabase::open(&path) {
+        Ok(db) => mesh_agent::audit::verify(&db),
+        Err(redb::DatabaseError::RepairAborted) => match redb::Database::open(&path) {
+            Ok(db) => mesh_agent::audit::verify(&db),
+            Err(err) => return cannot_open(&path, &err),
+        },
+        Err(err) => return cannot_open(&path, &err),
     };
-    match mesh_agent::audit::verify(&db) {
+    match verified {
         Ok(verified) => match verified.broken {
             None => {
                 println!(
@@ -211,6 +211,14 @@ fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
         },
         Err(err) => fail(&err),
     }
+}
+
+fn cannot_open(path: &std::path::Path, err: &redb::DatabaseError) -> ExitCode {
+    eprintln!(
+        "error: cannot open {} (is the agent still running?): {err}",
+        path.display()
+    );
+    ExitCode::FAILURE
 }
 
 fn run(args: RunArgs) -> ExitCode {
