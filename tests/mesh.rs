@@ -598,6 +598,21 @@ fn lenient_hello(
     node_id: &str,
     cluster: &str,
 ) -> Result<Response, String> {
+    hostile_peer(target, tls_dir, node_id, cluster, None, &[], &[]).map(|(hello, _)| hello)
+}
+
+/// [`lenient_hello`], advertising `advertise` as its gossip address (default: its own), then,
+/// if the hello was answered, sending each of `requests` (raw bytes) on a stream of its own and
+/// each of `gossip` as a gossip message. Returns the hello's answer and each request's.
+fn hostile_peer(
+    target: SocketAddr,
+    tls_dir: &Path,
+    node_id: &str,
+    cluster: &str,
+    advertise: Option<SocketAddr>,
+    requests: &[Vec<u8>],
+    gossip: &[Vec<u8>],
+) -> Result<(Response, Vec<Result<Response, String>>), String> {
     let cert = CertificateDer::from_pem_file(tls_dir.join(format!("{node_id}.pem"))).unwrap();
     let key = PrivateKeyDer::from_pem_file(tls_dir.join(format!("{node_id}.key"))).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -615,7 +630,7 @@ fn lenient_hello(
             protocol: MESH_PROTOCOL,
             cluster_id: cluster.into(),
             node_id: node_id.into(),
-            gossip_addr: local.to_string(),
+            gossip_addr: advertise.unwrap_or(local).to_string(),
         })
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -626,27 +641,44 @@ fn lenient_hello(
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
         let local = endpoint.local_addr().unwrap();
+        let ask = |connection: quinn::Connection, bytes: Vec<u8>| async move {
+            let (mut send, mut recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| format!("open stream: {e}"))?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            send.finish().map_err(|e| format!("send: {e}"))?;
+            let bytes = recv
+                .read_to_end(1024 * 1024)
+                .await
+                .map_err(|e| format!("read answer: {e}"))?;
+            decode::<Response>(&bytes).map_err(|e| format!("answer: {e}"))
+        };
         let exchange = async {
             let connection = endpoint
                 .connect(target, "mesh-agent")
                 .map_err(|e| format!("connect: {e}"))?
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
-            let (mut send, mut recv) = connection
-                .open_bi()
-                .await
-                .map_err(|e| format!("open stream: {e}"))?;
-            send.write_all(&encode(&hello(local)))
-                .await
-                .map_err(|e| format!("send hello: {e}"))?;
-            send.finish().map_err(|e| format!("send hello: {e}"))?;
-            let bytes = recv
-                .read_to_end(64 * 1024)
-                .await
-                .map_err(|e| format!("read answer: {e}"))?;
-            let answer = decode::<Response>(&bytes).map_err(|e| format!("answer: {e}"));
+            let answer = ask(connection.clone(), encode(&hello(local))).await?;
+            let mut answers = Vec::new();
+            if matches!(answer, Response::Hello(_)) {
+                for bytes in gossip {
+                    if let Ok(mut send) = connection.open_uni().await {
+                        let _ = send.write_all(bytes).await;
+                        let _ = send.finish();
+                    }
+                }
+                for bytes in requests {
+                    answers.push(ask(connection.clone(), bytes.clone()).await);
+                }
+                // Let the gossip streams be read before the connection goes.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             connection.close(0u32.into(), b"done");
-            answer
+            Ok((answer, answers))
         };
         let result = tokio::time::timeout(PATIENCE, exchange)
             .await
@@ -735,4 +767,85 @@ fn a_client_certificate_from_another_ca_is_refused_even_if_the_client_trusts_any
     let line = wait_log_line(n1, &["refused", "certificate"]);
     println!("client from another CA: {answer:?}; n1 logged: {line}");
     assert_eq!(member_ids(n1), ["n1"]);
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    node.metrics()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_hostile_peer_with_a_valid_certificate_is_refused_counted_and_harmless() {
+    let ca = Ca::new();
+    let nodes = start_mesh(&ca, 2);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    wait_members(&[n1, n2], &all_alive(&["n1", "n2"]));
+    ca.issue("evil");
+
+    // Truncated, garbage and wrongly framed requests; undecodable gossip.
+    let pull = encode(&Request::Pull(mesh_proto::mesh::PullRequest {
+        since: 0,
+        limit: 10,
+    }));
+    let truncated = pull[..pull.len() - 1].to_vec();
+    let requests = vec![truncated, b"garbage".to_vec(), vec![0xff; 4096], Vec::new()];
+    let gossip = vec![b"not a chitchat message".to_vec(), vec![0u8; 2000]];
+    let (hello, answers) = hostile_peer(
+        n1.gossip,
+        ca.path(),
+        "evil",
+        CLUSTER,
+        None,
+        &requests,
+        &gossip,
+    )
+    .expect("a valid certificate gets a hello");
+    assert!(matches!(hello, Response::Hello(_)), "{hello:?}");
+    for (request, answer) in requests.iter().zip(&answers) {
+        match answer {
+            Ok(Response::Refused(reason)) => assert!(reason.contains("bad request"), "{reason}"),
+            other => panic!("{} bytes: {other:?}", request.len()),
+        }
+    }
+    wait_until(PATIENCE, || {
+        let refused = metric(n1, "mesh_messages_refused_total");
+        if refused >= 6.0 {
+            Ok(())
+        } else {
+            Err(format!("mesh_messages_refused_total {refused}"))
+        }
+    });
+
+    // A valid node advertising another live node's gossip address is refused.
+    let refused_before = metric(n1, "mesh_peers_refused_total");
+    let (answer, _) = hostile_peer(
+        n1.gossip,
+        ca.path(),
+        "evil",
+        CLUSTER,
+        Some(n2.gossip),
+        &[],
+        &[],
+    )
+    .expect("an answer");
+    match answer {
+        Response::Refused(reason) => assert!(reason.contains("belongs to node `n2`"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(metric(n1, "mesh_peers_refused_total") > refused_before);
+
+    // The mesh carries on: a change still reaches the other node, and n2 stays alive.
+    let (id, _) = create(n1, "after-the-attack");
+    wait_until(PATIENCE, || {
+        let (status, body) = n2.get(&format!("/policies/{id}"));
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+    wait_members(&[n1, n2], &all_alive(&["n1", "n2"]));
 }

@@ -28,6 +28,8 @@ pub struct MeshMetrics {
     pub changes_merged: Counter,
     /// Changes whose certificate or signature did not verify.
     pub changes_refused: Counter,
+    /// Requests and gossip messages from connected peers that could not be decoded.
+    pub messages_refused: Counter,
 }
 
 impl MeshMetrics {
@@ -82,6 +84,11 @@ impl MeshMetrics {
             "mesh_changes_refused",
             "Policy changes refused: certificate or signature did not verify",
             m.changes_refused.clone(),
+        );
+        registry.register(
+            "mesh_messages_refused",
+            "Requests and gossip messages from connected peers refused as malformed",
+            m.messages_refused.clone(),
         );
         m
     }

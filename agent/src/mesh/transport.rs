@@ -318,6 +318,14 @@ impl Net {
             .map_err(|err| err.to_string())
     }
 
+    /// The node whose open connection holds `addr`, if any.
+    fn holder_of(&self, addr: SocketAddr) -> Option<String> {
+        lock(&self.peers)
+            .get(&addr)
+            .filter(|peer| peer.connection.close_reason().is_none())
+            .map(|peer| peer.node_id.clone())
+    }
+
     /// Registers a handshaken connection as the one to `addr` and serves what the peer sends.
     fn adopt(self: &Arc<Self>, addr: SocketAddr, connection: quinn::Connection, node_id: String) {
         debug!(peer = %addr, node_id = %node_id, "connected");
@@ -377,6 +385,17 @@ impl Net {
                 theirs.gossip_addr
             )),
             (Ok(()), Ok(_)) => Response::Hello(self.hello.clone()),
+        };
+        // A valid node must not take over another live node's address: the connection kept for
+        // an address is where this node's gossip and pulls for that address go.
+        let answer = match (&answer, &gossip_addr) {
+            (Response::Hello(_), Ok(addr)) => match self.holder_of(*addr) {
+                Some(holder) if holder != theirs.node_id => Response::Refused(format!(
+                    "gossip address {addr} belongs to node `{holder}`, connected"
+                )),
+                _ => answer,
+            },
+            _ => answer,
         };
         let refused = matches!(answer, Response::Refused(_));
         if refused {
@@ -444,7 +463,11 @@ impl Net {
                                     Response::Refused(format!("internal error: {err}"))
                                 })
                         }
-                        Err(err) => Response::Refused(format!("bad request: {err}")),
+                        Err(err) => {
+                            net.stats.messages_refused.inc();
+                            warn!(peer = %addr, error = %err, "refused a malformed request");
+                            Response::Refused(format!("bad request: {err}"))
+                        }
                     }
                 };
                 if send.write_all(&encode(&response)).await.is_ok() {
@@ -523,6 +546,7 @@ impl Transport for QuicTransport {
         };
         let (decoded_tx, decoded_rx) = mpsc::channel(INBOUND_QUEUE);
         let mut decoder = Codec::open().await?;
+        let stats = self.net.stats.clone();
         tokio::spawn(async move {
             while let Some((from_addr, bytes)) = inbound.recv().await {
                 let num_bytes_received = bytes.len();
@@ -538,6 +562,7 @@ impl Transport for QuicTransport {
                         }
                     }
                     Err(err) => {
+                        stats.messages_refused.inc();
                         warn!(peer = %from_addr, error = %err, "undecodable gossip message")
                     }
                 }

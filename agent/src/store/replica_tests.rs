@@ -186,3 +186,38 @@ fn when_one_of_two_same_named_policies_goes_the_other_keeps_the_name() {
     assert!(b.get_by_name("same").unwrap().is_none());
     assert_eq!(b.get_by_name("other").unwrap().unwrap().id, higher);
 }
+
+#[test]
+fn replayed_and_reordered_changes_change_nothing() {
+    let dir = TempDir::new().unwrap();
+    let a = node(&dir, "a");
+    let b = node(&dir, "b");
+    let p = a.create(fields("p", 1)).unwrap();
+    let v1 = a.log_since_unsigned(0, 1000).unwrap().changes;
+    a.update(p.id, p.version, fields("p", 2)).unwrap();
+    a.update(p.id, p.version + 1, fields("p", 3)).unwrap();
+    let all = a.log_since_unsigned(0, 1000).unwrap().changes;
+    let incarnation = a.incarnation().unwrap();
+    // Newest first (a peer reordering its page): the same winner as in order.
+    let mut reordered: Vec<SignedChange> = all.iter().rev().map(|c| c.change.clone()).collect();
+    let outcome = b
+        .merge_remote("a", incarnation, 0, reordered.clone(), &[])
+        .unwrap();
+    assert_eq!(outcome.applied, 1, "only the newest applies");
+    assert_eq!(b.get(p.id).unwrap().unwrap().priority, 3);
+    // The old version replayed after the newer: stale, nothing changes.
+    let replay: Vec<SignedChange> = v1.into_iter().map(|c| c.change).collect();
+    let before = b.replica_revision().unwrap().digest;
+    let outcome = b.merge_remote("a", incarnation, 0, replay, &[]).unwrap();
+    assert_eq!((outcome.applied, outcome.stale), (0, 1));
+    assert_eq!(b.get(p.id).unwrap().unwrap().priority, 3);
+    assert_eq!(b.replica_revision().unwrap().digest, before);
+    // The whole page again, twice: idempotent.
+    reordered.reverse();
+    let outcome = b.merge_remote("a", incarnation, 0, reordered, &[]).unwrap();
+    assert_eq!(outcome.applied, 0);
+    assert_eq!(
+        b.replica_revision().unwrap().digest,
+        a.replica_revision().unwrap().digest
+    );
+}
