@@ -12,7 +12,8 @@ use tracing::info;
 
 use super::schema::{
     AUDIT, DOCUMENT_HISTORY, DOCUMENTS, META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID,
-    META_REVISION, META_SCHEMA, POLICIES, POLICY_HISTORY, POLICY_NAMES, SCHEMA_VERSION,
+    META_REVISION, META_SCHEMA, POLICIES, POLICY_HISTORY, POLICY_NAME_HOLDERS, POLICY_NAMES,
+    SCHEMA_VERSION,
 };
 use super::{DbContext, StoreError, replica};
 
@@ -51,6 +52,8 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
     // Creating every table up front lets readers open them without a write transaction.
     txn.open_table(POLICIES).ctx("create policies")?;
     txn.open_table(POLICY_NAMES).ctx("create policy names")?;
+    txn.open_table(POLICY_NAME_HOLDERS)
+        .ctx("create policy name holders")?;
     txn.open_table(POLICY_HISTORY)
         .ctx("create policy history")?;
     txn.open_table(AUDIT).ctx("create audit ring")?;
@@ -121,6 +124,21 @@ fn v6_to_v7(txn: &WriteTransaction) -> Result<(), StoreError> {
             .ctx("rewrite audit entry")?;
     }
     info!(entries = count, "audit ring chained");
+    // Who holds each name, from the policies themselves.
+    let policies = txn.open_table(POLICIES).ctx("open policies")?;
+    let mut holders = txn
+        .open_table(POLICY_NAME_HOLDERS)
+        .ctx("create policy name holders")?;
+    for entry in policies.iter().ctx("scan policies")? {
+        let (id, bytes) = entry.ctx("scan policies")?;
+        let record: PolicyRecord = decode(bytes.value()).map_err(|source| StoreError::Decode {
+            context: "policy",
+            source,
+        })?;
+        holders
+            .insert((record.name.as_str(), id.value()), ())
+            .ctx("write policy name holder")?;
+    }
     Ok(())
 }
 

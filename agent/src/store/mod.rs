@@ -23,7 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Wri
 
 use schema::{
     META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID, META_REVISION, POLICIES,
-    POLICY_HISTORY, POLICY_NAMES,
+    POLICY_HISTORY, POLICY_NAME_HOLDERS, POLICY_NAMES,
 };
 
 pub use documents::DocWrite;
@@ -215,6 +215,7 @@ impl Store {
                 .ctx("open policies")?
                 .remove(id)
                 .ctx("delete policy")?;
+            release_name(txn, &current.name, id)?;
             // Another policy may hold the same name (concurrent creates on two nodes).
             reindex_name(txn, &current.name)?;
             let tombstone = PolicyRecord {
@@ -371,28 +372,44 @@ fn put_policy(
         .insert(record.id, encode(record).as_slice())
         .ctx("write policy")?;
     if let Some(previous) = previous_name.filter(|p| *p != record.name) {
+        release_name(txn, previous, record.id)?;
         reindex_name(txn, previous)?;
     }
+    hold_name(txn, &record.name, record.id)?;
     reindex_name(txn, &record.name)
+}
+
+/// Records that policy `id` is called `name` (see [`POLICY_NAME_HOLDERS`]).
+pub(crate) fn hold_name(txn: &WriteTransaction, name: &str, id: u64) -> Result<(), StoreError> {
+    txn.open_table(POLICY_NAME_HOLDERS)
+        .ctx("open policy name holders")?
+        .insert((name, id), ())
+        .ctx("write policy name holder")?;
+    Ok(())
+}
+
+/// Records that policy `id` is no longer called `name`.
+pub(crate) fn release_name(txn: &WriteTransaction, name: &str, id: u64) -> Result<(), StoreError> {
+    txn.open_table(POLICY_NAME_HOLDERS)
+        .ctx("open policy name holders")?
+        .remove((name, id))
+        .ctx("drop policy name holder")?;
+    Ok(())
 }
 
 /// Points the name index at the live policy called `name` with the lowest id, or drops the entry
 /// if none is left. Names are unique per node, but two nodes can create one name concurrently;
 /// every node then resolves it the same way, and when one of them goes the other takes the name.
 pub(crate) fn reindex_name(txn: &WriteTransaction, name: &str) -> Result<(), StoreError> {
-    let mut holder = None;
-    for entry in txn
-        .open_table(POLICIES)
-        .ctx("open policies")?
-        .iter()
-        .ctx("scan policies")?
-    {
-        let (id, bytes) = entry.ctx("scan policies")?;
-        if decode_policy(bytes.value())?.name == name {
-            holder = Some(id.value());
-            break;
-        }
-    }
+    let holder = txn
+        .open_table(POLICY_NAME_HOLDERS)
+        .ctx("open policy name holders")?
+        .range((name, 0)..=(name, u64::MAX))
+        .ctx("read policy name holders")?
+        .next()
+        .transpose()
+        .ctx("read policy name holders")?
+        .map(|(key, _)| key.value().1);
     let mut names = txn.open_table(POLICY_NAMES).ctx("open policy names")?;
     match holder {
         Some(id) => names.insert(name, id).ctx("index policy name")?,

@@ -20,7 +20,8 @@ use tracing::warn;
 
 use super::schema::{DOCUMENT_HISTORY, DOCUMENTS, META, POLICIES, POLICY_HISTORY};
 use super::{
-    DbContext, Store, StoreError, decode_policy, merge_clock, meta_u64, next_revision, reindex_name,
+    DbContext, Store, StoreError, decode_policy, hold_name, merge_clock, meta_u64, next_revision,
+    reindex_name, release_name,
 };
 use crate::identity::Signer;
 
@@ -545,6 +546,12 @@ fn apply_policy(
     }
     // Two nodes may create policies with one name concurrently; every node keeps both and
     // indexes the name to the lower id, so all nodes resolve the name the same way.
+    if let Some(current) = &current {
+        release_name(txn, &current.name, current.id)?;
+    }
+    if !deleted {
+        hold_name(txn, &incoming.name, incoming.id)?;
+    }
     if let Some(current) = current.as_ref().filter(|c| c.name != incoming.name) {
         reindex_name(txn, &current.name)?;
     }

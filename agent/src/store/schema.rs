@@ -14,6 +14,7 @@
 //!   as before, counted with the actions). A build of schema 5 would never send the new lane.
 //! - 7: audit entries become a hash chain (`AuditRecord` format 2 carries `prev_hash`); the
 //!   migration re-encodes the ring, oldest first. An older build could not read the entries.
+//!   Adds `policy_name_holders`, so a write finds who holds a name without scanning every policy.
 
 use redb::TableDefinition;
 
@@ -35,6 +36,11 @@ pub const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies
 
 /// Unique name index: name -> id.
 pub const POLICY_NAMES: TableDefinition<&str, u64> = TableDefinition::new("policy_names");
+
+/// Every live policy by (name, id): the lowest id of a name is the one `policy_names` points at
+/// (two nodes can create one name concurrently; both policies are kept).
+pub const POLICY_NAME_HOLDERS: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("policy_name_holders");
 
 /// Every change ever made: (policy id, version) -> encoded `PolicyChange`.
 pub const POLICY_HISTORY: TableDefinition<(u64, u64), &[u8]> =
