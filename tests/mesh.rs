@@ -819,6 +819,21 @@ fn a_hostile_peer_with_a_valid_certificate_is_refused_counted_and_harmless() {
         }
     });
 
+    // A peer that keeps sending junk gossip is cut off.
+    let refused_before = metric(n1, "mesh_peers_refused_total");
+    let junk = vec![b"junk".to_vec(); 5];
+    let (hello, _) = hostile_peer(n1.gossip, ca.path(), "evil", CLUSTER, None, &[], &junk)
+        .expect("a valid certificate gets a hello");
+    assert!(matches!(hello, Response::Hello(_)), "{hello:?}");
+    wait_until(PATIENCE, || {
+        let refused = metric(n1, "mesh_peers_refused_total");
+        if refused > refused_before {
+            Ok(())
+        } else {
+            Err(format!("mesh_peers_refused_total {refused}"))
+        }
+    });
+
     // A valid node advertising another live node's gossip address is refused.
     let refused_before = metric(n1, "mesh_peers_refused_total");
     let (answer, _) = hostile_peer(

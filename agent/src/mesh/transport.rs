@@ -318,6 +318,15 @@ impl Net {
             .map_err(|err| err.to_string())
     }
 
+    /// Closes the connection held for `addr` (it may dial or be dialed again).
+    fn disconnect(&self, addr: SocketAddr, reason: &str) {
+        if let Some(peer) = lock(&self.peers).remove(&addr) {
+            warn!(peer = %addr, node_id = %peer.node_id, reason, "disconnected a peer");
+            self.stats.peers_refused.inc();
+            peer.connection.close(2u32.into(), reason.as_bytes());
+        }
+    }
+
     /// The node whose open connection holds `addr`, if any.
     fn holder_of(&self, addr: SocketAddr) -> Option<String> {
         lock(&self.peers)
@@ -532,6 +541,9 @@ impl Net {
 type Inbound = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
 
 /// chitchat's view of the network: opens a socket backed by a [`Net`].
+/// Undecodable gossip messages in a row after which a peer is disconnected.
+const JUNK_LIMIT: u32 = 3;
+
 pub struct QuicTransport {
     net: Arc<Net>,
     inbound: Mutex<Option<Inbound>>,
@@ -547,11 +559,15 @@ impl Transport for QuicTransport {
         let (decoded_tx, decoded_rx) = mpsc::channel(INBOUND_QUEUE);
         let mut decoder = Codec::open().await?;
         let stats = self.net.stats.clone();
+        let net = Arc::clone(&self.net);
         tokio::spawn(async move {
+            // Undecodable messages in a row, per peer: a peer that keeps sending them is cut off.
+            let mut junk: HashMap<SocketAddr, u32> = HashMap::new();
             while let Some((from_addr, bytes)) = inbound.recv().await {
                 let num_bytes_received = bytes.len();
                 match decoder.decode(&bytes).await {
                     Ok(envelope) => {
+                        junk.remove(&from_addr);
                         let outcome = RecvOutcome {
                             from_addr,
                             envelope,
@@ -563,7 +579,13 @@ impl Transport for QuicTransport {
                     }
                     Err(err) => {
                         stats.messages_refused.inc();
-                        warn!(peer = %from_addr, error = %err, "undecodable gossip message")
+                        warn!(peer = %from_addr, error = %err, "undecodable gossip message");
+                        let count = junk.entry(from_addr).or_default();
+                        *count += 1;
+                        if *count >= JUNK_LIMIT {
+                            junk.remove(&from_addr);
+                            net.disconnect(from_addr, "sent undecodable gossip");
+                        }
                     }
                 }
             }
