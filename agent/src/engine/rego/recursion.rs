@@ -326,13 +326,7 @@ impl Walker<'_> {
                     value,
                     collection,
                     ..
-                } => {
-                    if let Some(key) = key {
-                        self.expr(key);
-                    }
-                    self.expr(value);
-                    self.expr(collection);
-                }
+                } => self.membership(key.as_ref(), value, collection),
                 Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
                 Literal::Every {
                     key,
@@ -434,14 +428,17 @@ impl Walker<'_> {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(key) = key {
-                    self.expr(key);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
+            } => self.membership(key.as_ref(), value, collection),
         }
+    }
+
+    /// `key, value in collection` (a `some ... in` or a membership test).
+    fn membership(&mut self, key: Option<&Ref<Expr>>, value: &Expr, collection: &Expr) {
+        if let Some(key) = key {
+            self.expr(key);
+        }
+        self.expr(value);
+        self.expr(collection);
     }
 
     /// The dynamic indices inside a reference chain (`a[f(x)].b`): the chain itself was recorded.
