@@ -559,7 +559,9 @@ impl Transport for QuicTransport {
         let (decoded_tx, decoded_rx) = mpsc::channel(INBOUND_QUEUE);
         let mut decoder = Codec::open().await?;
         let stats = self.net.stats.clone();
-        let net = Arc::clone(&self.net);
+        // Weak: the task lives as long as `Net`'s inbound sender, which `Net` itself holds; a strong
+        // reference would keep the endpoint (and its UDP port) alive after the mesh stops.
+        let net = Arc::downgrade(&self.net);
         tokio::spawn(async move {
             // Undecodable messages in a row, per peer: a peer that keeps sending them is cut off.
             let mut junk: HashMap<SocketAddr, u32> = HashMap::new();
@@ -584,7 +586,9 @@ impl Transport for QuicTransport {
                         *count += 1;
                         if *count >= JUNK_LIMIT {
                             junk.remove(&from_addr);
-                            net.disconnect(from_addr, "sent undecodable gossip");
+                            if let Some(net) = net.upgrade() {
+                                net.disconnect(from_addr, "sent undecodable gossip");
+                            }
                         }
                     }
                 }
