@@ -327,3 +327,46 @@ fn rego_data_is_bounded_in_bytes() {
     assert_eq!(status, 204, "{body}");
     healthy(&agent);
 }
+
+/// The most memory the agent's process has held (`VmHWM`), in bytes.
+fn peak_rss(agent: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_rego_evaluation_that_would_take_gigabytes_stops_at_the_memory_limit() {
+    // A time limit far away: only the memory limit can stop it.
+    let agent = Agent::start(
+        Options::default()
+            .env("MESH_AGENT_REGO_TIME_LIMIT_MS", "60000")
+            .env("MESH_AGENT_REGO_MAX_MEMORY_BYTES", "268435456"),
+    );
+    let (status, body) = agent.put_text(
+        "/v1/policies/r",
+        "package r\n\nx := {i | some i in numbers.range(1, 100000000)}\n\nsmall := count(numbers.range(1, 10))\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, body) = agent.post("/v1/data/r/x", &json!({"input": {}}));
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.to_string().contains("rego.max_memory_bytes"),
+            "answered by the fail mode, saying why: {body}"
+        );
+    }
+    // 100,000,000 numbers would take gigabytes.
+    assert!(
+        peak_rss(&agent) < 1024 * 1024 * 1024,
+        "{}",
+        peak_rss(&agent)
+    );
+    let (status, body) = agent.post("/v1/data/r/small", &json!({"input": {}}));
+    assert_eq!((status, body["result"].clone()), (200, json!(10)), "{body}");
+    healthy(&agent);
+}

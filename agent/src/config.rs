@@ -92,6 +92,8 @@ pub struct RegoConfig {
     pub cache_entries: usize,
     /// Bytes all data documents (`PUT /v1/data`) may take together.
     pub max_data_bytes: u64,
+    /// Rego evaluations stop while the agent holds more memory than this (process-wide).
+    pub max_memory_bytes: u64,
 }
 
 impl Default for RegoConfig {
@@ -102,6 +104,7 @@ impl Default for RegoConfig {
             cache_ttl_sec: 30,
             cache_entries: 10_000,
             max_data_bytes: 16 * 1024 * 1024,
+            max_memory_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -226,6 +229,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("rego.cache_ttl_sec", Kind::Integer),
     ("rego.cache_entries", Kind::Integer),
     ("rego.max_data_bytes", Kind::Integer),
+    ("rego.max_memory_bytes", Kind::Integer),
     ("mesh.tls_dir", Kind::Text),
     ("mesh.cluster_id", Kind::Text),
     ("mesh.gossip_listen", Kind::Text),
@@ -311,6 +315,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "audit.commit_interval_ms",
                 message: "must be between 1 and 60000".into(),
+            });
+        }
+        if self.rego.max_memory_bytes < 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "rego.max_memory_bytes",
+                message: "must be at least 67108864 (64 MiB): the agent itself needs some".into(),
             });
         }
         if !(1..=60_000).contains(&self.rego.time_limit_ms) {
@@ -636,6 +646,7 @@ mod tests {
                 cache_ttl_sec: 0,
                 cache_entries: 3,
                 max_data_bytes: 16 * 1024 * 1024,
+                max_memory_bytes: 512 * 1024 * 1024,
             },
             mesh: MeshConfig {
                 tls_dir: Some("/tls".into()),

@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rego_settings = RegoSettings {
         time_limit: Duration::from_millis(config.rego.time_limit_ms),
     };
+    crate::engine::rego::set_memory_limit(config.rego.max_memory_bytes);
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
     let rego = Arc::new(
         RegoService::new(

@@ -6,8 +6,21 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
 
-use mesh_agent::engine::Incident;
-use mesh_agent::engine::condition::Condition;
+// The condition language is compiled into this test on its own, without the rest of the agent:
+// regorus (in the agent) installs its own global allocator, which would clash with this one.
+#[path = "../src/engine/condition/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod condition;
+#[path = "../src/engine/incident.rs"]
+#[allow(dead_code)]
+mod incident;
+/// What the condition language names as `crate::engine`.
+mod engine {
+    pub use super::incident::Incident;
+}
+
+use condition::Condition;
+use engine::Incident;
 use serde_json::{Value, json};
 
 thread_local! {

@@ -70,6 +70,10 @@ impl std::error::Error for CompileError {}
 pub enum EvalError {
     #[error("evaluation of {path} exceeded its time limit of {limit_ms} ms")]
     TimeLimit { path: String, limit_ms: u64 },
+    #[error(
+        "evaluation of {path} stopped: the agent's memory reached rego.max_memory_bytes ({limit} bytes)"
+    )]
+    MemoryLimit { path: String, limit: u64 },
     #[error("evaluation of {path} failed: {message}")]
     Failed { path: String, message: String },
     #[error("`{path}` is not a valid data path: {message}")]
@@ -81,6 +85,7 @@ impl EvalError {
     pub fn kind(&self) -> &'static str {
         match self {
             EvalError::TimeLimit { .. } => "evaluation_timeout",
+            EvalError::MemoryLimit { .. } => "evaluation_memory",
             EvalError::Failed { .. } => "evaluation_error",
             EvalError::InvalidPath { .. } => "invalid_path",
         }
@@ -287,6 +292,12 @@ impl RegoSet {
                         limit_ms: self.settings.time_limit.as_millis() as u64,
                     })
                 }
+                Err(regorus::rvm::vm::VmError::MemoryLimitExceeded { limit, .. }) => {
+                    Err(EvalError::MemoryLimit {
+                        path: path.to_owned(),
+                        limit,
+                    })
+                }
                 Err(err) => Err(self.eval_error(path, &anyhow::anyhow!("{err}"))),
             })
         })
@@ -352,6 +363,18 @@ impl RegoSet {
     }
 
     fn eval_error(&self, path: &str, err: &anyhow::Error) -> EvalError {
+        let memory =
+            err.chain()
+                .find_map(|cause| match cause.downcast_ref::<regorus::LimitError>() {
+                    Some(regorus::LimitError::MemoryLimitExceeded { limit, .. }) => Some(*limit),
+                    _ => None,
+                });
+        if let Some(limit) = memory {
+            return EvalError::MemoryLimit {
+                path: path.to_owned(),
+                limit,
+            };
+        }
         let timed_out = err.chain().any(|cause| {
             matches!(
                 cause.downcast_ref::<regorus::LimitError>(),
@@ -376,6 +399,15 @@ impl RegoSet {
             message: last_error_line(&message).to_owned(),
         }
     }
+}
+
+/// Makes every Rego evaluation stop (with [`EvalError::MemoryLimit`]) while the process holds more
+/// than `bytes` (`rego.max_memory_bytes`). regorus counts every allocation through its allocator
+/// (its `allocator-memory-limits` feature makes it the process's global allocator) and checks the
+/// total as it works, inside builtins too: `numbers.range(1, 100000000)` stops at the limit instead
+/// of taking gigabytes. The limit is process-wide, so concurrent evaluations share it.
+pub fn set_memory_limit(bytes: u64) {
+    regorus::set_global_memory_limit(Some(bytes));
 }
 
 /// Holds the current [`RegoSet`].
