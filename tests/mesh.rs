@@ -598,12 +598,14 @@ fn lenient_hello(
     node_id: &str,
     cluster: &str,
 ) -> Result<Response, String> {
-    hostile_peer(target, tls_dir, node_id, cluster, None, &[], &[]).map(|(hello, _)| hello)
+    hostile_peer(target, tls_dir, node_id, cluster, None, &[], &[], false).map(|(hello, _)| hello)
 }
 
 /// [`lenient_hello`], advertising `advertise` as its gossip address (default: its own), then,
 /// if the hello was answered, sending each of `requests` (raw bytes) on a stream of its own and
-/// each of `gossip` as a gossip message. Returns the hello's answer and each request's.
+/// each of `gossip` as a gossip message; with `until_closed`, it then waits for the node to close
+/// the connection (an error if it does not). Returns the hello's answer and each request's.
+#[allow(clippy::too_many_arguments)]
 fn hostile_peer(
     target: SocketAddr,
     tls_dir: &Path,
@@ -612,6 +614,7 @@ fn hostile_peer(
     advertise: Option<SocketAddr>,
     requests: &[Vec<u8>],
     gossip: &[Vec<u8>],
+    until_closed: bool,
 ) -> Result<(Response, Vec<Result<Response, String>>), String> {
     let cert = CertificateDer::from_pem_file(tls_dir.join(format!("{node_id}.pem"))).unwrap();
     let key = PrivateKeyDer::from_pem_file(tls_dir.join(format!("{node_id}.key"))).unwrap();
@@ -674,8 +677,13 @@ fn hostile_peer(
                 for bytes in requests {
                     answers.push(ask(connection.clone(), bytes.clone()).await);
                 }
-                // Let the gossip streams be read before the connection goes.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                if until_closed {
+                    // Whatever the load, the node closes it (or the exchange times out).
+                    connection.closed().await;
+                } else {
+                    // Let the gossip streams be read before the connection goes.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
             }
             connection.close(0u32.into(), b"done");
             Ok((answer, answers))
@@ -801,6 +809,7 @@ fn a_hostile_peer_with_a_valid_certificate_is_refused_counted_and_harmless() {
         None,
         &requests,
         &gossip,
+        false,
     )
     .expect("a valid certificate gets a hello");
     assert!(matches!(hello, Response::Hello(_)), "{hello:?}");
@@ -822,8 +831,17 @@ fn a_hostile_peer_with_a_valid_certificate_is_refused_counted_and_harmless() {
     // A peer that keeps sending junk gossip is cut off.
     let refused_before = metric(n1, "mesh_peers_refused_total");
     let junk = vec![b"junk".to_vec(); 5];
-    let (hello, _) = hostile_peer(n1.gossip, ca.path(), "evil", CLUSTER, None, &[], &junk)
-        .expect("a valid certificate gets a hello");
+    let (hello, _) = hostile_peer(
+        n1.gossip,
+        ca.path(),
+        "evil",
+        CLUSTER,
+        None,
+        &[],
+        &junk,
+        true,
+    )
+    .expect("the node closes the connection of a peer sending junk");
     assert!(matches!(hello, Response::Hello(_)), "{hello:?}");
     wait_until(PATIENCE, || {
         let refused = metric(n1, "mesh_peers_refused_total");
@@ -844,6 +862,7 @@ fn a_hostile_peer_with_a_valid_certificate_is_refused_counted_and_harmless() {
         Some(n2.gossip),
         &[],
         &[],
+        false,
     )
     .expect("an answer");
     match answer {

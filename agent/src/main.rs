@@ -181,6 +181,10 @@ fn main() -> ExitCode {
 
 fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
     let path = data_dir.join(daemon::DATA_FILE);
+    if !path.exists() {
+        eprintln!("error: no data file at {}", path.display());
+        return ExitCode::FAILURE;
+    }
     // Read-only: verifying must not migrate or change the file. A file left by a crash needs
     // redb's recovery first, which only a writable open does: the same recovery the agent runs
     // when it starts, changing no committed data.

@@ -134,13 +134,29 @@ pub struct Verified {
 /// `prev_hash` names an evicted entry and cannot be checked.
 pub fn verify(db: &impl ReadableDatabase) -> Result<Verified, StoreError> {
     let txn = db.begin_read().ctx("begin read")?;
-    let table = txn.open_table(AUDIT).ctx("open audit ring")?;
     let mut verified = Verified {
         entries: 0,
         first: 0,
         last: 0,
         broken: None,
     };
+    let schema = txn
+        .open_table(META)
+        .ctx("open meta")?
+        .get(crate::store::schema::META_SCHEMA)
+        .ctx("read schema version")?
+        .map(|v| v.value());
+    if let Some(schema) = schema.filter(|v| *v < 7) {
+        verified.broken = Some((
+            0,
+            format!(
+                "the file has schema {schema}, from before the audit chain: start the agent once \
+                 to migrate it"
+            ),
+        ));
+        return Ok(verified);
+    }
+    let table = txn.open_table(AUDIT).ctx("open audit ring")?;
     let mut previous: Option<(u64, [u8; 32])> = None;
     for entry in table.iter().ctx("scan audit ring")? {
         let (seq, bytes) = entry.ctx("scan audit ring")?;

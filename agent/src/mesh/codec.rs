@@ -20,11 +20,12 @@ use tokio::net::UdpSocket;
 pub const MAX_MESSAGE: usize = 65_507;
 /// A hop that does not arrive in this time was dropped (a datagram chitchat could not decode).
 const HOP_TIMEOUT: Duration = Duration::from_millis(500);
-/// chitchat's envelope header: magic number (2 bytes, little-endian), protocol version, message
-/// type (0 to 3). Checked before the hop, so junk is refused at once instead of after
+/// chitchat's envelope header: magic number (2 bytes, little-endian), protocol version (0 or 1),
+/// message type (0 to 3). Checked before the hop, so junk is refused at once instead of after
 /// [`HOP_TIMEOUT`] (which would hold up every other peer's gossip behind it).
 const MAGIC_NUMBER: u16 = 45_139;
 const MESSAGE_TYPES: u8 = 4;
+const PROTOCOL_VERSIONS: u8 = 2;
 
 pub struct Codec {
     chitchat: Box<dyn Socket>,
@@ -72,7 +73,10 @@ impl Codec {
         if bytes.len() > MAX_MESSAGE {
             bail!("gossip message of {} bytes is over the limit", bytes.len());
         }
-        if bytes.len() < 4 || bytes[..2] != MAGIC_NUMBER.to_le_bytes() || bytes[3] >= MESSAGE_TYPES
+        if bytes.len() < 4
+            || bytes[..2] != MAGIC_NUMBER.to_le_bytes()
+            || bytes[2] >= PROTOCOL_VERSIONS
+            || bytes[3] >= MESSAGE_TYPES
         {
             bail!("not a chitchat message (bad header)");
         }

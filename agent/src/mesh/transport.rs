@@ -79,7 +79,8 @@ pub struct Net {
     failed: Mutex<HashMap<SocketAddr, Instant>>,
     queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     blocked: RwLock<HashSet<SocketAddr>>,
-    inbound: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    /// Gossip received: from which address, on which connection (`stable_id`), the bytes.
+    inbound: mpsc::Sender<(SocketAddr, usize, Vec<u8>)>,
     pub stats: MeshMetrics,
 }
 
@@ -318,9 +319,15 @@ impl Net {
             .map_err(|err| err.to_string())
     }
 
-    /// Closes the connection held for `addr` (it may dial or be dialed again).
-    fn disconnect(&self, addr: SocketAddr, reason: &str) {
-        if let Some(peer) = lock(&self.peers).remove(&addr) {
+    /// Closes the connection held for `addr` if it is still connection `stable_id` (not one the
+    /// node opened since); the node may dial or be dialed again.
+    fn disconnect(&self, addr: SocketAddr, stable_id: usize, reason: &str) {
+        let mut peers = lock(&self.peers);
+        if peers
+            .get(&addr)
+            .is_some_and(|p| p.connection.stable_id() == stable_id)
+            && let Some(peer) = peers.remove(&addr)
+        {
             warn!(peer = %addr, node_id = %peer.node_id, reason, "disconnected a peer");
             self.stats.peers_refused.inc();
             peer.connection.close(2u32.into(), reason.as_bytes());
@@ -440,7 +447,11 @@ impl Net {
                 continue;
             }
             self.stats.gossip_bytes_received.inc_by(bytes.len() as u64);
-            if self.inbound.try_send((addr, bytes)).is_err() {
+            if self
+                .inbound
+                .try_send((addr, connection.stable_id(), bytes))
+                .is_err()
+            {
                 self.stats.gossip_messages_dropped.inc();
             }
         }
@@ -538,11 +549,12 @@ impl Net {
 }
 
 /// Gossip messages as they arrive: the peer's gossip address and the encoded envelope.
-type Inbound = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+type Inbound = mpsc::Receiver<(SocketAddr, usize, Vec<u8>)>;
 
 /// chitchat's view of the network: opens a socket backed by a [`Net`].
-/// Undecodable gossip messages in a row after which a peer is disconnected.
+/// Undecodable gossip messages within [`JUNK_WINDOW`] after which a connection is closed.
 const JUNK_LIMIT: u32 = 3;
+const JUNK_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct QuicTransport {
     net: Arc<Net>,
@@ -563,13 +575,13 @@ impl Transport for QuicTransport {
         // reference would keep the endpoint (and its UDP port) alive after the mesh stops.
         let net = Arc::downgrade(&self.net);
         tokio::spawn(async move {
-            // Undecodable messages in a row, per peer: a peer that keeps sending them is cut off.
-            let mut junk: HashMap<SocketAddr, u32> = HashMap::new();
-            while let Some((from_addr, bytes)) = inbound.recv().await {
+            // Undecodable messages per connection within a window: one that keeps sending them
+            // is cut off, valid messages between them or not.
+            let mut junk: HashMap<usize, (Instant, u32)> = HashMap::new();
+            while let Some((from_addr, connection_id, bytes)) = inbound.recv().await {
                 let num_bytes_received = bytes.len();
                 match decoder.decode(&bytes).await {
                     Ok(envelope) => {
-                        junk.remove(&from_addr);
                         let outcome = RecvOutcome {
                             from_addr,
                             envelope,
@@ -582,12 +594,14 @@ impl Transport for QuicTransport {
                     Err(err) => {
                         stats.messages_refused.inc();
                         warn!(peer = %from_addr, error = %err, "undecodable gossip message");
-                        let count = junk.entry(from_addr).or_default();
+                        let now = Instant::now();
+                        junk.retain(|_, (since, _)| now.duration_since(*since) < JUNK_WINDOW);
+                        let (_, count) = junk.entry(connection_id).or_insert((now, 0));
                         *count += 1;
                         if *count >= JUNK_LIMIT {
-                            junk.remove(&from_addr);
+                            junk.remove(&connection_id);
                             if let Some(net) = net.upgrade() {
-                                net.disconnect(from_addr, "sent undecodable gossip");
+                                net.disconnect(from_addr, connection_id, "sent undecodable gossip");
                             }
                         }
                     }

@@ -47,6 +47,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 7 {
                 v6_to_v7(&txn)?;
             }
+            if v < 8 {
+                v7_to_v8(&txn)?;
+            }
         }
     }
     // Creating every table up front lets readers open them without a write transaction.
@@ -124,7 +127,11 @@ fn v6_to_v7(txn: &WriteTransaction) -> Result<(), StoreError> {
             .ctx("rewrite audit entry")?;
     }
     info!(entries = count, "audit ring chained");
-    // Who holds each name, from the policies themselves.
+    Ok(())
+}
+
+/// Schema 7 -> 8: who holds each name, from the policies themselves.
+fn v7_to_v8(txn: &WriteTransaction) -> Result<(), StoreError> {
     let policies = txn.open_table(POLICIES).ctx("open policies")?;
     let mut holders = txn
         .open_table(POLICY_NAME_HOLDERS)

@@ -14,12 +14,13 @@
 //!   as before, counted with the actions). A build of schema 5 would never send the new lane.
 //! - 7: audit entries become a hash chain (`AuditRecord` format 2 carries `prev_hash`); the
 //!   migration re-encodes the ring, oldest first. An older build could not read the entries.
-//!   Adds `policy_name_holders`, so a write finds who holds a name without scanning every policy.
+//! - 8: adds `policy_name_holders`, so a write finds who holds a name without scanning every
+//!   policy; the migration fills it from the policies.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `store::migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 7;
+pub const SCHEMA_VERSION: u64 = 8;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
