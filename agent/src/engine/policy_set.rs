@@ -149,3 +149,104 @@ fn compile(record: &PolicyRecord, metrics: &Metrics) -> Result<CompiledPolicy, P
         matches,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, version: u64, priority: i64, active: bool) -> PolicyRecord {
+        PolicyRecord {
+            id,
+            name: format!("p{id}"),
+            description: String::new(),
+            definition_json: r#"{"condition":"incident.severity > 1","action":"a"}"#.into(),
+            active,
+            priority,
+            version,
+            created_at_us: 0,
+            updated_at_us: 0,
+            stamp: mesh_proto::Hlc {
+                wall_ms: version,
+                logical: 0,
+            },
+            author: "n1".into(),
+        }
+    }
+
+    fn ids(set: &PolicySet) -> Vec<u64> {
+        set.policies().iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn a_change_compiles_only_the_policy_changed_and_keeps_the_order() {
+        let metrics = Metrics::new();
+        let records: Vec<PolicyRecord> = (1..=1000)
+            .map(|id| record(id, 1, (id % 7) as i64, true))
+            .collect();
+        let (set, invalid) = PolicySet::build(records, 1, &metrics);
+        assert!(invalid.is_empty());
+        let changed = set
+            .with_change(&record(500, 2, 100, true), false, 2, &metrics)
+            .unwrap();
+        assert_eq!(changed.policies()[0].id, 500, "highest priority first");
+        for policy in changed.policies().iter().filter(|p| p.id != 500) {
+            let before = set.policies().iter().find(|p| p.id == policy.id).unwrap();
+            assert!(
+                Arc::ptr_eq(before, policy),
+                "policy {} was recompiled",
+                policy.id
+            );
+        }
+        let rebuilt = PolicySet::build(
+            (1..=1000)
+                .map(|id| {
+                    if id == 500 {
+                        record(id, 2, 100, true)
+                    } else {
+                        record(id, 1, (id % 7) as i64, true)
+                    }
+                })
+                .collect(),
+            2,
+            &metrics,
+        )
+        .0;
+        assert_eq!(
+            ids(&changed),
+            ids(&rebuilt),
+            "the same order as a full build"
+        );
+        // Deleted or deactivated: it leaves the set; the others stay shared.
+        let gone = changed
+            .with_change(&record(500, 3, 100, false), false, 3, &metrics)
+            .unwrap();
+        assert_eq!(gone.len(), 999);
+        let deleted = changed
+            .with_change(&record(7, 2, 0, true), true, 3, &metrics)
+            .unwrap();
+        assert!(!ids(&deleted).contains(&7));
+        // A reload reuses every policy whose write it already has.
+        let reloaded = changed
+            .rebuild(
+                (1..=1000)
+                    .map(|id| {
+                        if id == 500 {
+                            record(id, 2, 100, true)
+                        } else {
+                            record(id, 1, (id % 7) as i64, true)
+                        }
+                    })
+                    .collect(),
+                4,
+                &metrics,
+            )
+            .0;
+        assert!(
+            reloaded
+                .policies()
+                .iter()
+                .zip(changed.policies())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        );
+    }
+}

@@ -30,6 +30,8 @@ pub struct MeshMetrics {
     pub changes_refused: Counter,
     /// Requests and gossip messages from connected peers that could not be decoded.
     pub messages_refused: Counter,
+    /// Pulled changes older than what this node holds (replays, reordered pages): ignored.
+    pub changes_stale: Counter,
 }
 
 impl MeshMetrics {
@@ -84,6 +86,11 @@ impl MeshMetrics {
             "mesh_changes_refused",
             "Policy changes refused: certificate or signature did not verify",
             m.changes_refused.clone(),
+        );
+        registry.register(
+            "mesh_changes_stale",
+            "Pulled changes older than the version held (replayed or reordered), ignored",
+            m.changes_stale.clone(),
         );
         registry.register(
             "mesh_messages_refused",

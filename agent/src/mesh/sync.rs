@@ -158,6 +158,7 @@ impl Puller {
             })
             .await??;
             self.metrics.changes_merged.inc_by(merge.applied as u64);
+            self.metrics.changes_stale.inc_by(merge.stale as u64);
             total.merge.applied += merge.applied;
             total.merge.stale += merge.stale;
             total.merge.policies_changed |= merge.policies_changed;

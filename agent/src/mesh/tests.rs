@@ -16,8 +16,25 @@ struct Side {
     addr: SocketAddr,
 }
 
-/// A node with `files` whose hello claims `claimed` in `cluster`; answers pulls with an empty page.
+/// A node with `files` whose hello claims `claimed` in `cluster`; refuses every request.
 fn node(files: &TlsFiles, ca: &TlsFiles, claimed: &str, cluster: &str) -> Side {
+    node_with(
+        files,
+        ca,
+        claimed,
+        cluster,
+        Arc::new(|_| Response::Refused("test node".into())),
+    )
+}
+
+/// [`node`], answering requests with `handler`.
+fn node_with(
+    files: &TlsFiles,
+    ca: &TlsFiles,
+    claimed: &str,
+    cluster: &str,
+    handler: super::transport::RequestHandler,
+) -> Side {
     let verifier = Arc::new(Verifier::new(&ca.ca).unwrap());
     let hello = Hello {
         protocol: MESH_PROTOCOL,
@@ -33,7 +50,7 @@ fn node(files: &TlsFiles, ca: &TlsFiles, claimed: &str, cluster: &str) -> Side {
         tls::client_config(files).unwrap(),
         hello,
         verifier,
-        Arc::new(|_| Response::Refused("test node".into())),
+        handler,
         super::metrics::MeshMetrics::default(),
     )
     .unwrap();
@@ -128,4 +145,110 @@ async fn blocked_links_carry_nothing() {
     assert!(matches!(err, NetError::Blocked(_)), "{err}");
     b.net.unblock(a.addr);
     assert!(b.net.request(a.addr, &pull()).await.is_ok());
+}
+
+/// The page `store` serves from the start of its log.
+fn page_of(store: &crate::store::Store) -> mesh_proto::mesh::PullResponse {
+    let stale = std::sync::atomic::AtomicBool::new(false);
+    match super::sync::serve(
+        store,
+        &stale,
+        Request::Pull(PullRequest {
+            since: 0,
+            limit: 100,
+        }),
+    ) {
+        Response::Pull(page) => page,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn forged_replayed_and_reordered_pages_from_a_valid_peer_change_nothing_they_should_not() {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use crate::identity::Signer;
+    use crate::store::{PolicyFields, Store};
+
+    let dir = TempDir::new().unwrap();
+    let files = certs(&dir, &["evil", "victim"]);
+    let fields = |priority| PolicyFields {
+        name: "p".into(),
+        description: String::new(),
+        definition_json: r#"{"condition":"incident.severity > 1","action":"a"}"#.into(),
+        active: true,
+        priority,
+    };
+    // Real changes, signed by the evil node's own (valid) key.
+    let signer = Arc::new(Signer::new("evil", &files[0]).unwrap());
+    let evil_store = Store::open(&dir.path().join("evil.redb"), "evil").unwrap();
+    evil_store.set_signer(Arc::clone(&signer));
+    let p = evil_store.create(fields(1)).unwrap();
+    let v1 = page_of(&evil_store);
+    evil_store.update(p.id, p.version, fields(2)).unwrap();
+    let v2 = page_of(&evil_store);
+    let certs = vec![("evil".to_owned(), signer.cert_der().to_vec())];
+
+    // What the evil node answers to the next pull.
+    let serving: Arc<Mutex<mesh_proto::mesh::PullResponse>> = Arc::new(Mutex::new(v2.clone()));
+    let evil = {
+        let serving = Arc::clone(&serving);
+        node_with(
+            &files[0],
+            &files[0],
+            "evil",
+            "c",
+            Arc::new(move |_| Response::Pull(serving.lock().unwrap().clone())),
+        )
+    };
+    let victim_side = node(&files[1], &files[1], "victim", "c");
+    let victim_store = Arc::new(Store::open(&dir.path().join("victim.redb"), "victim").unwrap());
+    let metrics = super::metrics::MeshMetrics::default();
+    let puller = super::sync::Puller {
+        net: Arc::clone(&victim_side.net),
+        store: Arc::clone(&victim_store),
+        verifier: Arc::new(Verifier::new(&files[1].ca).unwrap()),
+        stale: Arc::new(AtomicBool::new(false)),
+        tombstone_ttl_ms: u64::MAX,
+        metrics: metrics.clone(),
+    };
+    let revision = super::sync::PeerRevision {
+        incarnation: v2.incarnation,
+        head: v2.head,
+        digest: "x".into(),
+    };
+    let pull = |page: mesh_proto::mesh::PullResponse| {
+        *serving.lock().unwrap() = mesh_proto::mesh::PullResponse {
+            certs: certs.clone(),
+            more: false,
+            ..page
+        };
+        puller.pull("evil", evil.addr, &revision)
+    };
+
+    // A forged change: the newest version with its signature altered.
+    let mut forged = v2.clone();
+    forged.changes[0].change.signature[10] ^= 0xff;
+    let outcome = pull(forged).await.unwrap();
+    assert_eq!((outcome.refused, outcome.merge.applied), (1, 0));
+    assert_eq!(metrics.changes_refused.get(), 1);
+    assert!(
+        victim_store.get(p.id).unwrap().is_none(),
+        "nothing forged merged"
+    );
+
+    // The two versions newest first (a reordered, replaying page): the newest wins.
+    let mut reordered = v2.clone();
+    reordered.changes.extend(v1.changes.clone());
+    let outcome = pull(reordered).await.unwrap();
+    assert_eq!((outcome.merge.applied, outcome.merge.stale), (1, 1));
+    assert_eq!(victim_store.get(p.id).unwrap().unwrap().priority, 2);
+
+    // The old version alone, replayed after the newer: stale, nothing changes.
+    let outcome = pull(v1.clone()).await.unwrap();
+    assert_eq!((outcome.merge.applied, outcome.merge.stale), (0, 1));
+    assert_eq!(victim_store.get(p.id).unwrap().unwrap().priority, 2);
+    assert_eq!(metrics.changes_refused.get(), 1);
+    assert_eq!(metrics.changes_stale.get(), 2);
 }
