@@ -101,11 +101,19 @@ pub fn check(modules: &[Ref<Module>]) -> Result<(), CompileError> {
             });
         }
     }
-    find_cycle(&nodes)
+    let packages: Vec<Vec<String>> = modules
+        .iter()
+        .map(|module| {
+            let mut package = vec!["data".to_owned()];
+            package.extend(static_path(&module.package.refr));
+            package
+        })
+        .collect();
+    find_cycle(&nodes, &packages)
 }
 
 /// Resolves references to nodes and looks for a cycle (iterative depth-first search).
-fn find_cycle(nodes: &[Node]) -> Result<(), CompileError> {
+fn find_cycle(nodes: &[Node], packages: &[Vec<String>]) -> Result<(), CompileError> {
     // Nodes sharing a path are one rule (several definitions): merge them.
     let mut by_path: BTreeMap<&[String], usize> = BTreeMap::new();
     for node in nodes {
@@ -118,11 +126,33 @@ fn find_cycle(nodes: &[Node]) -> Result<(), CompileError> {
         let from = by_path[node.path.as_slice()];
         first[from].get_or_insert(node);
         for refr in &node.refs {
+            let mut matched = false;
             for (path, &to) in &by_path {
                 // `data.a.b.c` reaches the rule `data.a.b` (its value, indexed) and every rule
                 // under `data.a.b.c` (a package or a prefix of ref heads).
                 if path.starts_with(refr) || refr.starts_with(path) {
                     edges[from].insert(to);
+                    matched = true;
+                }
+            }
+            if matched {
+                continue;
+            }
+            // No rule at or under it, but inside a group of ref-head rules (`a.b` beside `a.m`
+            // and `a.c`): regorus evaluates the whole group (`data.pkg.a`) and indexes it, so
+            // the reference reaches every rule of the group (found by fuzzing: `a.c := a.b + 1`
+            // overflowed the stack).
+            let group = (1..refr.len()).rev().map(|n| &refr[..n]).find(|prefix| {
+                packages
+                    .iter()
+                    .any(|package| prefix.len() > package.len() && prefix.starts_with(package))
+                    && by_path.keys().any(|p| p.starts_with(prefix))
+            });
+            if let Some(group) = group {
+                for (path, &to) in &by_path {
+                    if path.starts_with(group) {
+                        edges[from].insert(to);
+                    }
                 }
             }
         }
