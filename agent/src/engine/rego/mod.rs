@@ -231,6 +231,14 @@ impl RegoSet {
         path: &str,
         input: Option<regorus::Value>,
     ) -> Result<Option<regorus::Value>, EvalError> {
+        // Only paths as the agent writes them (`data.a.b`, `data.a["b-c"]`) reach regorus: its
+        // query parser has the same exponential nesting as its module parser (found by fuzzing).
+        if path_components(path).is_none() {
+            return Err(EvalError::InvalidPath {
+                path: path.chars().take(200).collect(),
+                message: "a data path is `data` followed by `.name` or `[\"key\"]` segments".into(),
+            });
+        }
         if let Some(value) = self.read_data(path) {
             return Ok(value);
         }
@@ -775,6 +783,12 @@ mod tests {
             Some(vec!["data".into(), "a".into(), "b-c".into(), "d".into()])
         );
         assert_eq!(path_components("data.a[x]"), None);
+        // Found by fuzzing: a query path regorus would parse for ever.
+        let nested = format!("data.neural{}hive", "[".repeat(40));
+        assert!(matches!(
+            set.evaluate(&nested, None),
+            Err(EvalError::InvalidPath { .. })
+        ));
         // Data far too large to evaluate within the time limit is still read whole.
         let big: Vec<serde_json::Value> =
             (0..200_000).map(|i| serde_json::json!({"i": i})).collect();
