@@ -197,20 +197,16 @@ mod tests {
                 policy.id
             );
         }
-        let rebuilt = PolicySet::build(
+        // The store after the change: policy 500 at version 2, the others as they were.
+        let after = || -> Vec<PolicyRecord> {
             (1..=1000)
-                .map(|id| {
-                    if id == 500 {
-                        record(id, 2, 100, true)
-                    } else {
-                        record(id, 1, (id % 7) as i64, true)
-                    }
+                .map(|id| match id {
+                    500 => record(id, 2, 100, true),
+                    _ => record(id, 1, (id % 7) as i64, true),
                 })
-                .collect(),
-            2,
-            &metrics,
-        )
-        .0;
+                .collect()
+        };
+        let rebuilt = PolicySet::build(after(), 2, &metrics).0;
         assert_eq!(
             ids(&changed),
             ids(&rebuilt),
@@ -226,21 +222,7 @@ mod tests {
             .unwrap();
         assert!(!ids(&deleted).contains(&7));
         // A reload reuses every policy whose write it already has.
-        let reloaded = changed
-            .rebuild(
-                (1..=1000)
-                    .map(|id| {
-                        if id == 500 {
-                            record(id, 2, 100, true)
-                        } else {
-                            record(id, 1, (id % 7) as i64, true)
-                        }
-                    })
-                    .collect(),
-                4,
-                &metrics,
-            )
-            .0;
+        let reloaded = changed.rebuild(after(), 4, &metrics).0;
         assert!(
             reloaded
                 .policies()
