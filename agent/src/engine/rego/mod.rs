@@ -25,7 +25,11 @@ use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 mod parse_cost;
+mod path;
 mod recursion;
+
+pub use path::data_path;
+use path::path_components;
 
 /// regorus's answer when a path is not a rule (a package, data, or a partial path): such paths are
 /// evaluated as a query instead.
@@ -233,13 +237,13 @@ impl RegoSet {
     ) -> Result<Option<regorus::Value>, EvalError> {
         // Only paths as the agent writes them (`data.a.b`, `data.a["b-c"]`) reach regorus: its
         // query parser has the same exponential nesting as its module parser (found by fuzzing).
-        if path_components(path).is_none() {
+        let Some(components) = path_components(path) else {
             return Err(EvalError::InvalidPath {
                 path: path.chars().take(200).collect(),
                 message: "a data path is `data` followed by `.name` or `[\"key\"]` segments".into(),
             });
-        }
-        if let Some(value) = self.read_data(path) {
+        };
+        if let Some(value) = self.read_data(&components) {
             return Ok(value);
         }
         let input = input.unwrap_or(regorus::Value::Undefined);
@@ -251,12 +255,11 @@ impl RegoSet {
 
     /// The data at `path` when no module's package is above or below it: pure data needs no
     /// evaluation (and no time limit, however large it is). `None`: evaluate it.
-    fn read_data(&self, path: &str) -> Option<Option<regorus::Value>> {
-        let components = path_components(path)?;
+    fn read_data(&self, components: &[String]) -> Option<Option<regorus::Value>> {
         let overlaps = self
             .packages
             .iter()
-            .any(|package| package.starts_with(&components) || components.starts_with(package));
+            .any(|package| package.starts_with(components) || components.starts_with(package));
         if overlaps {
             return None;
         }
@@ -439,55 +442,6 @@ impl RegoEngine {
     }
 }
 
-/// `a/b/c` -> `data.a.b.c`; segments that are not identifiers are quoted (`data.a["b-c"]`).
-pub fn data_path(slash_path: &str) -> String {
-    let mut out = String::from("data");
-    for segment in slash_path.split('/').filter(|s| !s.is_empty()) {
-        let identifier = segment
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && segment
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if identifier {
-            out.push('.');
-            out.push_str(segment);
-        } else {
-            out.push_str(&format!("[{}]", serde_json::Value::from(segment)));
-        }
-    }
-    out
-}
-
-/// `data.a["b-c"].d` -> `["data", "a", "b-c", "d"]`, as [`data_path`] writes paths; `None` for
-/// anything else (it is evaluated as a query instead).
-fn path_components(path: &str) -> Option<Vec<String>> {
-    let mut rest = path.strip_prefix("data")?;
-    let mut components = vec!["data".to_owned()];
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('.') {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if end == 0 {
-                return None;
-            }
-            components.push(after[..end].to_owned());
-            rest = &after[end..];
-        } else if let Some(after) = rest.strip_prefix('[') {
-            let mut strings = serde_json::Deserializer::from_str(after).into_iter::<String>();
-            let key = strings.next()?.ok()?;
-            let consumed = strings.byte_offset();
-            rest = after[consumed..].strip_prefix(']')?;
-            components.push(key);
-        } else {
-            return None;
-        }
-    }
-    Some(components)
-}
-
 /// Turns a regorus error (`\n--> file:row:col\n ... \nerror: message`) into OPA's shape.
 fn compile_error(code: &'static str, default_file: &str, err: &anyhow::Error) -> CompileError {
     let text = format!("{err:#}");
@@ -525,293 +479,4 @@ fn last_error_line(text: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> RegoSettings {
-        RegoSettings {
-            time_limit: Duration::from_millis(200),
-        }
-    }
-
-    fn module(id: &str, text: &str) -> ModuleSource {
-        ModuleSource {
-            id: id.into(),
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn evaluates_rules_packages_and_data() {
-        let set = RegoSet::build(
-            &[module(
-                "ex.rego",
-                "package ex\n\nallow if input.user == data.admins[_]\n\nname := \"ex\"\n",
-            )],
-            serde_json::json!({"admins": ["ana"]}),
-            7,
-            settings(),
-        )
-        .unwrap();
-        let input = |user: &str| Some(regorus::Value::from(serde_json::json!({"user": user})));
-        assert_eq!(
-            set.evaluate("data.ex.allow", input("ana")).unwrap(),
-            Some(regorus::Value::from(true))
-        );
-        assert_eq!(
-            set.evaluate("data.ex.allow", input("bob")).unwrap(),
-            None,
-            "undefined"
-        );
-        let package = set.evaluate("data.ex", input("ana")).unwrap().unwrap();
-        assert_eq!(
-            serde_json::to_value(&package).unwrap(),
-            serde_json::json!({"allow": true, "name": "ex"})
-        );
-        let admins = set.evaluate("data.admins", None).unwrap().unwrap();
-        assert_eq!(
-            serde_json::to_value(&admins).unwrap(),
-            serde_json::json!(["ana"])
-        );
-        assert_eq!(set.evaluate("data.nothing.here", None).unwrap(), None);
-        assert_eq!(set.revision(), 7);
-    }
-
-    #[test]
-    fn rules_run_on_the_vm_and_other_paths_on_the_interpreter() {
-        let set = RegoSet::build(
-            &[module(
-                "ex.rego",
-                "package ex\n\nallow if input.n > data.limit\n",
-            )],
-            serde_json::json!({"limit": 2}),
-            1,
-            settings(),
-        )
-        .unwrap();
-        let n = |n: i64| Some(regorus::Value::from(serde_json::json!({"n": n})));
-        assert_eq!(
-            set.evaluate("data.ex.allow", n(3)).unwrap(),
-            Some(regorus::Value::from(true))
-        );
-        assert_eq!(set.evaluate("data.ex.allow", n(1)).unwrap(), None);
-        assert!(set.evaluate("data.ex", n(3)).unwrap().is_some());
-        PROGRAMS.with(|cell| {
-            let programs = cell.borrow();
-            assert_eq!(programs.0, set.generation);
-            assert!(
-                programs.1["data.ex.allow"].is_some(),
-                "the rule has a VM program"
-            );
-            assert!(
-                programs.1["data.ex"].is_none(),
-                "a package is not a rule: interpreter"
-            );
-        });
-    }
-
-    #[test]
-    fn parse_errors_carry_the_location() {
-        let err = RegoSet::build(
-            &[module(
-                "bad.rego",
-                "package bad\n\nallow if {\n  input.x ==\n}\n",
-            )],
-            serde_json::json!({}),
-            1,
-            settings(),
-        )
-        .err()
-        .unwrap();
-        assert_eq!(err.code, "rego_parse_error");
-        assert_eq!(err.location.file, "bad.rego");
-        assert!(err.location.row >= 4, "{err}");
-        assert!(err.location.col > 0, "{err}");
-        assert!(!err.message.contains("-->"), "{err}");
-    }
-
-    #[test]
-    fn a_runaway_evaluation_stops_at_the_time_limit() {
-        let set = RegoSet::build(
-            &[module(
-                "slow.rego",
-                "package slow\n\nspin := count([[x, y] | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000)])\n",
-            )],
-            serde_json::json!({}),
-            1,
-            RegoSettings {
-                time_limit: Duration::from_millis(20),
-            },
-        )
-        .unwrap();
-        let err = set.evaluate("data.slow.spin", None).unwrap_err();
-        assert_eq!(
-            err,
-            EvalError::TimeLimit {
-                path: "data.slow.spin".into(),
-                limit_ms: 20
-            }
-        );
-    }
-
-    fn refused(text: &str) -> CompileError {
-        match RegoSet::build(
-            &[module("m.rego", text)],
-            serde_json::json!({}),
-            1,
-            settings(),
-        ) {
-            Ok(_) => panic!("compiled:\n{text}"),
-            Err(err) => err,
-        }
-    }
-
-    #[test]
-    fn recursion_is_refused_when_built() {
-        for (text, rule) in [
-            ("package rec1\np := q\nq := p\n", "data.rec1.p"),
-            ("package rec2\nf(x) := f(x)\np := f(1)\n", "data.rec2.f"),
-            (
-                "package rec3\ns contains x if { some x in s }\n",
-                "data.rec3.s",
-            ),
-            (
-                "package rec4\nf(x) := g(x)\ng(x) := f(x)\np := f(1)\n",
-                "data.rec4.f",
-            ),
-            (
-                "package rec5\np := data.rec5.q\nq := data.rec5.p\n",
-                "data.rec5.p",
-            ),
-            (
-                "package rec6\nimport data.rec6 as me\np if me.q\nq if { some x in me.p }\n",
-                "data.rec6.p",
-            ),
-            (
-                "package rec7\np := x if { x := [y | y := q[_]] }\nq := [p]\n",
-                "data.rec7.p",
-            ),
-            ("package rec8\np := data.rec8\n", "data.rec8.p"),
-            // A comprehension's variable is local to it: the `q` after it is the rule.
-            (
-                "package rec9\np if { ys := [q | some q in input.xs]; count(ys) > 0; q }\nq if p\n",
-                "data.rec9.p",
-            ),
-            (
-                "package rec10\np := 1 if { x := 2; x > 1 } else := q\nq := p\n",
-                "data.rec10.p",
-            ),
-        ] {
-            let err = refused(text);
-            assert_eq!(err.code, "rego_recursion_error", "{text}: {err}");
-            assert!(err.message.contains(rule), "{text}: {err}");
-            assert_eq!(err.location.file, "m.rego");
-            assert!(err.location.row >= 2, "{err}");
-        }
-        // Across modules too.
-        let err = RegoSet::build(
-            &[
-                module("a.rego", "package a\np := data.b.q\n"),
-                module("b.rego", "package b\nq := data.a.p\n"),
-            ],
-            serde_json::json!({}),
-            1,
-            settings(),
-        )
-        .err()
-        .unwrap();
-        assert_eq!(err.code, "rego_recursion_error");
-    }
-
-    #[test]
-    fn locals_and_other_rules_are_not_recursion() {
-        for text in [
-            "package ok1\np := q\nq := 1\n",
-            "package ok2\nf(x) := y if { y := x + 1 }\np := f(1)\n",
-            "package ok3\nq := 1\np if { some x in input.items; x > q }\n",
-            "package ok4\np contains x if { some x in input.a }\nr := count(p)\n",
-            "package ok5\ndefault allow := false\nallow if input.user == \"a\"\n",
-            "package ok6\nimport data.other.limits\np if input.n > limits.max\n",
-            "package ok7\na.b := 1\na.c := a.b + 1\n",
-        ] {
-            if let Err(err) = RegoSet::build(
-                &[module("m.rego", text)],
-                serde_json::json!({}),
-                1,
-                settings(),
-            ) {
-                panic!("{text}: {err}");
-            }
-        }
-    }
-
-    #[test]
-    fn deep_nesting_is_refused_before_parsing() {
-        let text = format!(
-            "package nest\np := {}1{}\n",
-            "[".repeat(100),
-            "]".repeat(100)
-        );
-        let err = refused(&text);
-        assert_eq!(err.code, "rego_parse_error");
-        assert!(err.message.contains("nest deeper"), "{err}");
-        assert!(err.message.contains("data document"), "{err}");
-        assert_eq!(err.location.row, 2);
-    }
-
-    #[test]
-    fn pure_data_is_read_without_evaluation() {
-        let set = RegoSet::build(
-            &[module(
-                "ex.rego",
-                "package ex\n\nallow if input.n > data.limits.n\n",
-            )],
-            serde_json::json!({"limits": {"n": 2, "big-list": [1, 2]}, "other": 1}),
-            1,
-            settings(),
-        )
-        .unwrap();
-        assert_eq!(
-            set.read_data(&data_path("limits/big-list")),
-            Some(Some(regorus::Value::from(serde_json::json!([1, 2]))))
-        );
-        assert_eq!(set.read_data("data.limits.absent"), Some(None));
-        assert_eq!(set.read_data("data.ex.allow"), None, "a rule: evaluated");
-        assert_eq!(set.read_data("data"), None, "above a package: evaluated");
-        assert_eq!(
-            path_components(r#"data.a["b-c"].d"#),
-            Some(vec!["data".into(), "a".into(), "b-c".into(), "d".into()])
-        );
-        assert_eq!(path_components("data.a[x]"), None);
-        // Found by fuzzing: a query path regorus would parse for ever.
-        let nested = format!("data.neural{}hive", "[".repeat(40));
-        assert!(matches!(
-            set.evaluate(&nested, None),
-            Err(EvalError::InvalidPath { .. })
-        ));
-        // Data far too large to evaluate within the time limit is still read whole.
-        let big: Vec<serde_json::Value> =
-            (0..200_000).map(|i| serde_json::json!({"i": i})).collect();
-        let set = RegoSet::build(
-            &[],
-            serde_json::json!({"docs": {"big": big}}),
-            1,
-            RegoSettings {
-                time_limit: Duration::from_millis(1),
-            },
-        )
-        .unwrap();
-        let value = set.evaluate("data.docs.big", None).unwrap().unwrap();
-        assert_eq!(value.as_array().unwrap().len(), 200_000);
-    }
-
-    #[test]
-    fn data_paths_quote_what_is_not_an_identifier() {
-        assert_eq!(
-            data_path("neuralhive/orchestrator/resource_limits"),
-            "data.neuralhive.orchestrator.resource_limits"
-        );
-        assert_eq!(data_path("a/b-c/"), "data.a[\"b-c\"]");
-        assert_eq!(data_path(""), "data");
-    }
-}
+mod tests;
