@@ -1,6 +1,6 @@
 //! End to end over HTTP: every route of the P0.4 API and every error status, on a real agent.
 
-mod common;
+use test_support as common;
 
 use common::{Agent, Options, event, policies_dir, policy};
 use serde_json::{Value, json};

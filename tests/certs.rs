@@ -1,15 +1,15 @@
 //! `mesh-agent certs`: a mesh CA and node certificates that chain to it (checked with openssl, an
 //! independent verifier), and nothing that chains to another CA.
 
-mod common;
+use test_support as common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::BIN;
+use common::bin;
 
 fn certs(args: &[&str], dir: &Path) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .arg("certs")
         .args(args)
         .arg("--dir")

@@ -6,11 +6,9 @@
 //! write it acknowledged is in the store. At the end every acknowledged incident's action has
 //! been delivered, and both nodes hold every acknowledged policy write.
 
-mod common;
-#[path = "common/mesh.rs"]
-mod mesh_ca;
-#[path = "common/mqtt.rs"]
-mod mqtt;
+use test_support as common;
+use test_support::mesh as mesh_ca;
+use test_support::mqtt;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{Agent, BIN, Options, free_udp_addr, policy, wait_until};
+use common::{Agent, Options, bin, free_udp_addr, policy, wait_until};
 use mesh_ca::Ca;
 use mesh_proto::{OutboxEntry, PolicyRecord, decode};
 use mqtt::{Consumer, Space};
@@ -60,7 +58,7 @@ fn left_on_disk(agent: &Agent) -> (BTreeSet<String>, BTreeSet<String>) {
     let db = redb::ReadOnlyDatabase::open(&path).expect("the store opens after SIGKILL");
     let txn = db.begin_read().unwrap();
     let policies: BTreeSet<String> = txn
-        .open_table(mesh_agent::store::schema::POLICIES)
+        .open_table(agent_store::schema::POLICIES)
         .unwrap()
         .iter()
         .unwrap()
@@ -70,7 +68,7 @@ fn left_on_disk(agent: &Agent) -> (BTreeSet<String>, BTreeSet<String>) {
         })
         .collect();
     let outbox: BTreeSet<String> = txn
-        .open_table(mesh_agent::outbox::OUTBOX)
+        .open_table(agent_store::schema::OUTBOX)
         .unwrap()
         .iter()
         .unwrap()
@@ -93,7 +91,7 @@ fn event_ids(messages: &[Value]) -> BTreeSet<String> {
 }
 
 fn verify_audit(agent: &Agent) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["audit", "verify", "--data-dir"])
         .arg(&agent.data_dir)
         .output()

@@ -1,12 +1,12 @@
 //! End to end: the daemon's life. Restarts, crashes, the audit ring's bound and durability, policy
 //! file import, config checking and log formats.
 
-mod common;
+use test_support as common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, BIN, Options, event, policies_dir, policy};
+use common::{Agent, Options, bin, event, policies_dir, policy};
 use serde_json::{Value, json};
 
 fn entry_seqs(page: &Value) -> Vec<u64> {
@@ -157,7 +157,7 @@ fn a_bad_policy_file_stops_the_start_and_says_where() {
     let start_with = |file: &str, text: &str| {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(file), text).unwrap();
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["run", "--http-listen", "127.0.0.1:0", "--policies"])
             .arg(tmp.path())
             .arg("--data-dir")
@@ -187,7 +187,7 @@ fn a_bad_policy_file_stops_the_start_and_says_where() {
 
 /// Runs `mesh-agent check-config FILE`.
 fn check_config(file: &std::path::Path) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin())
         .arg("check-config")
         .arg(file)
         .output()
@@ -225,7 +225,7 @@ fn check_config_says_exactly_what_is_wrong() {
         "{stderr}"
     );
 
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("check-config")
         .arg(&good)
         .env("MESH_AGENT_HTTP_LISTEN", "not-an-address")
@@ -267,7 +267,7 @@ fn the_example_config_is_valid() {
 
 #[test]
 fn policy_test_runs_the_cases_and_fails_on_a_wrong_one() {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["policy", "test"])
         .arg(policies_dir())
         .output()
@@ -297,7 +297,7 @@ fn policy_test_runs_the_cases_and_fails_on_a_wrong_one() {
         "[[case]]\nname = \"leak must not match\"\nevent = { event_type = \"memory_leak\", severity = 9 }\nmatches = []\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["policy", "test"])
         .arg(tmp.path())
         .output()

@@ -1,7 +1,7 @@
 //! Hostile and careless input against a real agent: each case is refused or bounded, and the
 //! agent keeps serving. The rows of SECURITY.md's table point here.
 
-mod common;
+use test_support as common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -7,9 +7,8 @@
 //! Every wait is bounded by a generous patience (2 cores, tests in parallel) and never asserted on:
 //! the tests assert what the nodes serve, not how fast.
 
-mod common;
-#[path = "common/mesh.rs"]
-mod mesh_ca;
+use test_support as common;
+use test_support::mesh as mesh_ca;
 
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};

@@ -1,17 +1,16 @@
 //! MQTT end to end: incidents in over a real broker, actions out to it, nothing lost across broker
 //! outages and agent crashes, the outbox bound in both modes, the circuit breaker, and the
 //! collector. The broker is rumqttd in-process, or the one `MESH_TEST_MQTT_URL` names (Mosquitto in
-//! `.ci/run`); see `common/mqtt.rs`.
+//! `.ci/run`); see `support/src/mqtt.rs`.
 
-mod common;
-#[path = "common/mqtt.rs"]
-mod mqtt;
+use test_support as common;
+use test_support::mqtt;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use agent_decision::action_id;
 use common::{Agent, Options, event, policy};
-use mesh_agent::decision::action_id;
 use mqtt::{Consumer, Proxy, Space, metric, wait_health};
 use serde_json::{Value, json};
 
@@ -784,10 +783,11 @@ fn a_stop_turns_away_requests_waiting_for_outbox_room() {
 fn incidents_and_actions_travel_over_mqtts_with_a_client_certificate() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let pki = tmp.path();
-    mesh_agent::certs::init(pki, false).expect("CA");
+    agent_identity::certs::init(pki, false).expect("CA");
     // The broker's certificate names the host the agent dials; the agent's is its client identity.
-    let (broker_cert, broker_key) = mesh_agent::certs::issue(pki, "localhost", 30).expect("cert");
-    let (agent_cert, agent_key) = mesh_agent::certs::issue(pki, "edge-1", 30).expect("cert");
+    let (broker_cert, broker_key) =
+        agent_identity::certs::issue(pki, "localhost", 30).expect("cert");
+    let (agent_cert, agent_key) = agent_identity::certs::issue(pki, "edge-1", 30).expect("cert");
     let ca = pki.join("ca.pem");
     let front = mqtt::TlsFront::start(mqtt::broker(), &broker_cert, &broker_key, &ca);
     let url = format!("mqtts://localhost:{}", front.addr.port());

@@ -1,7 +1,7 @@
 //! End to end over HTTP: the OPA-compatible API, `/v1/validate`, the decision cache, the time limit
 //! with both fail modes, and incident rules written in Rego.
 
-mod common;
+use test_support as common;
 
 use common::{Agent, Options, event, policies_dir};
 use serde_json::{Value, json};

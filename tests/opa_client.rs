@@ -4,7 +4,7 @@
 //! The library lives in a virtual environment under Cargo's target tmp dir, created once and reused
 //! by later runs. This needs `python3` with the `venv` module, and PyPI the first time.
 
-mod common;
+use test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_agent::mesh::members::MemberState;
+use agent_mesh::members::MemberState;
 use mesh_sim::{Cluster, ClusterSettings};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ async fn halves_take_edits_apart_and_converge_after_healing() {
     let left_only = cluster.create_policy(1, "left-only", 2).unwrap();
     let right_only = cluster.create_policy(4, "right-only", 3).unwrap();
     let base = cluster.nodes[2].store.get(shared).unwrap().unwrap();
-    let edit = |priority| mesh_agent::store::PolicyFields {
+    let edit = |priority| agent_store::PolicyFields {
         name: base.name.clone(),
         description: base.description.clone(),
         definition_json: base.definition_json.clone(),

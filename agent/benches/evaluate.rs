@@ -5,14 +5,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_decision::Decider;
+use agent_decision::audit::{AuditConfig, AuditLog};
+use agent_engine::rego::{RegoEngine, RegoSettings};
+use agent_engine::{Engine, Incident};
+use agent_policy::{NewPolicy, PolicyService};
+use agent_store::Store;
 use criterion::{Criterion, criterion_group, criterion_main};
-use mesh_agent::audit::{AuditLog, AuditSettings};
-use mesh_agent::decision::Decider;
-use mesh_agent::engine::rego::{RegoEngine, RegoSettings};
-use mesh_agent::engine::{Engine, Incident};
 use mesh_agent::metrics::Metrics;
-use mesh_agent::policy::{NewPolicy, PolicyService};
-use mesh_agent::store::Store;
 use serde_json::json;
 
 /// 100 rules shaped like the seed's four, over 25 incident types.
@@ -64,17 +64,12 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&tmp.path().join("bench.redb"), "bench").unwrap());
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Metrics::new();
     let rego = Arc::new(RegoEngine::new(RegoSettings {
         time_limit: Duration::from_millis(250),
     }));
-    let engine = Arc::new(Engine::new(rego, Arc::clone(&metrics)));
-    let service = PolicyService::new(
-        Arc::clone(&store),
-        Arc::clone(&engine),
-        Arc::clone(&metrics),
-    )
-    .unwrap();
+    let engine = Arc::new(Engine::new(rego, metrics.engine.clone()));
+    let service = PolicyService::new(Arc::clone(&store), Arc::clone(&engine)).unwrap();
     for policy in policies() {
         service.create(policy).unwrap();
     }
@@ -85,18 +80,18 @@ fn bench(c: &mut Criterion) {
         "the bench incident must match a rule"
     );
 
-    let settings = AuditSettings {
+    let settings = AuditConfig {
         capacity: 100_000,
         max_bytes: u64::MAX,
-        commit_interval: Duration::from_millis(200),
+        commit_interval_ms: 200,
     };
     let (audit, writer) = runtime
         .block_on(async {
             AuditLog::start(
                 store.database(),
                 settings,
-                Arc::clone(&metrics),
-                mesh_agent::fatal::Fatal::new(),
+                metrics.audit.clone(),
+                agent_base::Fatal::new(),
             )
         })
         .unwrap();
@@ -104,7 +99,7 @@ fn bench(c: &mut Criterion) {
         Arc::clone(&engine),
         audit,
         "bench".into(),
-        mesh_agent::event::Dedup::new(std::time::Duration::from_secs(120)),
+        agent_decision::event::Dedup::new(std::time::Duration::from_secs(120)),
     );
     let input =
         serde_json::to_string(&json!({"event_type": "memory_leak_0", "severity": 9})).unwrap();

@@ -6,21 +6,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::api::{self, AppState};
-use crate::audit::{AuditLog, AuditSettings};
+use agent_api::{self as api, AppState};
+use agent_base::Fatal;
+use agent_decision::Decider;
+use agent_decision::audit::AuditLog;
+use agent_decision::event::Dedup;
+use agent_decision::outbox::Outbox;
+use agent_engine::Engine;
+use agent_engine::rego::RegoEngine;
+use agent_mesh::{Mesh, OnMerged};
+use agent_mqtt::MqttSections;
+use agent_policy::opa::{Evaluator, RegoService};
+use agent_policy::{PolicyService, files};
+use agent_store::Store;
+
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::engine::rego::{RegoEngine, RegoSettings};
-use crate::fatal::Fatal;
-use crate::mesh::{Mesh, MeshSettings, OnMerged};
 use crate::metrics::Metrics;
-use crate::mqtt::service as mqtt_service;
-use crate::opa::{self, Evaluator, RegoService};
-use crate::outbox::Outbox;
-use crate::policy::{PolicyService, files};
-use crate::store::Store;
 
 /// The data file's name inside `data_dir`.
 pub const DATA_FILE: &str = "agent.redb";
@@ -41,34 +44,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(store);
     info!(path = %data_file.display(), "data file open");
 
-    let metrics = Arc::new(Metrics::new());
-    let rego_settings = RegoSettings {
-        time_limit: Duration::from_millis(config.rego.time_limit_ms),
-    };
-    crate::engine::rego::set_memory_limit(config.rego.max_memory_bytes);
+    let metrics = Metrics::new();
+    let rego_settings = config.rego.settings();
+    agent_engine::rego::set_memory_limit(config.rego.max_memory_bytes);
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
     let rego = Arc::new(
         RegoService::new(
             Arc::clone(&store),
             Arc::clone(&rego_engine),
             rego_settings,
-            Arc::clone(&metrics),
+            metrics.opa.clone(),
         )?
         .with_max_data_bytes(config.rego.max_data_bytes),
     );
     let evaluator = Arc::new(Evaluator::new(
         rego_engine.clone(),
-        Arc::clone(&metrics),
+        metrics.opa.clone(),
         config.rego.fail_mode,
         Duration::from_secs(config.rego.cache_ttl_sec),
         config.rego.cache_entries,
     ));
-    let engine = Arc::new(Engine::new(rego_engine, Arc::clone(&metrics)));
-    let policies = Arc::new(PolicyService::new(
-        Arc::clone(&store),
-        Arc::clone(&engine),
-        Arc::clone(&metrics),
-    )?);
+    let engine = Arc::new(Engine::new(rego_engine, metrics.engine.clone()));
+    let policies = Arc::new(PolicyService::new(Arc::clone(&store), Arc::clone(&engine))?);
 
     if let Some(dir) = &config.policies_dir {
         let dir = dir.clone();
@@ -77,12 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (rego_changed, summary) = tokio::task::spawn_blocking(move || {
             // Everything is read and checked before anything is imported; Rego goes first, since
             // incident rules may name Rego rules.
-            let rego_dir = opa::files::read_dir(&dir)?;
+            let rego_dir = files::rego::read_dir(&dir)?;
             // A directory that does not compile stops the start, saying which file.
             rego_dir.compile(&dir, rego_settings)?;
-            let rules = files::read_dir(&dir)?;
-            let rego_changed = opa::files::import(&rego, rego_dir)?;
-            anyhow::Ok((rego_changed, files::import(&service, rules)?))
+            let rules = files::rules::read_dir(&dir)?;
+            let rego_changed = files::rego::import(&rego, rego_dir)?;
+            anyhow::Ok((rego_changed, files::rules::import(&service, rules)?))
         })
         .await??;
         info!(
@@ -94,33 +91,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let audit_settings = AuditSettings {
-        capacity: config.audit.capacity,
-        max_bytes: config.audit.max_bytes,
-        commit_interval: config.commit_interval(),
-    };
     // MQTT (when configured): the outbox is written by the audit writer, in the decision's
     // transaction; the decider turns matched rules into actions for it.
-    let outbox = mqtt_service::open_outbox(&config, store.database(), &metrics)?;
+    let sections = MqttSections {
+        mqtt: &config.mqtt,
+        outbox: &config.outbox,
+        upstream: &config.upstream,
+        summary: &config.summary,
+    };
+    let outbox = agent_mqtt::open_outbox(sections, store.database(), metrics.outbox.clone())?;
     let fatal = Fatal::new();
     let (audit, audit_writer) = AuditLog::start_with_outbox(
         store.database(),
-        audit_settings,
-        Arc::clone(&metrics),
+        config.audit,
+        metrics.audit.clone(),
         fatal.clone(),
         outbox.clone(),
     )?;
-    let (decider, mqtt) = mqtt_service::start(
-        &config,
-        &node_id,
+    let decider = Decider::new(
         engine,
         audit.clone(),
+        node_id.clone(),
+        Dedup::new(config.dedup_window()),
+    );
+    match decider.reopen_windows(config.dedup_window()) {
+        Ok(0) => {}
+        Ok(open) => info!(open, "de-duplication windows re-opened from the audit ring"),
+        Err(err) => {
+            warn!(error = %err, "cannot re-open de-duplication windows from the audit ring")
+        }
+    }
+    let (decider, mqtt) = agent_mqtt::start(
+        sections,
+        &node_id,
+        decider,
+        audit.clone(),
         outbox.clone(),
-        Arc::clone(&metrics),
+        metrics.upstream.clone(),
     )?;
 
-    let mesh = match MeshSettings::from_config(&node_id, &config.mesh) {
-        Some(settings) => {
+    let mesh = match config.mesh.tls_dir.is_some() {
+        true => {
             let policies = Arc::clone(&policies);
             let rego = Arc::clone(&rego);
             let on_merged: OnMerged = Arc::new(move |outcome| {
@@ -138,7 +149,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
             Some(Arc::new(
                 Mesh::start(
-                    settings,
+                    &node_id,
+                    config.mesh.clone(),
                     Arc::clone(&store),
                     metrics.mesh.clone(),
                     on_merged,
@@ -146,7 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await?,
             ))
         }
-        None => {
+        false => {
             info!(
                 "no mesh.tls_dir: running alone (give --tls-dir with certificates from `mesh-agent certs` to join a mesh)"
             );
@@ -160,7 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         evaluator,
         decider,
         audit,
-        metrics,
+        metrics: Arc::new(metrics.registry),
         node_id: Arc::from(node_id.as_str()),
         store: Arc::clone(&store),
         mesh: mesh.clone(),
@@ -171,7 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
 
-    let http_metrics = state.metrics.http.clone();
+    let http_metrics = metrics.http.clone();
     api::serve::serve(
         listener,
         api::router(state, config.max_body_bytes),

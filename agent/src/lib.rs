@@ -1,31 +1,15 @@
-//! mesh-agent: a policy agent for every node of an edge mesh.
+//! mesh-agent: a policy agent for every node of an edge mesh. This crate is the daemon on top of
+//! the layers in `agent/*`: it assembles the config ([`config`]), the metrics registry
+//! ([`metrics`]) and telemetry, and wires the layers together ([`daemon`]); `main.rs` is the CLI.
 //!
-//! Data flows one way: an incident arrives ([`api`], or MQTT [`intake`]), the [`engine`] evaluates it
-//! against the active policies, the [`decision`] is recorded in the [`audit`] ring. Policies change
-//! only through [`policy::PolicyService`], which writes the [`store`] and swaps the engine's policy
-//! set. See ARCHITECTURE.md.
+//! Data flows one way: an incident arrives (`agent_api`, or MQTT `agent_mqtt`), the `agent_engine`
+//! evaluates it, the decision (`agent_decision`) is recorded in the audit ring and the outbox, and
+//! goes upstream. Policies change only through `agent_policy`'s services, which write the
+//! `agent_store` and swap the engine's policy set; gossip (`agent_mesh`) feeds the store. See
+//! ARCHITECTURE.md.
 
-pub mod api;
-pub mod audit;
-pub mod certs;
-pub mod clock;
-pub mod collector;
 pub mod config;
 pub mod daemon;
-pub mod decision;
-pub mod engine;
-pub mod event;
-pub mod fatal;
-pub mod identity;
-pub mod intake;
-pub mod mesh;
 pub mod metrics;
-pub mod mqtt;
-pub mod opa;
-pub mod outbox;
-pub mod policy;
 pub mod policy_test;
-pub mod store;
-pub mod summary;
 pub mod telemetry;
-pub mod upstream;

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::config::{Config, LogFormat};
-use mesh_agent::{certs, daemon, policy_test, telemetry};
+use mesh_agent::{daemon, policy_test, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -189,9 +190,9 @@ fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
     // redb's recovery first, which only a writable open does: the same recovery the agent runs
     // when it starts, changing no committed data.
     let verified = match redb::ReadOnlyDatabase::open(&path) {
-        Ok(db) => mesh_agent::audit::verify(&db),
+        Ok(db) => agent_store::audit_ring::verify(&db),
         Err(redb::DatabaseError::RepairAborted) => match redb::Database::open(&path) {
-            Ok(db) => mesh_agent::audit::verify(&db),
+            Ok(db) => agent_store::audit_ring::verify(&db),
             Err(err) => return cannot_open(&path, &err),
         },
         Err(err) => return cannot_open(&path, &err),
@@ -286,7 +287,7 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn collector(args: CollectorArgs) -> ExitCode {
     telemetry::init(args.log_format);
-    let settings = mesh_agent::collector::CollectorSettings {
+    let settings = agent_mqtt::collector::CollectorSettings {
         mqtt_url: args.mqtt_url,
         client_id: args.client_id,
         data_dir: args.data_dir,
@@ -298,7 +299,7 @@ fn collector(args: CollectorArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(&err),
     };
-    match runtime.block_on(mesh_agent::collector::run(settings)) {
+    match runtime.block_on(agent_mqtt::collector::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

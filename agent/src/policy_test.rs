@@ -17,12 +17,11 @@ use mesh_proto::PolicyRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::rego::{RegoEngine, RegoSettings, data_path};
-use crate::engine::{Engine, PolicySet};
-use crate::event::Event;
-use crate::metrics::Metrics;
-use crate::opa;
-use crate::policy::files::{self, FilesError, find_files};
+use agent_decision::event::{Dedup, Event};
+use agent_engine::rego::{RegoEngine, RegoSettings, data_path};
+use agent_engine::{Engine, EngineMetrics, PolicySet};
+use agent_policy::files::{self, FilesError, find_files};
+use prometheus_client::registry::Registry;
 
 /// Test evaluations get a generous time limit: a case should fail on its answer, not on a slow
 /// machine.
@@ -84,7 +83,7 @@ pub fn run(dir: &Path) -> Result<Report, FilesError> {
     let settings = RegoSettings {
         time_limit: CASE_TIME_LIMIT,
     };
-    let rego_dir = opa::files::read_dir(dir)?;
+    let rego_dir = files::rego::read_dir(dir)?;
     let set = rego_dir.compile(dir, settings)?;
     let rego = Arc::new(RegoEngine::new(settings));
     rego.replace(set);
@@ -123,7 +122,7 @@ fn run_incident_cases(
         message: err.to_string(),
     })?;
     // The rules are those of the directory the cases are in.
-    let rules = files::read_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let rules = files::rules::read_dir(path.parent().unwrap_or(Path::new(".")))?;
     let records: Vec<PolicyRecord> = rules
         .into_iter()
         .enumerate()
@@ -144,8 +143,9 @@ fn run_incident_cases(
             }
         })
         .collect();
-    let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(Arc::clone(rego), Arc::clone(&metrics));
+    // Test runs count into a registry of their own: nothing scrapes them.
+    let metrics = EngineMetrics::register(&mut Registry::default());
+    let engine = Engine::new(Arc::clone(rego), metrics.clone());
     let (set, invalid) = PolicySet::build(records, 0, &metrics);
     if let Some((record, err)) = invalid.into_iter().next() {
         return Err(FilesError::Parse {
@@ -168,7 +168,7 @@ fn run_incident_cases(
 fn check_incident_case(engine: &Engine, case: &IncidentCase) -> Result<(), String> {
     let event: Event = serde_json::from_value(case.event.clone())
         .map_err(|err| format!("the event is not valid: {err}"))?;
-    let dedup = crate::event::Dedup::new(std::time::Duration::ZERO);
+    let dedup = Dedup::new(std::time::Duration::ZERO);
     let evaluation =
         engine.evaluate(&event.into_incident("policy test", case.name.as_bytes(), &dedup));
     if let Some((policy, verdict)) = evaluation.iter().find(|(_, v)| v.error.is_some()) {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mesh_agent::policy::files;
+use agent_policy::files;
 use mesh_agent::policy_test;
 
 fn policies_dir() -> PathBuf {
@@ -48,12 +48,12 @@ fn every_policy_case_holds() {
 
 #[test]
 fn the_validation_policies_run_on_the_vm() {
-    use mesh_agent::engine::rego::RegoSettings;
+    use agent_engine::rego::RegoSettings;
     let settings = RegoSettings {
         time_limit: std::time::Duration::from_secs(5),
     };
     let dir = policies_dir();
-    let set = mesh_agent::opa::files::read_dir(&dir)
+    let set = files::rego::read_dir(&dir)
         .unwrap()
         .compile(&dir, settings)
         .unwrap();
@@ -106,7 +106,7 @@ fn a_wrong_expectation_fails_its_case() {
 fn every_incident_rule_fires_on_some_case_and_not_on_another() {
     // A rule no case makes fire (or no case of its own incident type keeps quiet) is untested.
     let dir = policies_dir().join("incidents");
-    let rules = files::read_dir(&dir).unwrap();
+    let rules = files::rules::read_dir(&dir).unwrap();
     let text = std::fs::read_to_string(dir.join("recovery.cases.toml")).unwrap();
     let cases: toml::Table = toml::from_str(&text).unwrap();
     let cases = cases["case"].as_array().unwrap();

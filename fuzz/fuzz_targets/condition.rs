@@ -10,9 +10,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::engine::Incident;
-use mesh_agent::engine::condition::{Condition, MAX_SOURCE_BYTES, parse};
-use mesh_agent::event::Event;
+use agent_engine::Incident;
+use agent_condition::{Condition, MAX_SOURCE_BYTES, parse};
+use agent_decision::event::Event;
 use serde_json::{Map, Value, json};
 
 fn fixed_incident(context: Option<Map<String, Value>>) -> Incident {

@@ -11,9 +11,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::engine::condition::Condition;
-use mesh_agent::engine::matcher::rego_input;
-use mesh_agent::event::{Dedup, Event};
+use agent_condition::Condition;
+use agent_engine::rego_input;
+use agent_decision::event::{Dedup, Event};
 
 const TOPIC: &str = "mesh/incidents/edge-1";
 
@@ -66,11 +66,11 @@ fuzz_target!(|payload: &[u8]| {
         }
     }
     // Restart: ids read back from the audit ring re-open their windows; any text is accepted.
-    DEDUP.remember(&incident.id, mesh_agent::clock::now_ms());
+    DEDUP.remember(&incident.id, agent_base::clock::now_ms());
     let _ = DEDUP.len();
 
     let outcome = CONDITION.eval(&incident);
     let _ = CONDITION.missing_fields(outcome).count();
     let _ = rego_input(&incident);
-    let _ = mesh_agent::decision::action_id("edge-1", &incident.id, 1, 1);
+    let _ = agent_decision::action_id("edge-1", &incident.id, 1, 1);
 });

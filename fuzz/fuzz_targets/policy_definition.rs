@@ -9,9 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::engine::Incident;
-use mesh_agent::engine::matcher::Matcher;
-use mesh_agent::policy::{Definition, NewPolicy, PolicyPatch, PolicyView};
+use agent_engine::Incident;
+use agent_engine::Matcher;
+use agent_policy::{Definition, NewPolicy, PolicyPatch, PolicyView};
 use mesh_proto::{Hlc, PolicyRecord};
 use serde::de::DeserializeOwned;
 

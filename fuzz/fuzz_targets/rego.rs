@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::engine::rego::{ModuleSource, RegoSet, RegoSettings, data_path};
+use agent_engine::rego::{ModuleSource, RegoSet, RegoSettings, data_path};
 
 const TIME_LIMIT: Duration = Duration::from_millis(50);
 

@@ -16,8 +16,8 @@
 use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::mesh::sync::PeerRevision;
-use mesh_agent::policy::{ChangeView, PolicyView};
+use agent_mesh::sync::PeerRevision;
+use agent_policy::{ChangeView, PolicyView};
 use mesh_proto::mesh::{Hello, PullRequest, PullResponse, Request, Response};
 use mesh_proto::{
     AuditRecord, AuditRecordV1, DocumentChange, DocumentRecord, Hlc, LoggedChange, OutboxEntry,
@@ -110,11 +110,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = record::<DocumentChange>(data);
     if let Some(entry) = record::<AuditRecord>(data) {
         // The ring's hash chain hashes an entry's stored bytes.
-        let _ = mesh_agent::audit::entry_hash(&encode(&entry));
+        let _ = agent_decision::audit::entry_hash(&encode(&entry));
     }
     if let Some(old) = record::<AuditRecordV1>(data) {
         // Schema migration: an old entry chained to its predecessor's hash.
-        let chained = old.chained(mesh_agent::audit::entry_hash(data));
+        let chained = old.chained(agent_decision::audit::entry_hash(data));
         let _ = record::<AuditRecord>(&encode(&chained));
     }
     let _ = record::<OutboxEntry>(data);

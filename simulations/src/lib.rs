@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_mesh::members::MemberState;
+use agent_mesh::{Mesh, MeshConfig, OnMerged};
+use agent_store::{PolicyFields, Store};
 use anyhow::Context;
-use mesh_agent::mesh::members::MemberState;
-use mesh_agent::mesh::{Mesh, MeshSettings, OnMerged};
-use mesh_agent::store::{PolicyFields, Store};
 use tempfile::TempDir;
 
 /// One node of a cluster; `mesh` is `None` while the node is stopped.
@@ -55,7 +55,7 @@ impl Cluster {
     pub async fn start(n: usize, settings: ClusterSettings) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let tls = dir.path().join("tls");
-        mesh_agent::certs::init(&tls, false)?;
+        agent_identity::certs::init(&tls, false)?;
         let mut cluster = Cluster {
             dir,
             settings,
@@ -63,7 +63,7 @@ impl Cluster {
         };
         for i in 0..n {
             let id = format!("node-{i}");
-            mesh_agent::certs::issue(&tls, &id, 30)?;
+            agent_identity::certs::issue(&tls, &id, 30)?;
             let data_file = cluster.dir.path().join(format!("{id}.redb"));
             let store = {
                 let (path, id) = (data_file.clone(), id.clone());
@@ -81,7 +81,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn mesh_settings(&self, i: usize) -> MeshSettings {
+    fn mesh_config(&self, i: usize) -> MeshConfig {
         let seeds = self
             .nodes
             .iter()
@@ -90,24 +90,24 @@ impl Cluster {
             .filter(|(j, node)| *j != i && node.addr.port() != 0)
             .map(|(_, node)| node.addr.to_string())
             .collect();
-        MeshSettings {
-            node_id: self.nodes[i].id.clone(),
-            tls_dir: self.dir.path().join("tls"),
+        let interval_ms = self.settings.gossip_interval.as_millis() as u64;
+        MeshConfig {
+            tls_dir: Some(self.dir.path().join("tls")),
             cluster_id: "sim".into(),
-            listen: self.nodes[i].addr,
-            advertise: None,
+            gossip_listen: self.nodes[i].addr,
+            gossip_advertise: None,
             seeds,
-            gossip_interval: self.settings.gossip_interval,
+            gossip_interval_ms: interval_ms,
             phi_threshold: self.settings.phi_threshold,
-            suspect_after: self.settings.gossip_interval * 10,
-            dead_node_grace: Duration::from_secs(3600),
-            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            suspect_after_ms: interval_ms * 10,
+            dead_node_grace_sec: 3600,
+            tombstone_ttl_sec: 7 * 24 * 3600,
         }
     }
 
     /// Starts (or restarts, on its old address and data) node `i`.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let settings = self.mesh_settings(i);
+        let config = self.mesh_config(i);
         let node = &mut self.nodes[i];
         if node.mesh.is_some() {
             return Ok(());
@@ -117,9 +117,10 @@ impl Cluster {
         let mut attempts = 0;
         let mesh = loop {
             match Mesh::start(
-                settings.clone(),
+                &node.id,
+                config.clone(),
                 Arc::clone(&node.store),
-                mesh_agent::mesh::metrics::MeshMetrics::default(),
+                agent_mesh::MeshMetrics::default(),
                 Arc::clone(&on_merged),
             )
             .await

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use agent_mesh::members::MemberState;
 use clap::Parser;
-use mesh_agent::mesh::members::MemberState;
 use mesh_sim::{Cluster, ClusterSettings};
 use serde::Serialize;
 

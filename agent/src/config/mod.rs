@@ -3,14 +3,25 @@
 //!
 //! Every problem is reported with where it came from: the file's line and column, or the
 //! environment variable's name, and what was expected.
+//!
+//! Each section belongs to the subsystem it configures, with its defaults and its validation
+//! (`[mesh]` is `agent_mesh::MeshConfig`, ...); this module assembles them into one file and one
+//! set of `MESH_AGENT_*` variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent_base::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
-pub use crate::mqtt::config::{MqttConfig, OutboxConfig, SummaryConfig, UpstreamConfig};
+pub use agent_api::HttpConfig;
+pub use agent_decision::audit::AuditConfig;
+pub use agent_decision::outbox::OutboxConfig;
+pub use agent_decision::summary::SummaryConfig;
+pub use agent_mesh::MeshConfig;
+pub use agent_mqtt::{MqttConfig, UpstreamConfig};
+pub use agent_policy::opa::{FailMode, RegoConfig};
 
 /// Prefix of environment variables that override config keys (`audit.capacity` is
 /// `MESH_AGENT_AUDIT_CAPACITY`).
@@ -31,6 +42,15 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("`{key}` {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl From<InvalidSetting> for ConfigError {
+    fn from(err: InvalidSetting) -> ConfigError {
+        ConfigError::Invalid {
+            key: err.key,
+            message: err.message,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -60,7 +80,7 @@ pub struct Config {
     /// Events without an `event_id` that are byte-for-byte the same (from the same source) within
     /// this many seconds are one incident (a retry or a redelivery); after it, a new one.
     pub dedup_window_sec: u64,
-    pub http: crate::api::HttpConfig,
+    pub http: HttpConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
     pub mesh: MeshConfig,
@@ -68,100 +88,6 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub upstream: UpstreamConfig,
     pub summary: SummaryConfig,
-}
-
-/// What a Rego decision is when its evaluation fails (time limit, or an error in the policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailMode {
-    /// Deny, with the reason as a violation.
-    FailClosed,
-    /// Allow, with the reason as a warning.
-    FailOpen,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegoConfig {
-    /// Longest a Rego evaluation may run; past it, `fail_mode` decides.
-    pub time_limit_ms: u64,
-    pub fail_mode: FailMode,
-    /// How long a decision is reused for the same policy version and input; 0 disables the cache.
-    pub cache_ttl_sec: u64,
-    /// Most decisions the cache keeps.
-    pub cache_entries: usize,
-    /// Bytes all data documents (`PUT /v1/data`) may take together.
-    pub max_data_bytes: u64,
-    /// Rego evaluations stop while the agent holds more memory than this (process-wide).
-    pub max_memory_bytes: u64,
-}
-
-impl Default for RegoConfig {
-    fn default() -> RegoConfig {
-        RegoConfig {
-            time_limit_ms: 250,
-            fail_mode: FailMode::FailClosed,
-            cache_ttl_sec: 30,
-            cache_entries: 10_000,
-            max_data_bytes: 16 * 1024 * 1024,
-            max_memory_bytes: 512 * 1024 * 1024,
-        }
-    }
-}
-
-/// Joining a mesh: gossip over QUIC with mutual TLS. Without `tls_dir` the node runs alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MeshConfig {
-    /// Directory with `ca.pem`, `<node-id>.pem` and `<node-id>.key` (from `mesh-agent certs`).
-    pub tls_dir: Option<PathBuf>,
-    /// Nodes of another cluster id are ignored.
-    pub cluster_id: String,
-    /// UDP address gossip (QUIC) listens on.
-    pub gossip_listen: SocketAddr,
-    /// Address peers reach this node at; default: `gossip_listen`, or, if that is a wildcard,
-    /// this host's address on the route to the first seed.
-    pub gossip_advertise: Option<SocketAddr>,
-    /// Gossip addresses (`host:port`) of nodes to join through.
-    pub seeds: Vec<String>,
-    /// Time between gossip rounds.
-    pub gossip_interval_ms: u64,
-    /// Failure detector: phi above which a node is dead (higher: slower and surer).
-    pub phi_threshold: f64,
-    /// A live node not heard from for this long is shown as `suspect`.
-    pub suspect_after_ms: u64,
-    /// How long a dead node stays listed before it is forgotten.
-    pub dead_node_grace_sec: u64,
-    /// How long a delete is remembered (see ARCHITECTURE.md: a node away longer rejoins empty).
-    pub tombstone_ttl_sec: u64,
-}
-
-impl Default for MeshConfig {
-    fn default() -> MeshConfig {
-        MeshConfig {
-            tls_dir: None,
-            cluster_id: "mesh-agent".into(),
-            gossip_listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
-            gossip_advertise: None,
-            seeds: Vec::new(),
-            gossip_interval_ms: 200,
-            phi_threshold: 8.0,
-            suspect_after_ms: 2_000,
-            dead_node_grace_sec: 24 * 3600,
-            tombstone_ttl_sec: 7 * 24 * 3600,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// Entries kept; the oldest is dropped first.
-    pub capacity: u64,
-    /// Bytes the kept entries may take (encoded); the oldest are dropped first.
-    pub max_bytes: u64,
-    /// Longest time an accepted entry waits before it is committed (what a crash can lose).
-    pub commit_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -174,7 +100,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             max_body_bytes: 1024 * 1024,
             dedup_window_sec: 120,
-            http: crate::api::HttpConfig::default(),
+            http: HttpConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
             mesh: MeshConfig::default(),
@@ -182,16 +108,6 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             upstream: UpstreamConfig::default(),
             summary: SummaryConfig::default(),
-        }
-    }
-}
-
-impl Default for AuditConfig {
-    fn default() -> AuditConfig {
-        AuditConfig {
-            capacity: 100_000,
-            max_bytes: 64 * 1024 * 1024,
-            commit_interval_ms: 200,
         }
     }
 }
@@ -288,49 +204,22 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot: each section checks its own.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(node_id) = &self.node_id {
-            validate_node_id(node_id).map_err(|message| ConfigError::Invalid {
+            agent_identity::validate_node_id(node_id).map_err(|message| ConfigError::Invalid {
                 key: "node_id",
                 message,
             })?;
         }
-        self.http
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-        if self.audit.capacity == 0 {
-            return Err(ConfigError::Invalid {
-                key: "audit.capacity",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.audit.max_bytes < 1024 * 1024 {
-            return Err(ConfigError::Invalid {
-                key: "audit.max_bytes",
-                message: "must be at least 1048576 (1 MiB)".into(),
-            });
-        }
-        if !(1..=60_000).contains(&self.audit.commit_interval_ms) {
-            return Err(ConfigError::Invalid {
-                key: "audit.commit_interval_ms",
-                message: "must be between 1 and 60000".into(),
-            });
-        }
-        if self.rego.max_memory_bytes < 64 * 1024 * 1024 {
-            return Err(ConfigError::Invalid {
-                key: "rego.max_memory_bytes",
-                message: "must be at least 67108864 (64 MiB): the agent itself needs some".into(),
-            });
-        }
-        if !(1..=60_000).contains(&self.rego.time_limit_ms) {
-            return Err(ConfigError::Invalid {
-                key: "rego.time_limit_ms",
-                message: "must be between 1 and 60000".into(),
-            });
-        }
+        self.http.validate()?;
+        self.audit.validate()?;
+        self.rego.validate()?;
         self.mesh.validate()?;
-        crate::mqtt::config::validate(&self.mqtt, &self.outbox, &self.upstream, &self.summary)?;
+        self.mqtt.validate()?;
+        self.summary.validate()?;
+        self.outbox.validate()?;
+        self.upstream.validate()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",
@@ -365,63 +254,6 @@ impl Config {
     pub fn dedup_window(&self) -> Duration {
         Duration::from_secs(self.dedup_window_sec)
     }
-
-    pub fn commit_interval(&self) -> Duration {
-        Duration::from_millis(self.audit.commit_interval_ms)
-    }
-}
-
-impl MeshConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| ConfigError::Invalid {
-            key,
-            message: message.to_owned(),
-        };
-        if !(10..=60_000).contains(&self.gossip_interval_ms) {
-            return Err(invalid(
-                "mesh.gossip_interval_ms",
-                "must be between 10 and 60000",
-            ));
-        }
-        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
-            return Err(invalid("mesh.phi_threshold", "must be a positive number"));
-        }
-        if self.cluster_id.is_empty() {
-            return Err(invalid("mesh.cluster_id", "must not be empty"));
-        }
-        if self.tombstone_ttl_sec < 60 {
-            return Err(invalid("mesh.tombstone_ttl_sec", "must be at least 60"));
-        }
-        for seed in &self.seeds {
-            if !seed.contains(':') {
-                return Err(ConfigError::Invalid {
-                    key: "mesh.seeds",
-                    message: format!("`{seed}` is not host:port"),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    pub fn gossip_interval(&self) -> Duration {
-        Duration::from_millis(self.gossip_interval_ms)
-    }
-}
-
-/// A node id is used in file names and certificates: letters, digits, `-`, `_`, `.`; 1-128 long.
-pub fn validate_node_id(node_id: &str) -> Result<(), String> {
-    if node_id.is_empty() || node_id.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
-    }
-    if let Some(bad) = node_id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
-    {
-        return Err(format!(
-            "contains `{bad}`; use letters, digits, `-`, `_` and `.`"
-        ));
-    }
-    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {

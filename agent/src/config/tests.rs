@@ -109,7 +109,7 @@ fn every_key_has_an_env_var_that_works() {
         log_format: LogFormat::Json,
         max_body_bytes: 2048,
         dedup_window_sec: 11,
-        http: crate::api::HttpConfig {
+        http: agent_api::HttpConfig {
             max_connections: 12,
             header_read_timeout_ms: 13,
             idle_timeout_ms: 14,
@@ -158,7 +158,7 @@ fn every_key_has_an_env_var_that_works() {
         },
         outbox: OutboxConfig {
             capacity: 9,
-            when_full: crate::outbox::WhenFull::DropOldest,
+            when_full: agent_decision::outbox::WhenFull::DropOldest,
         },
         upstream: UpstreamConfig {
             max_inflight: 8,

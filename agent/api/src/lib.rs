@@ -1,0 +1,112 @@
+//! The local HTTP API: P0.4's policy CRUD and `/evaluate`, plus health, metrics and the audit ring.
+//!
+//! Handlers only translate HTTP to calls on the services (`PolicyService`, `Decider`, `AuditLog`)
+//! and back; they hold no logic of their own. Store writes run on the blocking pool, since a redb
+//! commit waits for fsync.
+//!
+//! Architecture invariant: the API goes through the same services every other intake uses; the
+//! layers below never depend on it.
+
+mod audit;
+mod error;
+mod evaluate;
+mod health;
+mod json;
+mod mesh;
+mod opa;
+mod policies;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use agent_decision::Decider;
+use agent_decision::audit::AuditLog;
+use agent_policy::PolicyService;
+use agent_policy::opa::{Evaluator, RegoService};
+use prometheus_client::registry::Registry;
+
+pub use error::ApiError;
+pub use serve::{HttpConfig, HttpLimits, HttpMetrics};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub policies: Arc<PolicyService>,
+    pub rego: Arc<RegoService>,
+    pub evaluator: Arc<Evaluator>,
+    pub decider: Arc<Decider>,
+    pub audit: AuditLog,
+    /// The agent's one registry, which `/metrics` renders.
+    pub metrics: Arc<Registry>,
+    pub node_id: Arc<str>,
+    pub store: Arc<agent_store::Store>,
+    /// `None` when the node runs alone.
+    pub mesh: Option<Arc<agent_mesh::Mesh>>,
+    /// `None` without MQTT.
+    pub upstream: Option<Arc<agent_mqtt::Upstream>>,
+}
+
+/// All routes, with request bodies limited to `max_body_bytes`.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/policies", post(policies::create).get(policies::list))
+        .route(
+            "/policies/{id}",
+            get(policies::get)
+                .put(policies::update)
+                .delete(policies::delete),
+        )
+        .route("/policies/{id}/versions", get(policies::versions))
+        .route("/evaluate", post(evaluate::one))
+        .route("/evaluate/batch", post(evaluate::batch))
+        .route("/audit", get(audit::read))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .route("/mesh", get(mesh::view))
+        .route("/mesh/members", get(mesh::members))
+        // OPA's router treats a trailing slash as the same route (clients send `/v1/policies/`).
+        .route("/v1/policies", get(opa::list_policies))
+        .route("/v1/policies/", get(opa::list_policies))
+        .route(
+            "/v1/policies/{*id}",
+            get(opa::get_policy)
+                .put(opa::put_policy)
+                .delete(opa::delete_policy),
+        )
+        .route(
+            "/v1/data",
+            get(opa::get_data_root)
+                .post(opa::post_data_root)
+                .put(opa::put_data_root),
+        )
+        .route(
+            "/v1/data/",
+            get(opa::get_data_root)
+                .post(opa::post_data_root)
+                .put(opa::put_data_root),
+        )
+        .route(
+            "/v1/data/{*path}",
+            get(opa::get_data)
+                .post(opa::post_data)
+                .put(opa::put_data)
+                .delete(opa::delete_data),
+        )
+        .route("/v1/validate", post(opa::validate))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::new(
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {}", uri.path()),
+                )
+            },
+        )
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

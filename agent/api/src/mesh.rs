@@ -1,0 +1,83 @@
+//! `GET /mesh` (this node's view of the mesh in one object) and `GET /mesh/members` (every node
+//! it knows). A node without a mesh answers with itself alone, so dashboards work either way.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use agent_mesh::{Member, MemberState, MeshSummary, RevisionView, StateCounts};
+
+use super::{ApiError, AppState};
+
+#[derive(Serialize)]
+pub struct MeshView {
+    /// `mesh`, or `single` for a node running alone (no TLS material).
+    mode: &'static str,
+    #[serde(flatten)]
+    summary: MeshSummary,
+}
+
+pub async fn view(State(state): State<AppState>) -> Result<Json<MeshView>, ApiError> {
+    Ok(Json(match &state.mesh {
+        Some(mesh) => MeshView {
+            mode: "mesh",
+            summary: mesh
+                .summary()
+                .await
+                .map_err(|err| ApiError::internal(&err))?,
+        },
+        None => {
+            let revision = revision(&state).await?;
+            MeshView {
+                mode: "single",
+                summary: MeshSummary {
+                    cluster_id: String::new(),
+                    node_id: state.node_id.to_string(),
+                    gossip_addr: String::new(),
+                    policy_revision: revision,
+                    members: StateCounts {
+                        alive: 1,
+                        ..StateCounts::default()
+                    },
+                    converged: true,
+                },
+            }
+        }
+    }))
+}
+
+#[derive(Serialize)]
+pub struct Members {
+    members: Vec<Member>,
+}
+
+pub async fn members(State(state): State<AppState>) -> Result<Json<Members>, ApiError> {
+    let members = match &state.mesh {
+        Some(mesh) => mesh.members().await,
+        None => vec![Member {
+            node_id: state.node_id.to_string(),
+            gossip_addr: String::new(),
+            state: MemberState::Alive,
+            heartbeat_age_ms: 0,
+            policy_revision: Some(revision(&state).await?),
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            generation: 0,
+            is_self: true,
+        }],
+    };
+    Ok(Json(Members { members }))
+}
+
+async fn revision(state: &AppState) -> Result<RevisionView, ApiError> {
+    let store = Arc::clone(&state.store);
+    let revision = tokio::task::spawn_blocking(move || store.replica_revision())
+        .await
+        .map_err(|err| ApiError::internal(&err))?
+        .map_err(|err| ApiError::internal(&err))?;
+    Ok(RevisionView {
+        head: revision.head,
+        digest: revision.digest,
+    })
+}

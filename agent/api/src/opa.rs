@@ -1,0 +1,324 @@
+//! OPA's REST API (`/v1/policies`, `/v1/data`) and `/v1/validate`, with OPA's request and response
+//! shapes, so that OPA clients work against the agent unchanged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use agent_engine::rego::data_path;
+use agent_policy::opa::validate::{self, ValidateError, ValidationRequest};
+use agent_policy::opa::{OpaError, data_tree, fail_decision};
+
+use super::AppState;
+
+/// An error in OPA's shape: `{"code", "message", "errors"?}`.
+pub struct OpaApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl OpaApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> OpaApiError {
+        OpaApiError {
+            status,
+            body: json!({"code": code, "message": message.into()}),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> OpaApiError {
+        OpaApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+    }
+}
+
+impl IntoResponse for OpaApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<OpaError> for OpaApiError {
+    fn from(err: OpaError) -> OpaApiError {
+        match err {
+            OpaError::Compile(compile) => OpaApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({
+                    "code": "invalid_parameter",
+                    "message": "error(s) occurred while compiling module(s)",
+                    "errors": [compile],
+                }),
+            },
+            OpaError::NotFound(what) => OpaApiError::new(
+                StatusCode::NOT_FOUND,
+                "resource_not_found",
+                format!("storage_not_found_error: {what}"),
+            ),
+            OpaError::BadRequest(message) => OpaApiError::invalid(message),
+            OpaError::TooLarge(message) => {
+                OpaApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+            OpaError::Data(data_tree::DataError::NotFound(path)) => OpaApiError::new(
+                StatusCode::NOT_FOUND,
+                "resource_not_found",
+                format!("storage_not_found_error: /{path}: document does not exist"),
+            ),
+            OpaError::Data(other) => OpaApiError::invalid(other.to_string()),
+            OpaError::Store(err) => {
+                tracing::error!(error = %err, "OPA API request failed");
+                OpaApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    err.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<BytesRejection> for OpaApiError {
+    fn from(rejection: BytesRejection) -> OpaApiError {
+        OpaApiError::new(
+            rejection.status(),
+            "invalid_parameter",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<QueryRejection> for OpaApiError {
+    fn from(rejection: QueryRejection) -> OpaApiError {
+        OpaApiError::invalid(rejection.body_text())
+    }
+}
+
+impl From<tokio::task::JoinError> for OpaApiError {
+    fn from(err: tokio::task::JoinError) -> OpaApiError {
+        OpaApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            err.to_string(),
+        )
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct OpaQuery {
+    #[serde(default)]
+    metrics: bool,
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, OpaApiError> {
+    serde_json::from_slice(body)
+        .map_err(|err| OpaApiError::invalid(format!("body is not valid JSON: {err}")))
+}
+
+// ---- /v1/policies ----
+
+pub async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, OpaApiError> {
+    let modules = state.rego.list_modules()?;
+    let result: Vec<Value> = modules
+        .into_iter()
+        .map(|m| json!({"id": m.name, "raw": m.body}))
+        .collect();
+    Ok(Json(json!({ "result": result })))
+}
+
+pub async fn get_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpaApiError> {
+    let module = state.rego.get_module(&id)?;
+    Ok(Json(
+        json!({"result": {"id": module.name, "raw": module.body}}),
+    ))
+}
+
+pub async fn put_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<OpaQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OpaApiError> {
+    let started = Instant::now();
+    let Query(query) = query?;
+    let text = String::from_utf8(body?.to_vec())
+        .map_err(|_| OpaApiError::invalid("the policy is not UTF-8 text"))?;
+    let service = state.rego.clone();
+    tokio::task::spawn_blocking(move || service.put_module(&id, text)).await??;
+    let mut out = Map::new();
+    if query.metrics {
+        out.insert(
+            "metrics".into(),
+            json!({"timer_server_handler_ns": started.elapsed().as_nanos() as u64}),
+        );
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+pub async fn delete_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpaApiError> {
+    let service = state.rego.clone();
+    tokio::task::spawn_blocking(move || service.delete_module(&id)).await??;
+    Ok(Json(json!({})))
+}
+
+// ---- /v1/data ----
+
+pub async fn put_data_root(
+    state: State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, OpaApiError> {
+    put_data(state, Path(String::new()), body).await
+}
+
+pub async fn put_data(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, OpaApiError> {
+    let value = parse_json(&body?)?;
+    let service = state.rego.clone();
+    tokio::task::spawn_blocking(move || service.put_data(&path, value)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete_data(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<StatusCode, OpaApiError> {
+    let service = state.rego.clone();
+    tokio::task::spawn_blocking(move || service.delete_data(&path)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn get_data_root(
+    state: State<AppState>,
+    query: Result<Query<OpaQuery>, QueryRejection>,
+) -> Result<Json<DecisionBody>, OpaApiError> {
+    get_data(state, Path(String::new()), query).await
+}
+
+pub async fn get_data(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    query: Result<Query<OpaQuery>, QueryRejection>,
+) -> Result<Json<DecisionBody>, OpaApiError> {
+    let Query(query) = query?;
+    Ok(Json(decide(&state, &path, None, query.metrics, None)))
+}
+
+pub async fn post_data_root(
+    state: State<AppState>,
+    query: Result<Query<OpaQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DecisionBody>, OpaApiError> {
+    post_data(state, Path(String::new()), query, body).await
+}
+
+pub async fn post_data(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    query: Result<Query<OpaQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DecisionBody>, OpaApiError> {
+    let Query(query) = query?;
+    let body = body?;
+    let input = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match parse_json(&body)? {
+            Value::Object(mut request) => request.remove("input"),
+            _ => {
+                return Err(OpaApiError::invalid(
+                    "the request body must be an object like {\"input\": ...}",
+                ));
+            }
+        }
+    };
+    // OPA answers without input, and says so.
+    let warning = input.is_none().then(
+        || json!({"code": "api_usage_warning", "message": "'input' key missing from the request"}),
+    );
+    Ok(Json(decide(
+        &state,
+        &path,
+        input.as_ref(),
+        query.metrics,
+        warning,
+    )))
+}
+
+/// A decision in OPA's shape: `result` (absent when undefined), `decision_id`, and `metrics` when
+/// asked. A failed evaluation is answered by the fail mode, with the `error` beside it.
+#[derive(Serialize)]
+pub struct DecisionBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Arc<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    decision_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<Value>,
+}
+
+/// Makes one decision. The result is shared with the cache, not copied.
+fn decide(
+    state: &AppState,
+    path: &str,
+    input: Option<&Value>,
+    metrics: bool,
+    warning: Option<Value>,
+) -> DecisionBody {
+    let started = Instant::now();
+    let decision = state.evaluator.decide(&data_path(path), input);
+    let (result, error) = match decision.result {
+        Ok(value) => (value, None),
+        Err(err) => (
+            Some(Arc::new(fail_decision(state.evaluator.fail_mode(), &err))),
+            Some(json!({"code": err.kind(), "message": err.to_string()})),
+        ),
+    };
+    DecisionBody {
+        result,
+        error,
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        metrics: metrics.then(|| {
+            json!({
+                "timer_rego_query_eval_ns": decision.eval_ns,
+                "timer_server_handler_ns": started.elapsed().as_nanos() as u64,
+                "counter_decision_cache_hit": u64::from(decision.cached),
+            })
+        }),
+        warning,
+    }
+}
+
+// ---- /v1/validate ----
+
+pub async fn validate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<validate::ValidationResult>, OpaApiError> {
+    let request: ValidationRequest = serde_json::from_slice(&body?)
+        .map_err(|err| OpaApiError::invalid(format!("invalid validation request: {err}")))?;
+    match validate::validate(&state.evaluator, &request) {
+        Ok(result) => Ok(Json(result)),
+        Err(err @ ValidateError::NotFound(_)) => Err(OpaApiError::new(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            err.to_string(),
+        )),
+        Err(err @ ValidateError::NoPolicies) => Err(OpaApiError::invalid(err.to_string())),
+    }
+}

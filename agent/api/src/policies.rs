@@ -1,0 +1,76 @@
+//! `/policies`: P0.4's CRUD, plus `/policies/{id}/versions` for the history.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use agent_policy::{ChangeView, NewPolicy, PolicyPatch, PolicyView};
+
+use super::{ApiError, AppState, json};
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    active_only: bool,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<PolicyView>), ApiError> {
+    let new: NewPolicy = json::parse(&body?)?;
+    let service = state.policies.clone();
+    let record = tokio::task::spawn_blocking(move || service.create(new)).await??;
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<PolicyView>>, ApiError> {
+    let Query(query) = query?;
+    let records = state.policies.list(query.active_only)?;
+    Ok(Json(records.into_iter().map(PolicyView::from).collect()))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let Path(id) = id?;
+    Ok(Json(state.policies.get(id)?.into()))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let Path(id) = id?;
+    let patch: PolicyPatch = json::parse(&body?)?;
+    let service = state.policies.clone();
+    let record = tokio::task::spawn_blocking(move || service.update(id, patch)).await??;
+    Ok(Json(record.into()))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    let service = state.policies.clone();
+    tokio::task::spawn_blocking(move || service.delete(id)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn versions(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<Vec<ChangeView>>, ApiError> {
+    let Path(id) = id?;
+    let history = state.policies.history(id)?;
+    Ok(Json(history.into_iter().map(ChangeView::from).collect()))
+}

@@ -1,0 +1,482 @@
+//! A running mesh node ([`Mesh`]): binds the gossip socket, joins through the seeds, publishes this
+//! node's policy revision, and pulls from peers that are ahead.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::Transport;
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
+use mesh_proto::mesh::{Hello, MESH_PROTOCOL};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use agent_identity::{Signer, TlsFiles, Verifier};
+use agent_store::{MergeOutcome, Store};
+
+use crate::config::MeshConfig;
+use crate::error::MeshError;
+use crate::gossip::QuicTransport;
+use crate::members::{self, Heartbeats, KEY_REVISION, KEY_VERSION, Member, MemberState};
+use crate::metrics::MeshMetrics;
+use crate::sync::{self, PULLS_PER_ROUND, PeerRevision, Puller};
+use crate::tls;
+use crate::transport::Net;
+
+/// Called after changes from a peer were merged into the store.
+pub type OnMerged = Arc<dyn Fn(MergeOutcome) + Send + Sync>;
+
+/// A running mesh node.
+pub struct Mesh {
+    node_id: String,
+    config: MeshConfig,
+    advertise: SocketAddr,
+    chitchat: ChitchatHandle,
+    net: Arc<Net>,
+    store: Arc<Store>,
+    heartbeats: Arc<Heartbeats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// This node's view of the mesh, in one object (`GET /mesh`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshSummary {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub gossip_addr: String,
+    pub policy_revision: members::RevisionView,
+    pub members: StateCounts,
+    /// True when every live member reports this node's digest.
+    pub converged: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateCounts {
+    pub alive: usize,
+    pub suspect: usize,
+    pub dead: usize,
+}
+
+impl Mesh {
+    /// Joins (or starts) the mesh as `node_id`, with the certificates in `config.tls_dir`. Fails
+    /// if there is no `tls_dir`, the TLS material is missing or invalid, or the gossip address
+    /// cannot be bound.
+    pub async fn start(
+        node_id: &str,
+        config: MeshConfig,
+        store: Arc<Store>,
+        metrics: MeshMetrics,
+        on_merged: OnMerged,
+    ) -> Result<Mesh, MeshError> {
+        let node_id = node_id.to_owned();
+        let tls_dir = config.tls_dir.clone().ok_or(MeshError::NoTlsDir)?;
+        let files = TlsFiles::read(&tls_dir, &node_id)?;
+        let verifier = Arc::new(Verifier::new(&files.ca)?);
+        verifier
+            .check_node_cert(&node_id, &files.cert)
+            .map_err(|source| MeshError::OwnCertificate {
+                dir: tls_dir.display().to_string(),
+                source,
+            })?;
+        let signer = Arc::new(Signer::new(&node_id, &files)?);
+        store.set_signer(Arc::clone(&signer));
+        let signed = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.sign_own_changes())
+                .await
+                .map_err(MeshError::task)??
+        };
+        if signed > 0 {
+            info!(signed, "signed changes made while this node ran alone");
+        }
+
+        let stale = Arc::new(AtomicBool::new(false));
+        let ttl_ms = config.tombstone_ttl().as_millis() as u64;
+        if let (Some(last), true) = (store.last_synced_ms()?, store.replica_revision()?.head > 0)
+            && agent_base::clock::now_ms().saturating_sub(last) > ttl_ms
+        {
+            warn!(
+                last_synced_ms = last,
+                "away longer than the tombstone TTL: this node will take a peer's policy set before handing its own on"
+            );
+            stale.store(true, Ordering::Release);
+        }
+
+        let listen_err = |source| MeshError::Listen {
+            addr: config.gossip_listen,
+            source,
+        };
+        let socket = UdpSocket::bind(config.gossip_listen).map_err(listen_err)?;
+        socket.set_nonblocking(true).map_err(listen_err)?;
+        let listen = socket.local_addr().map_err(listen_err)?;
+        let advertise = advertise_addr(&config, listen.port());
+        let hello = Hello {
+            protocol: MESH_PROTOCOL,
+            cluster_id: config.cluster_id.clone(),
+            node_id: node_id.clone(),
+            gossip_addr: advertise.to_string(),
+        };
+        let handler = {
+            let store = Arc::clone(&store);
+            let stale = Arc::clone(&stale);
+            Arc::new(move |request| sync::serve(&store, &stale, request))
+        };
+        let (net, inbound) = Net::bind(
+            socket,
+            tls::server_config(&files)?,
+            tls::client_config(&files)?,
+            hello,
+            Arc::clone(&verifier),
+            handler,
+            metrics.clone(),
+        )?;
+        let transport = QuicTransport::new(Arc::clone(&net), inbound);
+
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(node_id.clone(), generation, advertise),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval(),
+            listen_addr: listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1_000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: config.gossip_interval() * 5,
+                dead_node_grace_period: config.dead_node_grace(),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            // Every node of a mesh runs this build, so all decode V1 (compressed digests).
+            protocol_version: ProtocolVersion::V1,
+        };
+        let revision = store.replica_revision()?;
+        let initial = vec![
+            (
+                KEY_REVISION.to_owned(),
+                PeerRevision {
+                    incarnation: revision.incarnation,
+                    head: revision.head,
+                    digest: revision.digest,
+                }
+                .encode(),
+            ),
+            (KEY_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ];
+        let chitchat = spawn_chitchat(chitchat_config, initial, &transport as &dyn Transport)
+            .await
+            .map_err(|err| MeshError::Gossip(format!("{err:#}")))?;
+        info!(node_id = %node_id, cluster_id = %config.cluster_id, listen = %listen, advertise = %advertise, seeds = ?config.seeds, "joined the mesh (gossip over QUIC, mutual TLS)");
+
+        let puller = Arc::new(Puller {
+            net: Arc::clone(&net),
+            store: Arc::clone(&store),
+            verifier,
+            stale,
+            tombstone_ttl_ms: ttl_ms,
+            metrics: metrics.clone(),
+        });
+        let heartbeats = Arc::new(Heartbeats::default());
+        let tasks = vec![
+            tokio::spawn(publish_revision(chitchat.chitchat(), Arc::clone(&store))),
+            tokio::spawn(pull_loop(
+                chitchat.chitchat(),
+                Arc::clone(&heartbeats),
+                puller,
+                on_merged,
+                config.gossip_interval(),
+                config.suspect_after(),
+            )),
+            tokio::spawn(collect_tombstones(
+                Arc::clone(&store),
+                config.tombstone_ttl(),
+            )),
+        ];
+        Ok(Mesh {
+            node_id,
+            config,
+            advertise,
+            chitchat,
+            net,
+            store,
+            heartbeats,
+            tasks,
+        })
+    }
+
+    pub fn net(&self) -> &Arc<Net> {
+        &self.net
+    }
+
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Every known node (`GET /mesh/members`).
+    pub async fn members(&self) -> Vec<Member> {
+        let chitchat = self.chitchat.chitchat();
+        let guard = chitchat.lock().await;
+        members::members(&guard, &self.heartbeats, self.config.suspect_after())
+    }
+
+    /// This node's view in one object (`GET /mesh`).
+    pub async fn summary(&self) -> Result<MeshSummary, MeshError> {
+        let members = self.members().await;
+        let store = Arc::clone(&self.store);
+        let revision = tokio::task::spawn_blocking(move || store.replica_revision())
+            .await
+            .map_err(MeshError::task)??;
+        let mut counts = StateCounts::default();
+        let mut converged = true;
+        for member in &members {
+            match member.state {
+                MemberState::Alive => counts.alive += 1,
+                MemberState::Suspect => counts.suspect += 1,
+                MemberState::Dead => counts.dead += 1,
+            }
+            if member.state != MemberState::Dead
+                && !member.is_self
+                && member.policy_revision.as_ref().map(|r| r.digest.as_str())
+                    != Some(revision.digest.as_str())
+            {
+                converged = false;
+            }
+        }
+        Ok(MeshSummary {
+            cluster_id: self.config.cluster_id.clone(),
+            node_id: self.node_id.clone(),
+            gossip_addr: self.advertise.to_string(),
+            policy_revision: members::RevisionView {
+                head: revision.head,
+                digest: revision.digest,
+            },
+            members: counts,
+            converged,
+        })
+    }
+
+    /// Leaves: stops gossip and closes every connection.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(err) = self.chitchat.shutdown().await {
+            debug!(error = %err, "chitchat shutdown");
+        }
+        self.net.close().await;
+    }
+}
+
+/// The address peers reach this node at (see `MeshConfig::gossip_advertise`).
+fn advertise_addr(config: &MeshConfig, port: u16) -> SocketAddr {
+    if let Some(addr) = config.gossip_advertise {
+        return addr;
+    }
+    if !config.gossip_listen.ip().is_unspecified() {
+        return SocketAddr::new(config.gossip_listen.ip(), port);
+    }
+    // The local address of the route to the first seed: what that seed would see us as.
+    for seed in &config.seeds {
+        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(seed.as_str()) else {
+            continue;
+        };
+        let Some(target) = addrs.next() else { continue };
+        let bind = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        if let Ok(probe) = UdpSocket::bind(bind)
+            && probe.connect(target).is_ok()
+            && let Ok(local) = probe.local_addr()
+        {
+            return SocketAddr::new(local.ip(), port);
+        }
+    }
+    warn!(listen = %config.gossip_listen, "no gossip_advertise and no reachable seed: advertising 127.0.0.1; set mesh.gossip_advertise for a multi-host mesh");
+    SocketAddr::new([127, 0, 0, 1].into(), port)
+}
+
+/// Publishes this node's revision in gossip whenever the store changes.
+async fn publish_revision(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    store: Arc<Store>,
+) {
+    let mut changes = store.subscribe();
+    while changes.changed().await.is_ok() {
+        let revision = {
+            let store = Arc::clone(&store);
+            match tokio::task::spawn_blocking(move || store.replica_revision()).await {
+                Ok(Ok(revision)) => revision,
+                Ok(Err(err)) => {
+                    warn!(error = %err, "cannot read the policy revision");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        };
+        let text = PeerRevision {
+            incarnation: revision.incarnation,
+            head: revision.head,
+            digest: revision.digest,
+        }
+        .encode();
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_REVISION, text);
+    }
+}
+
+/// Each gossip round: pull from up to `PULLS_PER_ROUND` live peers that are ahead.
+async fn pull_loop(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    heartbeats: Arc<Heartbeats>,
+    puller: Arc<Puller>,
+    on_merged: OnMerged,
+    interval: Duration,
+    suspect_after: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_marked: Option<std::time::Instant> = None;
+    let mut round: usize = 0;
+    loop {
+        ticker.tick().await;
+        round = round.wrapping_add(1);
+        let (mine, peers) = {
+            let guard = chitchat.lock().await;
+            // Noting heartbeats every round makes `heartbeat_age_ms` accurate to a round.
+            let view = members::members(&guard, &heartbeats, suspect_after);
+            record_members(&puller.metrics, &view);
+            let me = guard.self_chitchat_id().clone();
+            let mine = guard
+                .node_state(&me)
+                .and_then(|s| s.get(KEY_REVISION))
+                .and_then(PeerRevision::parse);
+            let peers: Vec<(String, SocketAddr, PeerRevision)> = guard
+                .live_nodes()
+                .filter(|id| **id != me)
+                .filter_map(|id| {
+                    let revision = guard
+                        .node_state(id)?
+                        .get(KEY_REVISION)
+                        .and_then(PeerRevision::parse)?;
+                    Some((id.node_id.to_string(), id.gossip_advertise_addr, revision))
+                })
+                .collect();
+            (mine, peers)
+        };
+        let Some(mine) = mine else { continue };
+        let stale = puller.stale.load(Ordering::Acquire);
+        if !stale
+            && peers.iter().any(|(_, _, r)| r.digest == mine.digest)
+            && last_marked.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+        {
+            let store = Arc::clone(&puller.store);
+            if tokio::task::spawn_blocking(move || store.mark_synced())
+                .await
+                .is_ok()
+            {
+                last_marked = Some(std::time::Instant::now());
+            }
+        }
+        let mut ahead = Vec::new();
+        for (node_id, addr, revision) in peers {
+            if revision.digest == mine.digest && !stale {
+                continue;
+            }
+            let cursor = puller
+                .store
+                .peer_cursor(&node_id, revision.incarnation)
+                .unwrap_or(0);
+            if revision.head > cursor || stale {
+                ahead.push((node_id, addr, revision));
+            }
+        }
+        // Take turns among the peers ahead, so one slow peer does not hold every round.
+        if !ahead.is_empty() {
+            let turn = round % ahead.len();
+            ahead.rotate_left(turn);
+        }
+        for (node_id, addr, revision) in
+            ahead
+                .into_iter()
+                .take(if stale { 1 } else { PULLS_PER_ROUND })
+        {
+            puller.metrics.pulls.inc();
+            match puller.pull(&node_id, addr, &revision).await {
+                Ok(outcome) => {
+                    if outcome.merge.applied > 0
+                        || outcome.merge.policies_changed
+                        || outcome.merge.documents_changed
+                    {
+                        on_merged(outcome.merge);
+                    }
+                }
+                Err(err) => {
+                    puller.metrics.pull_failures.inc();
+                    debug!(peer = %node_id, error = %err, "pull failed");
+                }
+            }
+        }
+    }
+}
+
+fn record_members(metrics: &MeshMetrics, view: &[Member]) {
+    let mut counts = [0i64; 3];
+    let mine = view
+        .iter()
+        .find(|m| m.is_self)
+        .and_then(|m| m.policy_revision.as_ref().map(|r| r.digest.clone()));
+    let mut converged = true;
+    for member in view {
+        let slot = match member.state {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+        };
+        counts[slot] += 1;
+        if member.state != MemberState::Dead
+            && member.policy_revision.as_ref().map(|r| &r.digest) != mine.as_ref()
+        {
+            converged = false;
+        }
+    }
+    for (state, count) in ["alive", "suspect", "dead"].into_iter().zip(counts) {
+        metrics
+            .members
+            .get_or_create(&crate::metrics::MemberStateLabel { state })
+            .set(count);
+    }
+    metrics.converged.set(i64::from(converged));
+}
+
+/// Drops expired tombstones once an hour.
+async fn collect_tombstones(store: Arc<Store>, ttl: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let horizon = agent_base::clock::now_ms().saturating_sub(ttl.as_millis() as u64);
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.drop_tombstones_before(horizon)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(dropped)) => info!(dropped, "expired tombstones dropped"),
+            Ok(Err(err)) => warn!(error = %err, "cannot drop expired tombstones"),
+            Err(_) => {}
+        }
+    }
+}

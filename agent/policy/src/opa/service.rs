@@ -1,0 +1,209 @@
+//! The one way Rego modules and data documents change: check that the result compiles, write the
+//! store, then swap the compiled set into the engine. A change that does not compile is refused and
+//! the previous version stays in force.
+
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::{DocKind, DocumentRecord};
+use serde_json::Value;
+use tracing::{error, info};
+
+use agent_engine::rego::{ModuleSource, RegoEngine, RegoSet, RegoSettings};
+use agent_store::{DocWrite, Store};
+
+use super::OpaError;
+use super::data_tree;
+use super::metrics::OpaMetrics;
+
+/// Rego module and data reads and writes, keeping the engine in step with the store.
+pub struct RegoService {
+    store: Arc<Store>,
+    engine: Arc<RegoEngine>,
+    settings: RegoSettings,
+    metrics: OpaMetrics,
+    /// The most bytes all data documents may take together (`rego.max_data_bytes`).
+    max_data_bytes: u64,
+    write_lock: Mutex<()>,
+}
+
+impl RegoService {
+    /// Builds the service and compiles what the store holds. If the stored modules do not compile
+    /// (written by another build), the agent starts with no Rego rather than not at all.
+    pub fn new(
+        store: Arc<Store>,
+        engine: Arc<RegoEngine>,
+        settings: RegoSettings,
+        metrics: OpaMetrics,
+    ) -> Result<RegoService, OpaError> {
+        let service = RegoService {
+            store,
+            engine,
+            settings,
+            metrics,
+            max_data_bytes: u64::MAX,
+            write_lock: Mutex::new(()),
+        };
+        let modules = service.store.list_documents(DocKind::RegoModule)?;
+        let data = service.store.list_documents(DocKind::Data)?;
+        match service.build(&modules, &data) {
+            Ok(set) => service.swap(set.at_revision(service.store.revision()?)),
+            Err(err) => {
+                error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
+            }
+        }
+        Ok(service)
+    }
+
+    /// Refuses data writes that would take all data documents past `bytes` together. Every data
+    /// write recompiles the whole data tree, so this bounds its time as well as its memory.
+    pub fn with_max_data_bytes(mut self, bytes: u64) -> RegoService {
+        self.max_data_bytes = bytes;
+        self
+    }
+
+    /// Creates or replaces a module. Returns whether anything changed.
+    pub fn put_module(&self, id: &str, text: String) -> Result<bool, OpaError> {
+        if id.trim_matches('/').is_empty() {
+            return Err(OpaError::BadRequest("a policy id must not be empty".into()));
+        }
+        self.change(vec![DocWrite::Put {
+            kind: DocKind::RegoModule,
+            name: id.to_owned(),
+            body: text,
+        }])
+    }
+
+    pub fn delete_module(&self, id: &str) -> Result<(), OpaError> {
+        if self.store.get_document(DocKind::RegoModule, id)?.is_none() {
+            return Err(OpaError::NotFound(format!("policy id {id:?}")));
+        }
+        self.change(vec![DocWrite::Delete {
+            kind: DocKind::RegoModule,
+            name: id.to_owned(),
+        }])
+        .map(|_| ())
+    }
+
+    pub fn get_module(&self, id: &str) -> Result<DocumentRecord, OpaError> {
+        self.store
+            .get_document(DocKind::RegoModule, id)?
+            .ok_or_else(|| OpaError::NotFound(format!("policy id {id:?}")))
+    }
+
+    pub fn list_modules(&self) -> Result<Vec<DocumentRecord>, OpaError> {
+        Ok(self.store.list_documents(DocKind::RegoModule)?)
+    }
+
+    /// Makes `value` the data at `path` (OPA's `PUT /v1/data/{path}`).
+    pub fn put_data(&self, path: &str, value: Value) -> Result<bool, OpaError> {
+        let _guard = self.lock();
+        let docs = self.store.list_documents(DocKind::Data)?;
+        let writes = data_tree::put(&docs, path, value)?;
+        self.change_locked(writes)
+    }
+
+    /// Removes the data at `path` (OPA's `DELETE /v1/data/{path}`).
+    pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
+        let _guard = self.lock();
+        let docs = self.store.list_documents(DocKind::Data)?;
+        let writes = data_tree::delete(&docs, path)?;
+        self.change_locked(writes).map(|_| ())
+    }
+
+    pub fn module_count(&self) -> usize {
+        self.engine.current().module_count()
+    }
+
+    /// Recompiles what the store holds and swaps it in: after the mesh merged changes from peers.
+    /// If the merged set does not compile here (it compiled at its author), the set in force stays.
+    pub fn reload(&self) -> Result<(), OpaError> {
+        let _guard = self.lock();
+        let modules = self.store.list_documents(DocKind::RegoModule)?;
+        let data = self.store.list_documents(DocKind::Data)?;
+        let revision = self.store.revision()?;
+        match self.build(&modules, &data) {
+            Ok(set) => {
+                info!(
+                    revision,
+                    modules = modules.len(),
+                    "Rego policy set loaded (merged from the mesh)"
+                );
+                self.swap(set.at_revision(revision));
+            }
+            Err(err) => {
+                error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn change(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
+        let _guard = self.lock();
+        self.change_locked(writes)
+    }
+
+    /// Compiles the state `writes` lead to; only if it compiles, commits them and swaps it in.
+    fn change_locked(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
+        let mut modules = self.store.list_documents(DocKind::RegoModule)?;
+        let mut data = self.store.list_documents(DocKind::Data)?;
+        let data_bytes_before: u64 = data.iter().map(|d| d.body.len() as u64).sum();
+        for write in &writes {
+            match write {
+                DocWrite::Put {
+                    kind: DocKind::RegoModule,
+                    ..
+                }
+                | DocWrite::Delete {
+                    kind: DocKind::RegoModule,
+                    ..
+                } => write.apply_to(&mut modules),
+                _ => write.apply_to(&mut data),
+            }
+        }
+        let data_bytes: u64 = data.iter().map(|d| d.body.len() as u64).sum();
+        // A write that shrinks the data passes even over the budget (it may have been lowered).
+        if data_bytes > self.max_data_bytes && data_bytes > data_bytes_before {
+            return Err(OpaError::TooLarge(format!(
+                "the data documents would take {data_bytes} bytes together, over \
+                 rego.max_data_bytes ({}); nothing was changed",
+                self.max_data_bytes
+            )));
+        }
+        let set = self.build(&modules, &data)?;
+        let written = self.store.write_documents(writes)?;
+        if written.is_empty() {
+            return Ok(false);
+        }
+        let revision = self.store.revision()?;
+        info!(revision, modules = modules.len(), "Rego policy set loaded");
+        self.swap(set.at_revision(revision));
+        Ok(true)
+    }
+
+    fn build(
+        &self,
+        modules: &[DocumentRecord],
+        data: &[DocumentRecord],
+    ) -> Result<RegoSet, OpaError> {
+        let sources: Vec<ModuleSource> = modules
+            .iter()
+            .map(|m| ModuleSource {
+                id: m.name.clone(),
+                text: m.body.clone(),
+            })
+            .collect();
+        let tree = data_tree::tree(data)?;
+        Ok(RegoSet::build(&sources, tree, 0, self.settings)?)
+    }
+
+    fn swap(&self, set: RegoSet) {
+        self.metrics.rego_modules.set(set.module_count() as i64);
+        self.engine.replace(set);
+    }
+}

@@ -1,0 +1,230 @@
+//! The one way policies change: validate, write to the store, then swap the engine's policy set.
+
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::{PolicyChange, PolicyRecord};
+use tracing::{info, warn};
+
+use agent_engine::{Engine, EngineMetrics};
+use agent_store::{PolicyFields, Store, StoreError};
+
+use crate::{Definition, NewPolicy, PolicyError, PolicyPatch, validate_name};
+
+/// What importing a policy file entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Policy reads and writes for the API and the importer, keeping the engine in step with the store.
+pub struct PolicyService {
+    store: Arc<Store>,
+    engine: Arc<Engine>,
+    /// The engine's: the service keeps the set's sizes in them.
+    metrics: EngineMetrics,
+    /// Serializes write + engine swap, so the engine never goes back to an older policy set.
+    write_lock: Mutex<()>,
+}
+
+impl PolicyService {
+    /// Builds the service and loads the engine from what the store holds.
+    pub fn new(store: Arc<Store>, engine: Arc<Engine>) -> Result<PolicyService, PolicyError> {
+        let service = PolicyService {
+            store,
+            metrics: engine.metrics().clone(),
+            engine,
+            write_lock: Mutex::new(()),
+        };
+        service.reload()?;
+        Ok(service)
+    }
+
+    pub fn create(&self, new: NewPolicy) -> Result<PolicyRecord, PolicyError> {
+        let fields = validated(
+            new.name,
+            new.description,
+            &new.definition,
+            new.active,
+            new.priority,
+        )?;
+        self.write(|store| Ok(store.create(fields)?), |r| Some((r, false)))
+    }
+
+    /// Applies a partial update; fields not given keep their stored values.
+    pub fn update(&self, id: u64, patch: PolicyPatch) -> Result<PolicyRecord, PolicyError> {
+        self.write(
+            |store| {
+                let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
+                let mut definition =
+                    Definition::from_json(&current.definition_json).map_err(|err| {
+                        PolicyError::invalid(
+                            "definition",
+                            format!("stored definition is unreadable: {err}"),
+                        )
+                    })?;
+                if let Some(def_patch) = patch.definition {
+                    definition.apply(def_patch);
+                }
+                let fields = validated(
+                    patch.name.unwrap_or(current.name),
+                    patch.description.unwrap_or(current.description),
+                    &definition,
+                    patch.active.unwrap_or(current.active),
+                    patch.priority.unwrap_or(current.priority),
+                )?;
+                // Under the write lock no other local writer can slip in between read and write.
+                Ok(store.update(id, current.version, fields)?)
+            },
+            |r| Some((r, false)),
+        )
+    }
+
+    pub fn delete(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
+        self.write(|store| Ok(store.delete(id)?), |r| Some((r, true)))
+    }
+
+    pub fn get(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
+        self.store.get(id)?.ok_or(PolicyError::NotFound { id })
+    }
+
+    /// Policies, highest priority first (ties by id, oldest first).
+    pub fn list(&self, active_only: bool) -> Result<Vec<PolicyRecord>, PolicyError> {
+        let mut all = self.store.list()?;
+        all.retain(|p| p.active || !active_only);
+        all.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    pub fn history(&self, id: u64) -> Result<Vec<PolicyChange>, PolicyError> {
+        let history = self.store.history(id)?;
+        if history.is_empty() {
+            return Err(PolicyError::NotFound { id });
+        }
+        Ok(history)
+    }
+
+    /// Active policies the engine evaluates now.
+    pub fn active_count(&self) -> usize {
+        self.engine.current().len()
+    }
+
+    pub fn revision(&self) -> Result<u64, PolicyError> {
+        Ok(self.store.revision()?)
+    }
+
+    /// Creates the policy, or brings the stored policy of the same name to it; unchanged if equal.
+    pub fn import(&self, new: NewPolicy) -> Result<(ImportOutcome, PolicyRecord), PolicyError> {
+        let fields = validated(
+            new.name,
+            new.description,
+            &new.definition,
+            new.active,
+            new.priority,
+        )?;
+        self.write(
+            |store| {
+                let Some(current) = store.get_by_name(&fields.name)? else {
+                    return Ok((ImportOutcome::Created, store.create(fields)?));
+                };
+                let unchanged = current.description == fields.description
+                    && current.active == fields.active
+                    && current.priority == fields.priority
+                    && Definition::from_json(&current.definition_json)
+                        .ok()
+                        .as_ref()
+                        == Some(&new.definition);
+                if unchanged {
+                    return Ok((ImportOutcome::Unchanged, current));
+                }
+                Ok((
+                    ImportOutcome::Updated,
+                    store.update(current.id, current.version, fields)?,
+                ))
+            },
+            |(outcome, record)| (*outcome != ImportOutcome::Unchanged).then_some((record, false)),
+        )
+    }
+
+    /// Runs `change` on the store, then swaps in the engine's set with the policy `changed` names
+    /// (the record written, and whether it was deleted) recompiled: O(changed policy).
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&Store) -> Result<T, PolicyError>,
+        changed: impl FnOnce(&T) -> Option<(&PolicyRecord, bool)>,
+    ) -> Result<T, PolicyError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let out = change(&self.store)?;
+        if let Some((record, deleted)) = changed(&out) {
+            let revision = self.store.revision()?;
+            match self
+                .engine
+                .current()
+                .with_change(record, deleted, revision, &self.metrics)
+            {
+                Ok(set) => {
+                    self.metrics.policies_active.set(set.len() as i64);
+                    self.engine.replace(set);
+                }
+                // Validated before it was stored, so this build compiles it; if not, start over.
+                Err(err) => {
+                    warn!(policy_id = record.id, error = %err, "changed policy does not compile; reloading all");
+                    self.reload_locked()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recompiles the active policies and swaps them into the engine (also after the mesh merged
+    /// changes from peers into the store).
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.reload_locked()
+    }
+
+    /// [`reload`](Self::reload), under the write lock already taken: a set built from an older
+    /// snapshot never replaces a newer one.
+    fn reload_locked(&self) -> Result<(), PolicyError> {
+        let records = self.store.list()?;
+        let revision = self.store.revision()?;
+        let (set, invalid) = self
+            .engine
+            .current()
+            .rebuild(records, revision, &self.metrics);
+        for (record, err) in &invalid {
+            // Possible only for data written by another build: this one validates before storing.
+            warn!(policy_id = record.id, policy_name = %record.name, error = %err, "stored policy does not compile; not evaluated");
+        }
+        self.metrics.policies_active.set(set.len() as i64);
+        self.metrics.policies_invalid.set(invalid.len() as i64);
+        info!(revision, active = set.len(), "policy set loaded");
+        self.engine.replace(set);
+        Ok(())
+    }
+}
+
+fn validated(
+    name: String,
+    description: String,
+    definition: &Definition,
+    active: bool,
+    priority: i64,
+) -> Result<PolicyFields, PolicyError> {
+    validate_name(&name)?;
+    definition.validate()?;
+    Ok(PolicyFields {
+        name,
+        description,
+        definition_json: definition.to_json(),
+        active,
+        priority,
+    })
+}
