@@ -65,7 +65,7 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// Checks the values: each must be at least 1; `(key, message)` of the first that is not.
+    /// Checks the values: each must be at least 1; the first that is not is the `InvalidSetting`.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let positive = [
             ("http.max_connections", self.max_connections as u64),

@@ -15,22 +15,19 @@ pub enum MeshError {
     NoTlsDir,
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("the certificate in {dir} for this node: {source}")]
-    OwnCertificate {
-        dir: String,
-        #[source]
-        source: IdentityError,
-    },
+    // The cause is in the message and not a `source`: the daemon prints the chain, and the old
+    // (anyhow) messages showed it once.
+    #[error("the certificate in {dir} for this node: {cause}")]
+    OwnCertificate { dir: String, cause: IdentityError },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen for gossip on {addr}/UDP: {source}")]
+    #[error("cannot listen for gossip on {addr}/UDP: {cause}")]
     Listen {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot run the QUIC endpoint: {0}")]
-    Endpoint(#[source] std::io::Error),
+    Endpoint(std::io::Error),
     #[error("cannot start gossip: {0}")]
     Gossip(String),
     #[error(transparent)]

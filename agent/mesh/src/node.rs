@@ -78,9 +78,9 @@ impl Mesh {
         let verifier = Arc::new(Verifier::new(&files.ca)?);
         verifier
             .check_node_cert(&node_id, &files.cert)
-            .map_err(|source| MeshError::OwnCertificate {
+            .map_err(|cause| MeshError::OwnCertificate {
                 dir: tls_dir.display().to_string(),
-                source,
+                cause,
             })?;
         let signer = Arc::new(Signer::new(&node_id, &files)?);
         store.set_signer(Arc::clone(&signer));
@@ -106,9 +106,9 @@ impl Mesh {
             stale.store(true, Ordering::Release);
         }
 
-        let listen_err = |source| MeshError::Listen {
+        let listen_err = |cause| MeshError::Listen {
             addr: config.gossip_listen,
-            source,
+            cause,
         };
         let socket = UdpSocket::bind(config.gossip_listen).map_err(listen_err)?;
         socket.set_nonblocking(true).map_err(listen_err)?;

@@ -7,7 +7,7 @@ use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord, ReplicaItem,
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::schema::{DOCUMENT_HISTORY, DOCUMENTS};
-use super::tables::{self, decode_document};
+use super::tables::{self, Origin, decode_document};
 use super::{DbContext, Now, Store, StoreError, tick_clock};
 
 /// One document change of a batch.
@@ -168,7 +168,7 @@ fn apply(
         (None, None) => return Err(StoreError::DocumentNotFound { key }),
     };
     let deleted = matches!(op, ChangeOp::Delete);
-    tables::write_document(txn, &record, current.is_some(), deleted)?;
+    tables::write_document(txn, &record, current.is_some(), deleted, Origin::Local)?;
     Ok(Some((record, deleted)))
 }
 

@@ -30,7 +30,7 @@ use schema::{
     META, META_CLOCK_LOGICAL, META_CLOCK_WALL, META_LAST_ID, META_REVISION, POLICIES,
     POLICY_HISTORY, POLICY_NAMES,
 };
-use tables::decode_policy;
+use tables::{Origin, decode_policy};
 
 pub use documents::DocWrite;
 pub use ids::MAX_ID;
@@ -163,7 +163,7 @@ impl Store {
                 stamp: tick_clock(txn, now.ms)?,
                 author: self.node_id.clone(),
             };
-            tables::write_policy(txn, None, &record, false)?;
+            tables::write_policy(txn, None, &record, false, Origin::Local)?;
             replica::record_local(
                 txn,
                 ReplicaItem::Policy(record.clone()),
@@ -203,7 +203,7 @@ impl Store {
                 author: self.node_id.clone(),
                 ..current.clone()
             };
-            tables::write_policy(txn, Some(&current), &record, false)?;
+            tables::write_policy(txn, Some(&current), &record, false, Origin::Local)?;
             replica::record_local(
                 txn,
                 ReplicaItem::Policy(record.clone()),
@@ -227,7 +227,7 @@ impl Store {
             };
             // Another policy may hold the same name (concurrent creates on two nodes): the
             // writer points the name at it.
-            tables::write_policy(txn, Some(&current), &tombstone, true)?;
+            tables::write_policy(txn, Some(&current), &tombstone, true, Origin::Local)?;
             replica::record_local(
                 txn,
                 ReplicaItem::Policy(tombstone.clone()),

@@ -18,7 +18,7 @@ use ring::digest::{Context, SHA256};
 use tracing::warn;
 
 use super::schema::{DOCUMENTS, META, POLICIES};
-use super::tables::{self, decode_document, decode_policy};
+use super::tables::{self, Origin, decode_document, decode_policy};
 use super::{DbContext, Store, StoreError, merge_clock, meta_u64};
 use agent_identity::Signer;
 
@@ -512,7 +512,7 @@ fn apply_policy(
     deleted: bool,
 ) -> Result<(), StoreError> {
     let current = tables::current_policy(txn, incoming.id)?;
-    tables::write_policy(txn, current.as_ref(), incoming, deleted)
+    tables::write_policy(txn, current.as_ref(), incoming, deleted, Origin::Merged)
 }
 
 /// Writes a merged document version (or its delete) through the table writer local writes use.
@@ -522,6 +522,6 @@ fn apply_document(
     deleted: bool,
 ) -> Result<(), StoreError> {
     let key = incoming.kind.key(&incoming.name);
-    let existed = tables::current_document(txn, &key)?.is_some();
-    tables::write_document(txn, incoming, existed, deleted).map(|_| ())
+    let existed = tables::document_exists(txn, &key)?;
+    tables::write_document(txn, incoming, existed, deleted, Origin::Merged).map(|_| ())
 }

@@ -1,7 +1,10 @@
 //! The table writer: how one version of a policy or a document (or its delete) enters the tables,
 //! the name index and the history. Both write paths use it: a local write (`Store::create`, ...,
 //! `Store::write_documents`), which makes the version, and a merge (`Store::merge_remote`), which
-//! receives it, so a version lands the same way wherever it was made.
+//! receives it, so a version lands the same way wherever it was made. The one difference is in the
+//! history: a version made here is recorded under its number; a merged one is recorded only if
+//! the number is free, since concurrent edits on two nodes can give two versions one number and
+//! the history keeps the first one seen.
 
 use mesh_proto::{
     ChangeOp, DocumentChange, DocumentRecord, PolicyChange, PolicyRecord, decode, encode,
@@ -23,6 +26,12 @@ pub(crate) fn current_policy(
     bytes.map(|b| decode_policy(b.value())).transpose()
 }
 
+/// Whether the table holds a document under `key` (without decoding it).
+pub(crate) fn document_exists(txn: &WriteTransaction, key: &str) -> Result<bool, StoreError> {
+    let table = txn.open_table(DOCUMENTS).ctx("open documents")?;
+    Ok(table.get(key).ctx("read document")?.is_some())
+}
+
 /// The document the table holds under `key`.
 pub(crate) fn current_document(
     txn: &WriteTransaction,
@@ -33,6 +42,15 @@ pub(crate) fn current_document(
     bytes.map(|b| decode_document(b.value())).transpose()
 }
 
+/// Where a version comes from, which decides how its history entry is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Made by this node: recorded under its number.
+    Local,
+    /// Merged from a peer: recorded only if no entry holds its number yet.
+    Merged,
+}
+
 /// Writes `version` of a policy over `previous` (what the table held), or its delete: the policy
 /// table, the name index, and a history entry at the next store revision.
 pub(crate) fn write_policy(
@@ -40,6 +58,7 @@ pub(crate) fn write_policy(
     previous: Option<&PolicyRecord>,
     version: &PolicyRecord,
     deleted: bool,
+    origin: Origin,
 ) -> Result<(), StoreError> {
     {
         let mut policies = txn.open_table(POLICIES).ctx("open policies")?;
@@ -69,11 +88,11 @@ pub(crate) fn write_policy(
         policy: version.clone(),
     };
     let mut history = txn.open_table(POLICY_HISTORY).ctx("open policy history")?;
-    // Concurrent edits on two nodes can give two versions one number; history keeps the first.
-    if history
-        .get((version.id, version.version))
-        .ctx("read policy history")?
-        .is_none()
+    if origin == Origin::Local
+        || history
+            .get((version.id, version.version))
+            .ctx("read policy history")?
+            .is_none()
     {
         history
             .insert((version.id, version.version), encode(&change).as_slice())
@@ -89,6 +108,7 @@ pub(crate) fn write_document(
     version: &DocumentRecord,
     existed: bool,
     deleted: bool,
+    origin: Origin,
 ) -> Result<ChangeOp, StoreError> {
     let key = version.kind.key(&version.name);
     {
@@ -110,10 +130,11 @@ pub(crate) fn write_document(
     let mut history = txn
         .open_table(DOCUMENT_HISTORY)
         .ctx("open document history")?;
-    if history
-        .get((key.as_str(), version.version))
-        .ctx("read document history")?
-        .is_none()
+    if origin == Origin::Local
+        || history
+            .get((key.as_str(), version.version))
+            .ctx("read document history")?
+            .is_none()
     {
         history
             .insert((key.as_str(), version.version), encode(&change).as_slice())

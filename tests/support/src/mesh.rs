@@ -1,4 +1,4 @@
-//! A mesh CA for end-to-end tests, made with `mesh-agent certs` (included with `#[path]`).
+//! A mesh CA for end-to-end tests, made with `mesh-agent certs` (a module of the test-support crate).
 
 use std::path::Path;
 use std::process::Command;

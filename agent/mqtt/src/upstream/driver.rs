@@ -13,8 +13,6 @@ use tracing::{debug, warn};
 use crate::config::UpstreamConfig;
 use crate::connector::{Backoff, Connector};
 
-pub use breaker::Breaker;
-
 use super::*;
 
 pub(super) struct Driver {

@@ -12,8 +12,6 @@ use tracing::{error, info, warn};
 use agent_decision::audit::AuditLog;
 use agent_decision::outbox::Outbox;
 
-pub use breaker::Breaker;
-
 use super::*;
 
 pub(super) struct Publisher {
