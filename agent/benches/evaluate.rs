@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_app::metrics::Metrics;
 use agent_decision::Decider;
 use agent_decision::audit::{AuditConfig, AuditLog};
 use agent_engine::rego::{RegoEngine, RegoSettings};
@@ -12,7 +13,6 @@ use agent_engine::{Engine, Incident};
 use agent_policy::{NewPolicy, PolicyService};
 use agent_store::Store;
 use criterion::{Criterion, criterion_group, criterion_main};
-use mesh_agent::metrics::Metrics;
 use serde_json::json;
 
 /// 100 rules shaped like the seed's four, over 25 incident types.

@@ -22,8 +22,8 @@ use agent_policy::opa::{Evaluator, RegoService};
 use agent_policy::{PolicyService, files};
 use agent_store::Store;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
+use agent_app::config::Config;
+use agent_app::metrics::Metrics;
 
 /// The data file's name inside `data_dir`.
 pub const DATA_FILE: &str = "agent.redb";
@@ -184,14 +184,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "HTTP API listening");
 
     let http_metrics = metrics.http.clone();
-    api::serve::serve(
+    let server = agent_http::spawn(
         listener,
         api::router(state, config.max_body_bytes),
         config.http.limits(),
         http_metrics,
-        shutdown_signal(fatal.clone(), outbox.clone()),
-    )
-    .await;
+        Box::pin(shutdown_signal(fatal.clone(), outbox.clone())),
+    );
+    if let Err(err) = server.await {
+        error!(error = %err, "the HTTP server task failed");
+    }
 
     if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;

@@ -4,10 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agent_app::config::{Config, LogFormat};
+use agent_app::{policy_test, telemetry};
 use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
-use mesh_agent::config::{Config, LogFormat};
-use mesh_agent::{daemon, policy_test, telemetry};
+
+mod daemon;
 
 #[derive(Parser)]
 #[command(

@@ -15,7 +15,6 @@ mod json;
 mod mesh;
 mod opa;
 mod policies;
-pub mod serve;
 
 use std::sync::Arc;
 
@@ -30,7 +29,6 @@ use agent_policy::opa::{Evaluator, RegoService};
 use prometheus_client::registry::Registry;
 
 pub use error::ApiError;
-pub use serve::{HttpConfig, HttpLimits, HttpMetrics};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use agent_app::policy_test;
 use agent_policy::files;
-use mesh_agent::policy_test;
 
 fn policies_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
 }
 
 /// The least number of cases each case file or folder must run, so that a lost file fails.

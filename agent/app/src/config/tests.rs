@@ -109,7 +109,7 @@ fn every_key_has_an_env_var_that_works() {
         log_format: LogFormat::Json,
         max_body_bytes: 2048,
         dedup_window_sec: 11,
-        http: agent_api::HttpConfig {
+        http: agent_http::HttpConfig {
             max_connections: 12,
             header_read_timeout_ms: 13,
             idle_timeout_ms: 14,

@@ -15,10 +15,10 @@ use std::time::Duration;
 use agent_base::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
-pub use agent_api::HttpConfig;
 pub use agent_decision::audit::AuditConfig;
 pub use agent_decision::outbox::OutboxConfig;
 pub use agent_decision::summary::SummaryConfig;
+pub use agent_http::HttpConfig;
 pub use agent_mesh::MeshConfig;
 pub use agent_mqtt::{MqttConfig, UpstreamConfig};
 pub use agent_policy::opa::{FailMode, RegoConfig};

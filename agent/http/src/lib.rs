@@ -8,11 +8,13 @@
 //! `request_timeout`. At `max_connections`, a new connection evicts the connection idle the
 //! longest, so a flood of idle or half-open sockets cannot lock out a health check; only if every
 //! connection is busy is the new one refused.
+//!
+//! Architecture invariant: the server knows no route and no service; it is given a `Router`. It
+//! runs on a task of its own ([`spawn`]), so the whole connection machinery is compiled here,
+//! once, and not into whatever crate awaits it.
 
-use agent_base::InvalidSetting;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Json};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,12 +31,12 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use super::ApiError;
+use agent_base::InvalidSetting;
 
 /// The `[http]` section of the config: limits on connections and requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,14 +225,27 @@ impl Connections {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight finish
-/// (for at most [`DRAIN`]).
-pub async fn serve(
+/// What ends the server: it stops accepting when this resolves.
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Serves `router` on `listener` on a task of its own until `shutdown` resolves, then lets
+/// requests in flight finish (for at most [`DRAIN`]). The handle resolves when it has stopped.
+pub fn spawn(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     metrics: HttpMetrics,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
+) -> JoinHandle<()> {
+    tokio::spawn(serve(listener, router, limits, metrics, shutdown))
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    metrics: HttpMetrics,
+    shutdown: Shutdown,
 ) {
     let connections = Arc::new(Connections::default());
     let (stop, stopped) = watch::channel(false);
@@ -316,15 +331,15 @@ async fn connection(
                     Ok(Err(never)) => match never {},
                     Err(_) => {
                         metrics.timed_out.inc();
-                        ApiError::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "request_timeout",
-                            format!(
-                                "the request took longer than http.request_timeout_ms ({} ms)",
-                                limits.request_timeout.as_millis()
-                            ),
-                        )
-                        .into_response()
+                        // The API's error shape (`{"error": {"code", "message"}}`).
+                        let message = format!(
+                            "the request took longer than http.request_timeout_ms ({} ms)",
+                            limits.request_timeout.as_millis()
+                        );
+                        let body = serde_json::json!({
+                            "error": { "code": "request_timeout", "message": message }
+                        });
+                        (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response()
                     }
                 };
                 Ok::<_, Infallible>(response)

@@ -4,9 +4,9 @@
 
 use prometheus_client::registry::Registry;
 
-use agent_api::HttpMetrics;
 use agent_decision::{AuditMetrics, OutboxMetrics};
 use agent_engine::EngineMetrics;
+use agent_http::HttpMetrics;
 use agent_mesh::MeshMetrics;
 use agent_mqtt::UpstreamMetrics;
 use agent_policy::opa::OpaMetrics;
