@@ -130,40 +130,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.upstream.clone(),
     )?;
 
-    let mesh = match config.mesh.tls_dir.is_some() {
-        true => {
-            let policies = Arc::clone(&policies);
-            let rego = Arc::clone(&rego);
-            let on_merged: OnMerged = Arc::new(move |outcome| {
-                // Documents first: merged incident rules may name merged Rego rules.
-                if outcome.documents_changed
-                    && let Err(err) = rego.reload()
-                {
-                    error!(error = %err, "reloading Rego after a merge");
-                }
-                if outcome.policies_changed
-                    && let Err(err) = policies.reload()
-                {
-                    error!(error = %err, "reloading policies after a merge");
-                }
-            });
-            Some(Arc::new(
-                Mesh::start(
-                    &node_id,
-                    config.mesh.clone(),
-                    Arc::clone(&store),
-                    metrics.mesh.clone(),
-                    on_merged,
-                )
-                .await?,
-            ))
-        }
-        false => {
-            info!(
-                "no mesh.tls_dir: running alone (give --tls-dir with certificates from `mesh-agent certs` to join a mesh)"
-            );
-            None
-        }
+    let mesh = if config.mesh.tls_dir.is_some() {
+        let policies = Arc::clone(&policies);
+        let rego = Arc::clone(&rego);
+        let on_merged: OnMerged = Arc::new(move |outcome| {
+            // Documents first: merged incident rules may name merged Rego rules.
+            if outcome.documents_changed
+                && let Err(err) = rego.reload()
+            {
+                error!(error = %err, "reloading Rego after a merge");
+            }
+            if outcome.policies_changed
+                && let Err(err) = policies.reload()
+            {
+                error!(error = %err, "reloading policies after a merge");
+            }
+        });
+        Some(Arc::new(
+            Mesh::start(
+                &node_id,
+                config.mesh.clone(),
+                Arc::clone(&store),
+                metrics.mesh.clone(),
+                on_merged,
+            )
+            .await?,
+        ))
+    } else {
+        info!(
+            "no mesh.tls_dir: running alone (give --tls-dir with certificates from `mesh-agent certs` to join a mesh)"
+        );
+        None
     };
 
     let state = AppState {
