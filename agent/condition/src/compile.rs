@@ -12,6 +12,7 @@ use super::eval;
 use super::parser::Parsed;
 use super::tree::{CmpOp, Expr, Literal, Method, Operand, Path, Segment};
 use super::{ConditionError, MAX_REGEXES, missing_bit};
+use crate::Fact;
 
 /// Upper bound on a compiled regex, so that a pathological pattern fails to compile instead of
 /// taking the memory and time of the policy store. Far above anything a condition needs.
@@ -24,6 +25,11 @@ pub(crate) struct Program {
     pub root: Node,
     /// Display name of each distinct path, by index (the index gives the missing bit).
     pub names: Box<[Box<str>]>,
+    /// The text of each test (a comparison, `in`, a string test or a bare operand), by the
+    /// index its fields carry: what `explain` reports.
+    pub clauses: Box<[Box<str>]>,
+    /// Whether any field is a mesh or history fact.
+    pub uses_facts: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,15 +76,21 @@ pub(crate) struct Field {
     pub steps: Box<[Step]>,
     /// This path's bit in [`super::Outcome`]'s missing set.
     pub bit: u64,
+    /// Index of its display name in [`Program::names`].
+    pub index: u32,
+    /// Index of the test it is read in, in [`Program::clauses`].
+    pub clause: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Root {
     Id,
     Type,
     Severity,
     Timestamp,
     Context,
+    /// A mesh or history fact, answered by the evaluator's [`crate::Facts`].
+    Fact(Box<Fact>),
 }
 
 #[derive(Debug, Clone)]
@@ -114,12 +126,20 @@ pub(crate) fn compile(source: &str, parsed: Parsed) -> Result<Program, Condition
         regexes: 0,
         names: Vec::new(),
         index_of: HashMap::new(),
+        clauses: Vec::new(),
+        uses_facts: false,
     };
     let root = compiler.expr(&parsed.expr)?;
     Ok(Program {
         root,
         names: compiler
             .names
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect(),
+        uses_facts: compiler.uses_facts,
+        clauses: compiler
+            .clauses
             .into_iter()
             .map(String::into_boxed_str)
             .collect(),
@@ -142,10 +162,16 @@ struct Compiler<'a> {
     regexes: usize,
     names: Vec<String>,
     index_of: HashMap<String, usize>,
+    clauses: Vec<String>,
+    uses_facts: bool,
 }
 
 impl Compiler<'_> {
     fn expr(&mut self, expr: &Expr) -> Result<Node, ConditionError> {
+        if !matches!(expr, Expr::Or(_) | Expr::And(_) | Expr::Not(_)) {
+            // A test: the fields compiled below belong to it.
+            self.clauses.push(expr.to_string());
+        }
         Ok(match expr {
             Expr::Or(items) => self.chain(items, false, Node::Or)?,
             Expr::And(items) => self.chain(items, true, Node::And)?,
@@ -267,6 +293,10 @@ impl Compiler<'_> {
             }
         };
         let (root, steps) = match path {
+            Path::Fact(fact) => {
+                self.uses_facts = true;
+                (Root::Fact(Box::new(fact.clone())), Box::default())
+            }
             Path::Id => (Root::Id, Box::default()),
             Path::Type => (Root::Type, Box::default()),
             Path::Severity => (Root::Severity, Box::default()),
@@ -286,6 +316,8 @@ impl Compiler<'_> {
             root,
             steps,
             bit: missing_bit(index),
+            index: index as u32,
+            clause: self.clauses.len().saturating_sub(1) as u32,
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::compile::{Field, Lit, Node, Root, Step, StrTest};
 use super::tree::CmpOp;
-use crate::Incident;
+use crate::{Facts, Incident};
 
 /// A borrowed value: an incident field, a JSON value in its context, or a literal.
 #[derive(Debug, Clone, Copy)]
@@ -22,19 +22,36 @@ pub(crate) enum View<'a> {
     Object(&'a Map<String, Value>),
 }
 
+/// What a program reads: the incident and the facts beside it.
+#[derive(Clone, Copy)]
+pub(crate) struct Input<'a> {
+    pub incident: &'a Incident,
+    pub facts: &'a dyn Facts,
+}
+
 /// Evaluates `node`, or-ing into `missing` the bits of the fields it found missing.
-pub(crate) fn eval(node: &Node, incident: &Incident, missing: &mut u64) -> bool {
+pub(crate) fn eval(node: &Node, input: Input<'_>, missing: &mut u64) -> bool {
     match node {
         Node::Const(value) => *value,
-        Node::And(items) => items.iter().all(|item| eval(item, incident, missing)),
-        Node::Or(items) => items.iter().any(|item| eval(item, incident, missing)),
-        Node::Not(inner) => !eval(inner, incident, missing),
+        Node::And(items) => items.iter().all(|item| eval(item, input, missing)),
+        Node::Or(items) => items.iter().any(|item| eval(item, input, missing)),
+        Node::Not(inner) => !eval(inner, input, missing),
+        leaf => test(leaf, input, missing),
+    }
+}
+
+/// Evaluates a test: a node with no boolean operator above its fields.
+#[inline]
+pub(crate) fn test(node: &Node, input: Input<'_>, missing: &mut u64) -> bool {
+    match node {
+        Node::Const(value) => *value,
+        Node::And(_) | Node::Or(_) | Node::Not(_) => eval(node, input, missing),
         Node::CmpLit { field, op, lit } => {
-            read(field, incident, missing).is_some_and(|value| compare(value, *op, lit_view(lit)))
+            read(field, input, missing).is_some_and(|value| compare(value, *op, lit_view(lit)))
         }
         Node::CmpFields { lhs, op, rhs } => {
             // Both are read (not short-circuited) so that both are reported when missing.
-            match (read(lhs, incident, missing), read(rhs, incident, missing)) {
+            match (read(lhs, input, missing), read(rhs, input, missing)) {
                 (Some(lhs), Some(rhs)) => compare(lhs, *op, rhs),
                 _ => false,
             }
@@ -43,26 +60,28 @@ pub(crate) fn eval(node: &Node, incident: &Incident, missing: &mut u64) -> bool 
             field,
             list,
             negated,
-        } => read(field, incident, missing).is_some_and(|value| in_list(value, list) != *negated),
-        Node::Truthy(field) => read(field, incident, missing).is_some_and(truthy),
+        } => read(field, input, missing).is_some_and(|value| in_list(value, list) != *negated),
+        Node::Truthy(field) => read(field, input, missing).is_some_and(truthy),
         Node::Method { field, test } => {
-            read(field, incident, missing).is_some_and(|value| string_test(value, test))
+            read(field, input, missing).is_some_and(|value| string_test(value, test))
         }
     }
 }
 
 /// Reads a field, flagging it in `missing` when it is not there.
 #[inline]
-fn read<'a>(field: &Field, incident: &'a Incident, missing: &mut u64) -> Option<View<'a>> {
-    let value = resolve(field, incident);
+pub(crate) fn read<'a>(field: &'a Field, input: Input<'a>, missing: &mut u64) -> Option<View<'a>> {
+    let value = resolve(field, input);
     if value.is_none() {
         *missing |= field.bit;
     }
     value
 }
 
-fn resolve<'a>(field: &Field, incident: &'a Incident) -> Option<View<'a>> {
-    let (first, rest) = match field.root {
+fn resolve<'a>(field: &'a Field, input: Input<'a>) -> Option<View<'a>> {
+    let incident = input.incident;
+    let (first, rest) = match &field.root {
+        Root::Fact(fact) => return input.facts.fact(fact.query()).map(View::Num),
         // The parser only gives `context` steps.
         Root::Id => return Some(View::Str(&incident.id)),
         Root::Type => return Some(View::Str(&incident.kind)),

@@ -60,6 +60,8 @@
 
 mod compile;
 mod eval;
+mod explain;
+mod facts;
 mod incident;
 mod lexer;
 mod parser;
@@ -68,6 +70,8 @@ mod tree;
 
 use std::fmt;
 
+pub use explain::{Clause, Explanation, FieldValue};
+pub use facts::{Fact, FactQuery, Facts, MAX_WINDOW_MS, NoFacts, Window};
 pub use incident::Incident;
 pub use parser::parse;
 pub use tree::{CmpOp, Expr, Literal, Method, Operand, Path, Segment};
@@ -113,11 +117,32 @@ impl Condition {
         &self.source
     }
 
-    /// Evaluates the condition against `incident`. Allocates nothing.
+    /// Evaluates the condition against `incident`, with no mesh or history facts (they are all
+    /// missing). Allocates nothing.
+    #[inline]
     pub fn eval(&self, incident: &Incident) -> Outcome {
+        self.eval_with(incident, &NoFacts)
+    }
+
+    /// Evaluates the condition against `incident`, reading mesh and history facts from `facts`.
+    /// Allocates nothing (as long as `facts` does not).
+    #[inline]
+    pub fn eval_with(&self, incident: &Incident, facts: &dyn Facts) -> Outcome {
         let mut missing = 0u64;
-        let matched = eval::eval(&self.program.root, incident, &mut missing);
+        let input = eval::Input { incident, facts };
+        let matched = eval::eval(&self.program.root, input, &mut missing);
         Outcome { matched, missing }
+    }
+
+    /// Evaluates like [`eval_with`](Self::eval_with) and says why: every test that ran, in order,
+    /// with the value of each field and fact it read, and the test that decided the verdict.
+    pub fn explain(&self, incident: &Incident, facts: &dyn Facts) -> Explanation {
+        explain::explain(&self.program, eval::Input { incident, facts })
+    }
+
+    /// Whether the condition reads any mesh or history fact.
+    pub fn uses_facts(&self) -> bool {
+        self.program.uses_facts
     }
 
     /// The display names (as written in the source, e.g. "incident.context.load_avg") of the fields

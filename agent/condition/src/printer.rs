@@ -115,6 +115,7 @@ impl fmt::Display for Path {
                 }
                 Ok(())
             }
+            Path::Fact(fact) => write!(f, "{fact}"),
         }
     }
 }

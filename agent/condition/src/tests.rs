@@ -486,7 +486,7 @@ fn precedence_and_synonyms() {
     ));
     assert_eq!(
         parse("not a_is_not_allowed").unwrap_err().message,
-        "unknown name `a_is_not_allowed`: a field starts with `incident.` (e.g. `incident.type`), and a string \
+        "unknown name `a_is_not_allowed`: a field starts with `incident.` (e.g. `incident.type`), a fact with `mesh.` or `history.`, and a string \
          needs quotes ('a_is_not_allowed')"
     );
     assert_eq!(
@@ -586,12 +586,12 @@ fn error_messages_and_columns() {
         (
             "incident.type == memory_leak",
             18,
-            "unknown name `memory_leak`: a field starts with `incident.` (e.g. `incident.type`), and a string needs quotes ('memory_leak')",
+            "unknown name `memory_leak`: a field starts with `incident.` (e.g. `incident.type`), a fact with `mesh.` or `history.`, and a string needs quotes ('memory_leak')",
         ),
         (
             "foo.bar == 1",
             1,
-            "unknown name `foo`: a field starts with `incident.` (e.g. `incident.type`), and a string needs quotes ('foo')",
+            "unknown name `foo`: a field starts with `incident.` (e.g. `incident.type`), a fact with `mesh.` or `history.`, and a string needs quotes ('foo')",
         ),
         (
             "incident == 1",
@@ -884,4 +884,171 @@ fn condition_is_send_sync_and_debug() {
     assert_send_sync::<Condition>();
     let condition = Condition::compile(MEMORY_LEAK).unwrap();
     assert!(format!("{condition:?}").contains("memory_leak"));
+}
+
+mod facts {
+    use super::super::*;
+    use serde_json::Map;
+
+    /// Facts as a table, counting the calls (so a test sees what was asked).
+    struct Table;
+
+    impl Facts for Table {
+        fn fact(&self, query: FactQuery<'_>) -> Option<f64> {
+            match query {
+                FactQuery::NodesAlive => Some(5.0),
+                FactQuery::NodesWith("cpu_spike") => Some(2.0),
+                FactQuery::NodesWith(_) => Some(0.0),
+                FactQuery::FractionWith("cpu_spike") => Some(0.4),
+                FactQuery::FractionWith(_) => Some(0.0),
+                FactQuery::MaxSeverity("cpu_spike") => Some(7.0),
+                FactQuery::MaxSeverity(_) => None,
+                FactQuery::HistoryCount {
+                    kind: "memory_leak",
+                    window_ms: 600_000,
+                } => Some(3.0),
+                FactQuery::HistoryCount { .. } => Some(0.0),
+                FactQuery::LastMatched(_) => None,
+            }
+        }
+    }
+
+    fn incident(kind: &str) -> Incident {
+        Incident {
+            id: "e1".into(),
+            kind: kind.into(),
+            severity: 5.0,
+            timestamp: None,
+            context: Map::new(),
+        }
+    }
+
+    fn holds(source: &str) -> bool {
+        Condition::compile(source)
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+            .eval_with(&incident("cpu_spike"), &Table)
+            .matched
+    }
+
+    #[test]
+    fn mesh_and_history_facts_are_read_from_the_evaluator() {
+        assert!(holds("mesh.nodes_alive == 5"));
+        assert!(holds("mesh.fraction_with('cpu_spike') >= 0.3"));
+        assert!(!holds("mesh.fraction_with('packet_loss') >= 0.3"));
+        assert!(holds(
+            "mesh.nodes_with('cpu_spike') == 2 and mesh.max_severity('cpu_spike') > 6"
+        ));
+        assert!(holds("history.count('memory_leak', '10m') >= 3"));
+        assert!(!holds("history.count('memory_leak', '1h') >= 3"));
+        // A fact with no value is missing: its comparisons are false, and it is reported.
+        let condition = Condition::compile("history.last_matched('scale out') < 60").unwrap();
+        let outcome = condition.eval_with(&incident("cpu_spike"), &Table);
+        assert!(!outcome.matched);
+        assert_eq!(
+            condition.missing_fields(outcome).collect::<Vec<_>>(),
+            ["history.last_matched('scale out')"]
+        );
+        // Without facts, every fact is missing.
+        assert!(
+            !Condition::compile("mesh.nodes_alive >= 1")
+                .unwrap()
+                .eval(&incident("x"))
+                .matched
+        );
+        assert!(
+            Condition::compile("mesh.nodes_alive >= 1")
+                .unwrap()
+                .uses_facts()
+        );
+        assert!(
+            !Condition::compile("incident.severity >= 1")
+                .unwrap()
+                .uses_facts()
+        );
+    }
+
+    #[test]
+    fn facts_print_back_to_what_parses() {
+        for source in [
+            "mesh.nodes_alive >= 3",
+            "mesh.nodes_with('cpu_spike') == 1",
+            "mesh.fraction_with('a\\'b') > 0.5",
+            "mesh.max_severity('x') >= 7",
+            "history.count('memory_leak', '10m') >= 3",
+            "history.last_matched('p q') < 600",
+        ] {
+            let tree = parse(source).unwrap();
+            assert_eq!(parse(&tree.to_string()).unwrap(), tree, "{source}");
+        }
+    }
+
+    #[test]
+    fn bad_facts_say_what_is_wrong_and_where() {
+        let error = |source: &str| Condition::compile(source).unwrap_err();
+        for (source, column, text) in [
+            ("mesh.nodes('x') > 1", 6, "unknown fact `mesh.nodes`"),
+            ("mesh > 1", 1, "`mesh` is not a value by itself"),
+            (
+                "mesh.nodes_with() > 1",
+                17,
+                "`mesh.nodes_with(..)` to take one string argument",
+            ),
+            ("mesh.nodes_with(1) > 1", 17, "to take one string argument"),
+            (
+                "mesh.nodes_with('a', 'b') > 1",
+                20,
+                "takes exactly one string argument",
+            ),
+            ("mesh.nodes_alive() > 1", 17, "takes no arguments"),
+            (
+                "history.count('x') > 1",
+                18,
+                "takes exactly 2 string arguments",
+            ),
+            ("history.count('x', '10') > 1", 20, "has no unit"),
+            ("history.count('x', '10w') > 1", 20, "unknown unit 'w'"),
+            ("history.count('x', '0s') > 1", 20, "longer than 0"),
+            ("history.count('x', '400d') > 1", 20, "at most 31 days"),
+            ("mesh.nodes_alive.x > 1", 17, "is a number"),
+            ("history.first('x') > 1", 9, "history has count"),
+        ] {
+            let e = error(source);
+            assert!(
+                e.column == column && e.message.contains(text),
+                "{source}: got column {}: {}",
+                e.column,
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn explain_names_the_clause_that_decided_and_the_values_read() {
+        let condition = Condition::compile(
+            "incident.type == 'cpu_spike' and mesh.fraction_with('cpu_spike') >= 0.5 and incident.context.load > 1",
+        )
+        .unwrap();
+        let explanation = condition.explain(&incident("cpu_spike"), &Table);
+        assert!(!explanation.matched);
+        assert_eq!(
+            explanation.decided_by.as_deref(),
+            Some("mesh.fraction_with('cpu_spike') >= 0.5")
+        );
+        // The third test never ran (the `and` stopped), so its field is not missing.
+        assert_eq!(explanation.clauses.len(), 2);
+        assert!(explanation.clauses[0].result);
+        let fact = &explanation.clauses[1].values[0];
+        assert_eq!(fact.name, "mesh.fraction_with('cpu_spike')");
+        assert_eq!(fact.value, Some(serde_json::json!(0.4)));
+        assert!(fact.fact);
+        assert!(explanation.missing.is_empty());
+
+        let missing = Condition::compile("incident.context.load > 1 or incident.severity > 4")
+            .unwrap()
+            .explain(&incident("cpu_spike"), &Table);
+        assert!(missing.matched);
+        assert_eq!(missing.decided_by.as_deref(), Some("incident.severity > 4"));
+        assert_eq!(missing.missing, ["incident.context.load"]);
+        assert_eq!(missing.clauses[0].values[0].value, None);
+    }
 }

@@ -41,7 +41,8 @@ pub enum Operand {
     Literal(Literal),
 }
 
-/// A field of the incident. Only `context` has fields below it.
+/// A field of the incident, or a fact about the mesh or this node's history. Only `context` has
+/// fields below it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Path {
     Id,
@@ -49,6 +50,7 @@ pub enum Path {
     Severity,
     Timestamp,
     Context(Vec<Segment>),
+    Fact(crate::Fact),
 }
 
 /// One step below `incident.context`.
