@@ -71,6 +71,6 @@ fuzz_target!(|payload: &[u8]| {
 
     let outcome = CONDITION.eval(&incident);
     let _ = CONDITION.missing_fields(outcome).count();
-    let _ = rego_input(&incident);
+    let _ = rego_input(&incident, &agent_engine::NoFacts);
     let _ = agent_decision::action_id("edge-1", &incident.id, 1, 1);
 });

@@ -47,6 +47,53 @@ pub struct Definition {
     /// How long the action stays reversible.
     #[serde(default)]
     pub reversibility_sec: u64,
+    /// Who acts on a match: every matching node (`node`, the default), or one node for the whole
+    /// mesh (`mesh`).
+    #[serde(default, skip_serializing_if = "Scope::is_node")]
+    pub scope: Scope,
+    /// For a mesh-scoped rule: act only while this node sees a majority of the mesh alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Quorum>,
+    /// After the action fires for an incident key, further firings for that key within this many
+    /// seconds are suppressed (audited as such). Default: `reversibility_sec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_sec: Option<u64>,
+    /// At most `max` firings of this action per incident key in any `per_sec` seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Who acts when a rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every node that matches acts.
+    #[default]
+    Node,
+    /// One alive node acts for the whole mesh, chosen by rendezvous hashing.
+    Mesh,
+}
+
+impl Scope {
+    fn is_node(&self) -> bool {
+        *self == Scope::Node
+    }
+}
+
+/// When a mesh-scoped rule may act during a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    /// Only while more than half of the last known membership is seen alive.
+    Majority,
+}
+
+/// A limit on how often an action fires for one incident key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub max: u32,
+    pub per_sec: u64,
 }
 
 /// A partial definition: the keys given replace the stored ones.
@@ -58,6 +105,10 @@ pub struct DefinitionPatch {
     pub action: Option<String>,
     pub modifiers: Option<Map<String, Value>>,
     pub reversibility_sec: Option<u64>,
+    pub scope: Option<Scope>,
+    pub quorum: Option<Quorum>,
+    pub cooldown_sec: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Definition {
@@ -68,6 +119,20 @@ impl Definition {
             return Err(DefinitionError::new(
                 "definition.action",
                 "must not be empty",
+            ));
+        }
+        if self.quorum.is_some() && self.scope != Scope::Mesh {
+            return Err(DefinitionError::new(
+                "definition.quorum",
+                "only a rule with \"scope\": \"mesh\" has a quorum",
+            ));
+        }
+        if let Some(limit) = self.rate_limit
+            && (limit.max == 0 || limit.per_sec == 0)
+        {
+            return Err(DefinitionError::new(
+                "definition.rate_limit",
+                "`max` and `per_sec` must both be at least 1",
             ));
         }
         match (&self.condition, &self.rego) {
@@ -118,6 +183,18 @@ impl Definition {
         }
         if let Some(reversibility_sec) = patch.reversibility_sec {
             self.reversibility_sec = reversibility_sec;
+        }
+        if let Some(scope) = patch.scope {
+            self.scope = scope;
+        }
+        if patch.quorum.is_some() {
+            self.quorum = patch.quorum;
+        }
+        if patch.cooldown_sec.is_some() {
+            self.cooldown_sec = patch.cooldown_sec;
+        }
+        if patch.rate_limit.is_some() {
+            self.rate_limit = patch.rate_limit;
         }
     }
 

@@ -22,8 +22,10 @@ use arc_swap::ArcSwap;
 
 use crate::rego::EvalError;
 
-pub use agent_condition::{Condition, ConditionError, Incident, Outcome};
-pub use definition::{Definition, DefinitionError, DefinitionPatch};
+pub use agent_condition::{
+    Condition, ConditionError, Explanation, FactQuery, Facts, Incident, NoFacts, Outcome,
+};
+pub use definition::{Definition, DefinitionError, DefinitionPatch, Quorum, RateLimit, Scope};
 pub use matcher::{Matcher, rego_input};
 pub use metrics::EngineMetrics;
 pub use policy_set::{CompiledPolicy, PolicySet};
@@ -96,8 +98,9 @@ impl Engine {
         self.set.load_full()
     }
 
-    /// Evaluates `incident` against every active policy, highest priority first.
-    pub fn evaluate(&self, incident: &Incident) -> Evaluation {
+    /// Evaluates `incident` against every active policy, highest priority first, with the mesh
+    /// and history facts `facts` answers.
+    pub fn evaluate(&self, incident: &Incident, facts: &dyn Facts) -> Evaluation {
         let set = self.set.load_full();
         let started = Instant::now();
         let mut verdicts = Vec::with_capacity(set.len());
@@ -105,12 +108,12 @@ impl Engine {
         let mut rego_input = None;
         let mut rego = || {
             let input = rego_input
-                .get_or_insert_with(|| matcher::rego_input(incident))
+                .get_or_insert_with(|| matcher::rego_input(incident, facts))
                 .clone();
             (self.rego.current(), input)
         };
         for policy in set.policies() {
-            let (outcome, error) = match policy.matcher.eval(incident, &mut rego) {
+            let (outcome, error) = match policy.matcher.eval(incident, facts, &mut rego) {
                 Ok(outcome) => (outcome, None),
                 Err(err) => {
                     self.metrics.evaluation_errors.inc();

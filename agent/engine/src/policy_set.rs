@@ -12,7 +12,7 @@ use mesh_proto::PolicyRecord;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
 
-use crate::definition::{Definition, DefinitionError};
+use crate::definition::{Definition, DefinitionError, Quorum, RateLimit, Scope};
 use crate::matcher::Matcher;
 use crate::metrics::EngineMetrics;
 
@@ -28,6 +28,11 @@ pub struct CompiledPolicy {
     /// Serialized once here, so a response copies bytes instead of re-encoding a map.
     pub modifiers: Box<RawValue>,
     pub reversibility_sec: u64,
+    pub scope: Scope,
+    pub quorum: Option<Quorum>,
+    /// How long after a firing the same incident key is suppressed (0: never).
+    pub cooldown_ms: u64,
+    pub rate_limit: Option<RateLimit>,
     /// Which write of the policy this is: two nodes can both write a version 3 (the mesh keeps
     /// one by stamp and author), so a reload reuses a compiled policy only on the same write.
     written: (mesh_proto::Hlc, Arc<str>),
@@ -147,6 +152,13 @@ fn compile(
         action: Arc::from(definition.action.as_str()),
         modifiers,
         reversibility_sec: definition.reversibility_sec,
+        scope: definition.scope,
+        quorum: definition.quorum,
+        cooldown_ms: definition
+            .cooldown_sec
+            .unwrap_or(definition.reversibility_sec)
+            .saturating_mul(1000),
+        rate_limit: definition.rate_limit,
         written: (record.stamp, Arc::from(record.author.as_str())),
         evaluations,
         matches,
