@@ -12,12 +12,18 @@ pub mod codec;
 pub mod document;
 pub mod mesh;
 pub mod policy;
+pub mod shared;
 pub mod upstream;
 
-pub use audit::{AuditRecord, AuditRecordV1, AuditResult};
+pub use audit::{
+    ActionOutcome, AuditRecord, AuditRecordV1, AuditRecordV2, AuditResult, AuditResultV1,
+    decode_audit,
+};
 pub use clock::Hlc;
 pub use codec::{DecodeError, Record, decode, encode};
 pub use document::{DocKind, DocumentChange, DocumentRecord};
 pub use mesh::{LoggedChange, ReplicaItem, SignedChange};
 pub use policy::{ChangeOp, PolicyChange, PolicyRecord, PolicyRecordV1};
-pub use upstream::{ActionMessage, AuditSummary, IncidentView, OutboxEntry, PolicySummary};
+pub use upstream::{
+    ActionMessage, AuditSummary, IncidentView, MeshActionInfo, OutboxEntry, PolicySummary,
+};

@@ -23,6 +23,23 @@ pub struct ActionMessage {
     pub incident: IncidentView,
     /// RFC 3339, UTC.
     pub decided_at: String,
+    /// Set for the action of a mesh-scoped rule: one node acts for the whole mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshActionInfo>,
+}
+
+/// How a mesh-scoped action came to be sent by this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshActionInfo {
+    /// What the rule acts on (the incident type).
+    pub incident_key: String,
+    /// The rule's window the action belongs to (Unix milliseconds of its start).
+    pub window_start_ms: u64,
+    /// The node whose match led to the action (this node, or a peer that asked for it).
+    pub claimed_by: String,
+    /// True when this node took the action over from the node ranked before it, which failed:
+    /// the action id is the same, so the consumer sees one action.
+    pub takeover: bool,
 }
 
 /// The incident an action was decided on (its id is the monitor's, or the one assigned on arrival).

@@ -9,7 +9,7 @@
 //! it (read back in the same transaction that appends), so [`verify`] can tell a stopped agent's
 //! ring is gap-free and unaltered from its oldest kept entry to its head.
 
-use mesh_proto::{AuditRecord, decode, encode};
+use mesh_proto::{AuditRecord, decode_audit, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::schema::{AUDIT, META, META_AUDIT_BYTES};
@@ -161,7 +161,7 @@ pub fn verify(db: &impl ReadableDatabase) -> Result<Verified, StoreError> {
     for entry in table.iter().ctx("scan audit ring")? {
         let (seq, bytes) = entry.ctx("scan audit ring")?;
         let (seq, bytes) = (seq.value(), bytes.value());
-        let problem = match decode::<AuditRecord>(bytes) {
+        let problem = match decode_audit(bytes) {
             Err(err) => Some(format!("entry {seq} cannot be read: {err}")),
             Ok(record) if record.seq != seq => {
                 Some(format!("entry {seq} says it is entry {}", record.seq))
@@ -250,10 +250,11 @@ pub fn read(db: &Database, query: Query) -> Result<Page, StoreError> {
             next_before = Some(seq.value() + 1);
             break;
         }
-        let record: AuditRecord = decode(bytes.value()).map_err(|source| StoreError::Decode {
-            context: "audit entry",
-            source,
-        })?;
+        let record: AuditRecord =
+            decode_audit(bytes.value()).map_err(|source| StoreError::Decode {
+                context: "audit entry",
+                source,
+            })?;
         if query.since_us.is_some_and(|since| record.at_us < since) {
             // Entries are appended in time order: everything older follows.
             break;

@@ -50,6 +50,7 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 8 {
                 v7_to_v8(&txn)?;
             }
+            // 8 -> 9 only changes the format of new audit entries; old ones are read as they are.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.

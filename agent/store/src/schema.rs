@@ -16,11 +16,15 @@
 //!   migration re-encodes the ring, oldest first. An older build could not read the entries.
 //! - 8: adds `policy_name_holders`, so a write finds who holds a name without scanning every
 //!   policy; the migration fills it from the policies.
+//! - 9: new audit entries are format 3 (`AuditResult` says what became of a matched rule's action:
+//!   sent, deferred to another node, suppressed). Format 2 entries stay as they are (the hash
+//!   chain covers their bytes) and are read as format 3 with no outcome; nothing is rewritten. A
+//!   build of schema 8 could not read the new entries.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 8;
+pub const SCHEMA_VERSION: u64 = 9;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
