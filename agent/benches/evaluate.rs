@@ -76,7 +76,11 @@ fn bench(c: &mut Criterion) {
     assert_eq!(engine.current().len(), 100);
     let incident = incident();
     assert!(
-        engine.evaluate(&incident).matched().count() >= 1,
+        engine
+            .evaluate(&incident, &agent_engine::NoFacts)
+            .matched()
+            .count()
+            >= 1,
         "the bench incident must match a rule"
     );
 
@@ -106,7 +110,7 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("evaluate");
     group.bench_function("engine_100_policies", |b| {
-        b.iter(|| engine.evaluate(black_box(&incident)))
+        b.iter(|| engine.evaluate(black_box(&incident), &agent_engine::NoFacts))
     });
     group.bench_function("decide_100_policies_audited", |b| {
         b.iter(|| {

@@ -108,12 +108,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fatal.clone(),
         outbox.clone(),
     )?;
-    let decider = Decider::new(
+    let decider = Decider::with_config(
         engine,
         audit.clone(),
         node_id.clone(),
         Dedup::new(config.dedup_window()),
+        config.decisions,
     );
+    match decider.reopen_history() {
+        Ok(0) => {}
+        Ok(entries) => info!(entries, "history facts re-read from the audit ring"),
+        Err(err) => warn!(error = %err, "cannot re-read history facts from the audit ring"),
+    }
     match decider.reopen_windows(config.dedup_window()) {
         Ok(0) => {}
         Ok(open) => info!(open, "de-duplication windows re-opened from the audit ring"),
@@ -163,6 +169,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
 
+    let mesh_link = mesh
+        .as_ref()
+        .map(|mesh| crate::mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider)));
+
     let state = AppState {
         policies,
         rego,
@@ -192,6 +202,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         error!(error = %err, "the HTTP server task failed");
     }
 
+    if let Some(link) = mesh_link {
+        link.abort();
+        // The link held the mesh: wait until it let go, so the mesh can be shut down.
+        let _ = link.await;
+    }
     if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;
     }

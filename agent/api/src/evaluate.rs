@@ -19,6 +19,9 @@ pub struct EvaluateQuery {
     /// Evaluate without recording anything.
     #[serde(default)]
     dry_run: bool,
+    /// Say for each policy why it matched or not.
+    #[serde(default)]
+    explain: bool,
 }
 
 /// One policy's result, as P0.4 returns it (plus `event_id` and `missing_fields`).
@@ -39,6 +42,10 @@ pub struct PolicyResult {
     /// Why this policy could not be evaluated (it then did not match).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// With `?explain=true`: the tests evaluated, the one that decided, each field's and fact's
+    /// value, and the fields missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<agent_decision::PolicyExplanation>,
 }
 
 pub async fn one(
@@ -51,12 +58,24 @@ pub async fn one(
     let event = parse_event(&state, &body, "")?;
     let input = String::from_utf8_lossy(&body).into_owned();
     let incident = event.into_incident(SOURCE, &body, state.decider.dedup());
+    // Explained before it is decided: the decision records the incident, and the facts of the
+    // explanation must be the ones the decision reads.
+    let explanations = query.explain.then(|| state.decider.explain(&incident));
     let decision = state
         .decider
         .decide(incident, input, query.dry_run)
         .await
         .map_err(not_decided)?;
-    Ok(Json(results(&decision)))
+    let mut results = results(&decision);
+    if let Some(explanations) = explanations {
+        for result in &mut results {
+            result.explain = explanations
+                .iter()
+                .find(|e| e.policy_id == result.policy_id)
+                .cloned();
+        }
+    }
+    Ok(Json(results))
 }
 
 pub async fn batch(
@@ -162,6 +181,7 @@ fn results(decision: &Decision) -> Vec<PolicyResult> {
                     .map(str::to_owned)
                     .collect(),
                 error: verdict.error.as_ref().map(ToString::to_string),
+                explain: None,
             }
         })
         .collect()

@@ -66,6 +66,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/mesh", get(mesh::view))
         .route("/mesh/members", get(mesh::members))
+        .route("/mesh/incidents", get(mesh::incidents))
         // OPA's router treats a trailing slash as the same route (clients send `/v1/policies/`).
         .route("/v1/policies", get(opa::list_policies))
         .route("/v1/policies/", get(opa::list_policies))

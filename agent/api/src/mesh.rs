@@ -1,5 +1,6 @@
-//! `GET /mesh` (this node's view of the mesh in one object) and `GET /mesh/members` (every node
-//! it knows). A node without a mesh answers with itself alone, so dashboards work either way.
+//! `GET /mesh` (this node's view of the mesh in one object), `GET /mesh/members` (every node
+//! it knows) and `GET /mesh/incidents` (the mesh-wide incidents it sees, and who sent each recent
+//! mesh action). A node without a mesh answers with itself alone, so dashboards work either way.
 
 use std::sync::Arc;
 
@@ -79,5 +80,20 @@ async fn revision(state: &AppState) -> Result<RevisionView, ApiError> {
     Ok(RevisionView {
         head: revision.head,
         digest: revision.digest,
+    })
+}
+
+#[derive(Serialize)]
+pub struct Incidents {
+    #[serde(flatten)]
+    incidents: agent_decision::facts::MeshIncidents,
+    /// Recent mesh actions, newest first, with the node that sent each.
+    actions: Vec<agent_decision::mesh_actions::RecentAction>,
+}
+
+pub async fn incidents(State(state): State<AppState>) -> Json<Incidents> {
+    Json(Incidents {
+        incidents: state.decider.mesh_incidents(),
+        actions: state.decider.mesh_actions(),
     })
 }

@@ -3,7 +3,10 @@
 //!
 //! - Incident rules: `NAME.cases.toml` beside `*.rules.toml` files holds `[[case]]` tables with an
 //!   `event`, the names of the rules it must `matches` (every other must not), and optionally the
-//!   `missing` fields to report.
+//!   `missing` fields to report. A case can set the facts around the event: `mesh = { nodes_alive
+//!   = 10, others_with = { cpu_spike = 2 }, max_severity = { cpu_spike = 7 } }` (the other alive
+//!   nodes and what they report), and `history = [{ type = "memory_leak", ago_sec = 120 }]` /
+//!   `matched_before = [{ policy = "p", ago_sec = 60 }]` (this node's earlier incidents and matches).
 //! - Rego: `NAME.cases/` beside `NAME.rego` holds `CASE.input.json` and `CASE.output.json`; the
 //!   module's `result` rule evaluated with the input must equal the output.
 //!
@@ -17,7 +20,10 @@ use mesh_proto::PolicyRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
+use agent_decision::DecisionsConfig;
 use agent_decision::event::{Dedup, Event};
+use agent_decision::facts::peers::TypeAcross;
+use agent_decision::facts::{FactSources, PeerView};
 use agent_engine::rego::{RegoEngine, RegoSettings, data_path};
 use agent_engine::{Engine, EngineMetrics, PolicySet};
 use agent_policy::files::{self, FilesError, find_files};
@@ -75,6 +81,95 @@ struct IncidentCase {
     matches: Vec<String>,
     #[serde(default)]
     missing: Option<Vec<String>>,
+    #[serde(default)]
+    mesh: Option<CaseMesh>,
+    #[serde(default)]
+    history: Vec<CaseIncident>,
+    #[serde(default)]
+    matched_before: Vec<CaseMatch>,
+}
+
+/// The mesh around a case's node.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseMesh {
+    /// Alive members, this node included.
+    nodes_alive: usize,
+    /// How many of the other alive members report each type.
+    #[serde(default)]
+    others_with: std::collections::HashMap<String, usize>,
+    /// The highest severity they report, per type (default 1).
+    #[serde(default)]
+    max_severity: std::collections::HashMap<String, f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseIncident {
+    #[serde(rename = "type")]
+    kind: String,
+    ago_sec: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseMatch {
+    policy: String,
+    ago_sec: u64,
+}
+
+/// The node a case runs on, in the facts it sets up.
+const CASE_NODE: &str = "policy-test";
+
+/// The facts a case sets around its event.
+fn case_facts(case: &IncidentCase, now_ms: u64) -> Result<FactSources, String> {
+    let sources = FactSources::new(CASE_NODE, &DecisionsConfig::default(), 100_000);
+    let mut earlier: Vec<(u64, &str, Option<&str>)> = case
+        .history
+        .iter()
+        .map(|i| (i.ago_sec, i.kind.as_str(), None))
+        .chain(
+            case.matched_before
+                .iter()
+                .map(|m| (m.ago_sec, "", Some(m.policy.as_str()))),
+        )
+        .collect();
+    // Oldest first, as the ring would give them.
+    earlier.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (ago_sec, kind, policy) in earlier {
+        sources.remember(kind, now_ms.saturating_sub(ago_sec * 1000), policy);
+    }
+    if let Some(mesh) = &case.mesh {
+        if mesh.nodes_alive == 0 {
+            return Err("`mesh.nodes_alive` counts this node: at least 1".into());
+        }
+        let others: Vec<String> = (1..mesh.nodes_alive).map(|i| format!("peer-{i}")).collect();
+        let mut view = PeerView::alone(CASE_NODE);
+        view.alive.extend(others.iter().cloned());
+        view.known = view.alive.len();
+        view.from_mesh = true;
+        for (kind, &count) in &mesh.others_with {
+            if count > others.len() {
+                return Err(format!(
+                    "`mesh.others_with.{kind}` is {count}, but there are only {} other alive nodes",
+                    others.len()
+                ));
+            }
+            let severity = mesh.max_severity.get(kind).copied().unwrap_or(1.0);
+            view.types.insert(
+                kind.clone(),
+                TypeAcross {
+                    nodes: others[..count]
+                        .iter()
+                        .map(|node| (node.clone(), 1, severity as f32))
+                        .collect(),
+                    max_severity: severity,
+                },
+            );
+        }
+        sources.set_peers(view);
+    }
+    Ok(sources)
 }
 
 /// Runs every case under `dir`. Errors are problems with the files themselves (unreadable,
@@ -169,8 +264,10 @@ fn check_incident_case(engine: &Engine, case: &IncidentCase) -> Result<(), Strin
     let event: Event = serde_json::from_value(case.event.clone())
         .map_err(|err| format!("the event is not valid: {err}"))?;
     let dedup = Dedup::new(std::time::Duration::ZERO);
-    let evaluation =
-        engine.evaluate(&event.into_incident("policy test", case.name.as_bytes(), &dedup));
+    let incident = event.into_incident("policy test", case.name.as_bytes(), &dedup);
+    let now_ms = agent_base::clock::now_ms();
+    let facts = case_facts(case, now_ms)?;
+    let evaluation = engine.evaluate(&incident, &facts.view(&incident, now_ms));
     if let Some((policy, verdict)) = evaluation.iter().find(|(_, v)| v.error.is_some()) {
         return Err(format!(
             "rule `{}` failed: {:?}",

@@ -6,15 +6,18 @@
 //! one transaction) before [`Decider::decide`] returns; [`Decider::decide_deferred`] hands the wait
 //! to the caller, so the MQTT intake can keep evaluating while earlier incidents are being committed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use mesh_proto::{ActionMessage, AuditRecord, AuditResult, IncidentView};
+use mesh_proto::{ActionMessage, ActionOutcome, AuditRecord, AuditResult, IncidentView};
 
 use agent_base::clock::{now_us, rfc3339};
-use agent_engine::{Engine, Evaluation, Incident};
+use agent_engine::{CompiledPolicy, Engine, Evaluation, Explanation, Incident};
 
 use crate::audit::{AuditLog, Committed, NotCommitted};
 use crate::event::Dedup;
+use crate::facts::{DecisionsConfig, FactSources, MeshIncidents, PeerView};
+use crate::mesh_actions::{Disposition, DueAction, MeshActions, RecentAction};
 use crate::outbox::{Closed, Lane, Outbox, OutboxItem};
 use crate::summary::WindowStats;
 
@@ -27,6 +30,27 @@ pub struct Decider {
     stats: Option<Arc<WindowStats>>,
     /// Ids for events that come without one.
     dedup: Dedup,
+    config: DecisionsConfig,
+    /// Mesh and history facts.
+    facts: FactSources,
+    /// What becomes of matched rules' actions: throttling, and the mesh-scoped ones.
+    mesh_actions: MeshActions,
+}
+
+/// One policy's verdict on an incident, explained (`POST /evaluate?explain=true`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyExplanation {
+    pub policy_id: u64,
+    pub policy_name: String,
+    pub matched: bool,
+    /// For a condition: each test evaluated, the one that decided, fields and facts read.
+    #[serde(flatten)]
+    pub condition: Option<Explanation>,
+    /// For a Rego rule: the rule path (its value is the whole answer) or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rego: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where matched rules go: the outbox, for this topic, at most this large.
@@ -83,7 +107,22 @@ impl Decider {
 
     /// `dedup` gives ids to events without one; seed it with [`Decider::reopen_windows`].
     pub fn new(engine: Arc<Engine>, audit: AuditLog, node_id: String, dedup: Dedup) -> Decider {
+        Decider::with_config(engine, audit, node_id, dedup, DecisionsConfig::default())
+    }
+
+    /// Like [`new`](Self::new), with the `[decisions]` section.
+    pub fn with_config(
+        engine: Arc<Engine>,
+        audit: AuditLog,
+        node_id: String,
+        dedup: Dedup,
+        config: DecisionsConfig,
+    ) -> Decider {
+        let capacity = audit.settings().capacity.min(usize::MAX as u64) as usize;
         Decider {
+            facts: FactSources::new(&node_id, &config, capacity),
+            mesh_actions: MeshActions::new(&node_id, config.window_ms()),
+            config,
             engine,
             audit,
             node_id,
@@ -91,6 +130,207 @@ impl Decider {
             stats: None,
             dedup,
         }
+    }
+
+    /// Fills the history index from the audit ring (at start): as many of the newest entries as
+    /// the ring holds, read a page at a time.
+    pub fn reopen_history(&self) -> Result<usize, agent_store::StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            event_type: Option<String>,
+        }
+        let capacity = self.audit.settings().capacity as usize;
+        let mut entries: Vec<(String, u64, Vec<String>)> = Vec::new();
+        let mut before_seq = None;
+        while entries.len() < capacity {
+            let page = self.audit.read(crate::audit::Query {
+                limit: 4096.min(capacity - entries.len()),
+                before_seq,
+                ..crate::audit::Query::default()
+            })?;
+            let Some(last) = page.records.last() else {
+                break;
+            };
+            before_seq = Some(last.seq);
+            for record in page.records {
+                let Ok(Kind {
+                    event_type: Some(kind),
+                }) = serde_json::from_str::<Kind>(&record.input_json)
+                else {
+                    continue;
+                };
+                let matched = record
+                    .results
+                    .into_iter()
+                    .filter(|r| r.matched)
+                    .map(|r| r.policy_name)
+                    .collect();
+                entries.push((kind, (record.at_us / 1000).max(0) as u64, matched));
+            }
+        }
+        for (kind, at_ms, matched) in entries.iter().rev() {
+            self.facts
+                .remember(kind, *at_ms, matched.iter().map(String::as_str));
+        }
+        Ok(self.facts.history_len())
+    }
+
+    /// The mesh as gossip shows it now: mesh facts read it, and claimed mesh actions this node is
+    /// now first-ranked for are sent (see [`act_on_mesh`](Self::act_on_mesh)).
+    pub fn set_peers(&self, view: PeerView) {
+        self.facts.set_peers(view);
+    }
+
+    /// Sends (or audits as suppressed) the mesh actions this node must now act on: peers' claims
+    /// it is first-ranked for, and takeovers from failed actors. Returns how many it decided.
+    pub async fn act_on_mesh(&self) -> Result<usize, DecideError> {
+        let Some(sink) = &self.upstream else {
+            return Ok(0);
+        };
+        let set = self.engine.current();
+        let now_us = now_us();
+        let peers = self.facts.peers();
+        let due = self
+            .mesh_actions
+            .due(&peers, &set, (now_us / 1000).max(0) as u64);
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::with_capacity(due.len());
+        let mut actions = Vec::new();
+        for action in &due {
+            let Some(policy) = set
+                .policies()
+                .iter()
+                .find(|p| p.id == action.claim.policy_id)
+            else {
+                continue;
+            };
+            records.push(self.due_record(policy, action, now_us, set.revision()));
+            if let Disposition::Send { action_id, mesh } = &action.disposition {
+                let incident = IncidentView {
+                    event_id: action.claim.event_id.clone(),
+                    event_type: action.claim.key.clone(),
+                    severity: action.claim.severity,
+                    context: Default::default(),
+                    timestamp: None,
+                };
+                actions.push(self.message(
+                    sink,
+                    policy,
+                    action_id.clone(),
+                    incident,
+                    mesh.clone(),
+                    rfc3339(now_us),
+                ));
+            }
+        }
+        let decided = records.len();
+        if let Some(committed) = self.record(records, actions).await? {
+            committed.await.map_err(|_| NotCommitted)??;
+        }
+        Ok(decided)
+    }
+
+    /// The audit entry of a mesh action decided on a claim.
+    fn due_record(
+        &self,
+        policy: &CompiledPolicy,
+        action: &DueAction,
+        now_us: i64,
+        revision: u64,
+    ) -> AuditRecord {
+        let claim = &action.claim;
+        AuditRecord {
+            seq: 0,
+            at_us: now_us,
+            node: self.node_id.clone(),
+            event_id: format!("mesh-action:{}", claim.action_id),
+            input_json: serde_json::json!({
+                "mesh_claim": {
+                    "claimed_by": action.claimant,
+                    "action_id": claim.action_id,
+                    "policy_id": claim.policy_id,
+                    "incident_key": claim.key,
+                    "window": claim.window,
+                    "event_id": claim.event_id,
+                    "severity": claim.severity,
+                    "at_ms": claim.at_ms,
+                }
+            })
+            .to_string(),
+            policy_revision: revision,
+            policies_evaluated: 0,
+            results: vec![AuditResult {
+                policy_id: policy.id,
+                policy_version: policy.version,
+                policy_name: policy.name.to_string(),
+                matched: true,
+                execution_time_ns: 0,
+                missing_fields: Vec::new(),
+                error: None,
+                action: Some(action.disposition.outcome()),
+            }],
+            execution_time_ns: 0,
+            prev_hash: [0; 32],
+        }
+    }
+
+    /// What this node publishes in gossip now: its incident summary, claims and acted log.
+    pub fn gossip_values(&self) -> Vec<(&'static str, String)> {
+        let now_ms = agent_base::clock::now_ms();
+        let mut values = vec![(
+            crate::facts::peers::KEY_INCIDENTS,
+            crate::facts::peers::to_gossip(
+                &self.facts.summary(now_ms, self.config.gossip_max_bytes),
+            ),
+        )];
+        values.extend(self.mesh_actions.gossip_values(now_ms));
+        values
+    }
+
+    /// Resolves when claims or mesh actions changed: the daemon gossips them at once.
+    pub async fn mesh_actions_changed(&self) {
+        self.mesh_actions.changed().await;
+    }
+
+    /// `GET /mesh/incidents`.
+    pub fn mesh_incidents(&self) -> MeshIncidents {
+        self.facts.incidents(agent_base::clock::now_ms())
+    }
+
+    /// Recent mesh actions and who sent each.
+    pub fn mesh_actions(&self) -> Vec<RecentAction> {
+        self.mesh_actions.recent(&self.facts.peers())
+    }
+
+    /// The `[decisions]` section in force.
+    pub fn config(&self) -> &DecisionsConfig {
+        &self.config
+    }
+
+    /// Evaluates `incident` without recording anything and explains every policy's verdict.
+    pub fn explain(&self, incident: &Incident) -> Vec<PolicyExplanation> {
+        let now_ms = agent_base::clock::now_ms();
+        let facts = self.facts.view(incident, now_ms);
+        let evaluation = self.engine.evaluate(incident, &facts);
+        evaluation
+            .iter()
+            .map(|(policy, verdict)| {
+                let rego = match &policy.matcher {
+                    agent_engine::Matcher::Rego { path } => Some(path.clone()),
+                    agent_engine::Matcher::Condition(_) => None,
+                };
+                PolicyExplanation {
+                    policy_id: policy.id,
+                    policy_name: policy.name.to_string(),
+                    matched: verdict.outcome.matched,
+                    condition: policy.matcher.explain(incident, &facts),
+                    rego,
+                    error: verdict.error.as_ref().map(ToString::to_string),
+                }
+            })
+            .collect()
     }
 
     /// The de-duplication windows of id-less events, for the intakes.
@@ -157,10 +397,14 @@ impl Decider {
         input_json: String,
         dry_run: bool,
     ) -> Result<Pending, DecideError> {
-        let evaluation = self.engine.evaluate(&incident);
+        let now_ms = agent_base::clock::now_ms();
+        let evaluation = self
+            .engine
+            .evaluate(&incident, &self.facts.view(&incident, now_ms));
         let mut committed = None;
         if !dry_run {
-            let (record, actions) = self.prepare(&incident, input_json, &evaluation)?;
+            let (record, actions) = self.prepare(&incident, input_json, &evaluation, now_ms)?;
+            self.remember(&incident, &evaluation, now_ms);
             committed = self.record(vec![record], actions).await?;
             self.count(&evaluation);
         }
@@ -185,9 +429,14 @@ impl Decider {
         let mut records = Vec::with_capacity(events.len());
         let mut actions = Vec::new();
         for (incident, input_json) in events {
-            let evaluation = self.engine.evaluate(&incident);
+            let now_ms = agent_base::clock::now_ms();
+            let evaluation = self
+                .engine
+                .evaluate(&incident, &self.facts.view(&incident, now_ms));
             if !dry_run {
-                let (record, more) = self.prepare(&incident, input_json, &evaluation)?;
+                let (record, more) = self.prepare(&incident, input_json, &evaluation, now_ms)?;
+                // Later events of the batch count this one (a refused batch leaves it counted).
+                self.remember(&incident, &evaluation, now_ms);
                 records.push(record);
                 actions.extend(more);
             }
@@ -208,6 +457,15 @@ impl Decider {
         Ok(decisions)
     }
 
+    /// Notes a decided incident for mesh and history facts.
+    fn remember(&self, incident: &Incident, evaluation: &Evaluation, now_ms: u64) {
+        self.facts.record(
+            incident,
+            now_ms,
+            evaluation.matched().map(|policy| &*policy.name),
+        );
+    }
+
     /// Counts a recorded evaluation for the audit summaries.
     fn count(&self, evaluation: &Evaluation) {
         if let Some(stats) = &self.stats {
@@ -222,12 +480,17 @@ impl Decider {
         incident: &Incident,
         input_json: String,
         evaluation: &Evaluation,
+        now_ms: u64,
     ) -> Result<(AuditRecord, Vec<OutboxItem>), TooLarge> {
-        let actions = match &self.upstream {
-            Some(sink) => self.actions(sink, incident, evaluation)?,
-            None => Vec::new(),
+        let (actions, outcomes) = match &self.upstream {
+            Some(sink) => self.actions(sink, incident, evaluation, now_ms)?,
+            None => (Vec::new(), HashMap::new()),
         };
-        Ok((self.audit_record(incident, input_json, evaluation), actions))
+        let mut record = self.audit_record(incident, input_json, evaluation);
+        for result in &mut record.results {
+            result.action = outcomes.get(&result.policy_id).cloned();
+        }
+        Ok((record, actions))
     }
 
     /// Records audit entries with their actions, all in one transaction: without actions, queued
@@ -277,6 +540,7 @@ impl Decider {
                 execution_time_ns: 0,
                 missing_fields: Vec::new(),
                 error: Some(format!("rejected payload from {source}: {reason}")),
+                action: None,
             }],
             execution_time_ns: 0,
             // Set by the ring when appended.
@@ -289,16 +553,18 @@ impl Decider {
         Ok(())
     }
 
-    /// One action message per matched rule.
+    /// One action message per matched rule whose action this node sends, and what became of
+    /// each matched rule's action (by policy id).
     fn actions(
         &self,
         sink: &ActionSink,
         incident: &Incident,
         evaluation: &Evaluation,
-    ) -> Result<Vec<OutboxItem>, TooLarge> {
+        now_ms: u64,
+    ) -> Result<(Vec<OutboxItem>, HashMap<u64, ActionOutcome>), TooLarge> {
         let mut matched = evaluation.matched().peekable();
         if matched.peek().is_none() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), HashMap::new()));
         }
         let decided_at = rfc3339(now_us());
         let view = IncidentView {
@@ -308,44 +574,68 @@ impl Decider {
             context: incident.context.clone(),
             timestamp: incident.timestamp.clone(),
         };
-        let items: Vec<OutboxItem> = matched
-            .map(|policy| {
-                let action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
-                let message = ActionMessage {
-                    action_id: action_id.clone(),
-                    node_id: self.node_id.clone(),
-                    policy_id: policy.id,
-                    policy_name: policy.name.to_string(),
-                    policy_version: policy.version,
-                    action: policy.action.to_string(),
-                    modifiers: serde_json::from_str(policy.modifiers.get())
-                        .unwrap_or(serde_json::Value::Null),
-                    reversibility_sec: policy.reversibility_sec,
-                    incident: view.clone(),
-                    decided_at: decided_at.clone(),
-                };
-                OutboxItem {
-                    id: action_id,
-                    topic: sink.topic.clone(),
-                    // Serializing derived types into a String cannot fail.
-                    payload: serde_json::to_string(&message).unwrap_or_default(),
-                    lane: Lane::Action,
+        let peers = self.facts.peers();
+        let mut items = Vec::new();
+        let mut outcomes = HashMap::new();
+        for policy in matched {
+            let node_action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
+            let disposition =
+                self.mesh_actions
+                    .on_match(policy, incident, node_action_id, now_ms, &peers);
+            if let Disposition::Send { action_id, mesh } = &disposition {
+                let item = self.message(
+                    sink,
+                    policy,
+                    action_id.clone(),
+                    view.clone(),
+                    mesh.clone(),
+                    decided_at.clone(),
+                );
+                if item.payload.len() > sink.max_bytes {
+                    return Err(TooLarge {
+                        policy: policy.name.to_string(),
+                        size: item.payload.len(),
+                        limit: sink.max_bytes,
+                    });
                 }
-            })
-            .collect();
-        // Items come in the order of the matched policies.
-        let oversized = evaluation
-            .matched()
-            .zip(&items)
-            .find(|(_, item)| item.payload.len() > sink.max_bytes);
-        if let Some((policy, item)) = oversized {
-            return Err(TooLarge {
-                policy: policy.name.to_string(),
-                size: item.payload.len(),
-                limit: sink.max_bytes,
-            });
+                items.push(item);
+            }
+            outcomes.insert(policy.id, disposition.outcome());
         }
-        Ok(items)
+        Ok((items, outcomes))
+    }
+
+    /// The outbox item of one action.
+    fn message(
+        &self,
+        sink: &ActionSink,
+        policy: &CompiledPolicy,
+        action_id: String,
+        incident: IncidentView,
+        mesh: Option<mesh_proto::MeshActionInfo>,
+        decided_at: String,
+    ) -> OutboxItem {
+        let message = ActionMessage {
+            action_id: action_id.clone(),
+            node_id: self.node_id.clone(),
+            policy_id: policy.id,
+            policy_name: policy.name.to_string(),
+            policy_version: policy.version,
+            action: policy.action.to_string(),
+            modifiers: serde_json::from_str(policy.modifiers.get())
+                .unwrap_or(serde_json::Value::Null),
+            reversibility_sec: policy.reversibility_sec,
+            incident,
+            decided_at,
+            mesh,
+        };
+        OutboxItem {
+            id: action_id,
+            topic: sink.topic.clone(),
+            // Serializing derived types into a String cannot fail.
+            payload: serde_json::to_string(&message).unwrap_or_default(),
+            lane: Lane::Action,
+        }
     }
 
     pub(crate) fn audit_record(
@@ -381,6 +671,7 @@ impl Decider {
                         .map(str::to_owned)
                         .collect(),
                     error: verdict.error.as_ref().map(ToString::to_string),
+                    action: None,
                 })
                 .collect(),
             execution_time_ns: evaluation.elapsed_ns,

@@ -10,11 +10,15 @@
 pub mod audit;
 mod decider;
 pub mod event;
+pub mod facts;
+pub mod mesh_actions;
 mod metrics;
 pub mod outbox;
 pub mod summary;
 
 pub use decider::{
-    ActionSink, DecideError, Decider, Decision, Pending, REJECTED, TooLarge, action_id,
+    ActionSink, DecideError, Decider, Decision, Pending, PolicyExplanation, REJECTED, TooLarge,
+    action_id,
 };
+pub use facts::DecisionsConfig;
 pub use metrics::{AuditMetrics, OutboxMetrics};

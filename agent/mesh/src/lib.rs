@@ -17,6 +17,7 @@ mod gossip;
 pub mod members;
 mod metrics;
 mod node;
+pub mod shared;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -28,5 +29,6 @@ pub use error::MeshError;
 pub use members::{Member, MemberState, RevisionView};
 pub use metrics::MeshMetrics;
 pub use node::{Mesh, MeshSummary, OnMerged, StateCounts};
+pub use shared::{SharedMember, SharedView};
 pub use tls::TlsError;
 pub use transport::{Net, NetError, REQUEST_TIMEOUT};

@@ -23,6 +23,7 @@ use crate::error::MeshError;
 use crate::gossip::QuicTransport;
 use crate::members::{self, Heartbeats, KEY_REVISION, KEY_VERSION, Member, MemberState};
 use crate::metrics::MeshMetrics;
+use crate::shared::{self, SharedView, SharedWatch};
 use crate::sync::{self, PULLS_PER_ROUND, PeerRevision, Puller};
 use crate::tls;
 use crate::transport::Net;
@@ -39,6 +40,7 @@ pub struct Mesh {
     net: Arc<Net>,
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
+    shared: SharedWatch,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -185,7 +187,9 @@ impl Mesh {
             metrics: metrics.clone(),
         });
         let heartbeats = Arc::new(Heartbeats::default());
+        let (shared, shared_task) = shared::watch(&chitchat.chitchat()).await;
         let tasks = vec![
+            shared_task,
             tokio::spawn(publish_revision(chitchat.chitchat(), Arc::clone(&store))),
             tokio::spawn(pull_loop(
                 chitchat.chitchat(),
@@ -208,8 +212,32 @@ impl Mesh {
             net,
             store,
             heartbeats,
+            shared,
             tasks,
         })
+    }
+
+    /// Publishes shared values about this node (see [`shared`](crate::shared)); unchanged values
+    /// are not gossiped again.
+    pub async fn publish(&self, values: Vec<(&str, String)>) {
+        let chitchat = self.chitchat.chitchat();
+        let mut guard = chitchat.lock().await;
+        let state = guard.self_node_state();
+        for (key, value) in values {
+            state.set(format!("{}{key}", shared::SHARED_PREFIX), value);
+        }
+    }
+
+    /// Every known member with its shared values, as this node sees them now.
+    pub async fn shared_view(&self) -> SharedView {
+        let chitchat = self.chitchat.chitchat();
+        let guard = chitchat.lock().await;
+        shared::view(&guard)
+    }
+
+    /// Notified when a member's shared values or the set of live members change.
+    pub fn shared_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.shared.notify)
     }
 
     pub fn net(&self) -> &Arc<Net> {

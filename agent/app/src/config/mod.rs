@@ -15,6 +15,7 @@ use std::time::Duration;
 use agent_base::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
+pub use agent_decision::DecisionsConfig;
 pub use agent_decision::audit::AuditConfig;
 pub use agent_decision::outbox::OutboxConfig;
 pub use agent_decision::summary::SummaryConfig;
@@ -88,6 +89,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub upstream: UpstreamConfig,
     pub summary: SummaryConfig,
+    pub decisions: DecisionsConfig,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             upstream: UpstreamConfig::default(),
             summary: SummaryConfig::default(),
+            decisions: DecisionsConfig::default(),
         }
     }
 }
@@ -180,6 +183,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("upstream.reset_timeout_sec", Kind::Integer),
     ("summary.interval_sec", Kind::Integer),
     ("summary.keep", Kind::Integer),
+    ("decisions.window_sec", Kind::Integer),
+    ("decisions.gossip_max_bytes", Kind::Integer),
+    ("decisions.publish_interval_ms", Kind::Integer),
 ];
 
 impl Config {
@@ -220,6 +226,7 @@ impl Config {
         self.summary.validate()?;
         self.outbox.validate()?;
         self.upstream.validate()?;
+        self.decisions.validate()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",

@@ -98,6 +98,9 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_UPSTREAM_RESET_TIMEOUT_SEC", "3"),
             ("MESH_AGENT_SUMMARY_INTERVAL_SEC", "4"),
             ("MESH_AGENT_SUMMARY_KEEP", "5"),
+            ("MESH_AGENT_DECISIONS_WINDOW_SEC", "30"),
+            ("MESH_AGENT_DECISIONS_GOSSIP_MAX_BYTES", "256"),
+            ("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "500"),
         ]),
     )
     .unwrap();
@@ -171,6 +174,11 @@ fn every_key_has_an_env_var_that_works() {
         summary: SummaryConfig {
             interval_sec: 4,
             keep: 5,
+        },
+        decisions: agent_decision::DecisionsConfig {
+            window_sec: 30,
+            gossip_max_bytes: 256,
+            publish_interval_ms: 500,
         },
     };
     assert_eq!(config, expected);

@@ -1,0 +1,127 @@
+//! History facts from the audit ring, answered from memory: how many incidents of a type this node
+//! recorded since a time, and when a policy last matched here.
+//!
+//! The index mirrors the ring: it keeps at most as many incidents as the ring keeps entries, and
+//! forgets the oldest first, as the ring does. It is filled from the ring at start
+//! ([`History::record`] for each entry, oldest first) and then fed every recorded decision, so a
+//! fact never scans the ring.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Policies whose last match is remembered at most (renamed and deleted ones age out).
+const MAX_POLICIES: usize = 10_000;
+
+#[derive(Debug)]
+pub struct History {
+    capacity: usize,
+    /// Every recorded incident's type, oldest first: what to forget when full.
+    order: VecDeque<Arc<str>>,
+    /// When each incident of a type was recorded, oldest first.
+    by_type: HashMap<Arc<str>, VecDeque<u64>>,
+    last_matched: HashMap<String, u64>,
+}
+
+impl History {
+    pub fn new(capacity: usize) -> History {
+        History {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            by_type: HashMap::new(),
+            last_matched: HashMap::new(),
+        }
+    }
+
+    /// Notes an incident of `kind` at `at_ms`, and the policies that matched it.
+    pub fn record<'a>(
+        &mut self,
+        kind: &str,
+        at_ms: u64,
+        matched: impl IntoIterator<Item = &'a str>,
+    ) {
+        if self.order.len() >= self.capacity {
+            self.forget_oldest();
+        }
+        let kind: Arc<str> = match self.by_type.get_key_value(kind) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(kind),
+        };
+        let times = self.by_type.entry(Arc::clone(&kind)).or_default();
+        // Decisions may be recorded slightly out of order: keep each list sorted.
+        let at = times.partition_point(|&t| t <= at_ms);
+        times.insert(at, at_ms);
+        self.order.push_back(kind);
+        for name in matched {
+            match self.last_matched.get_mut(name) {
+                Some(last) => *last = (*last).max(at_ms),
+                None => {
+                    if self.last_matched.len() >= MAX_POLICIES {
+                        self.forget_policies();
+                    }
+                    self.last_matched.insert(name.to_owned(), at_ms);
+                }
+            }
+        }
+    }
+
+    /// Incidents of `kind` recorded at or after `since_ms`.
+    pub fn count(&self, kind: &str, since_ms: u64) -> usize {
+        self.by_type.get(kind).map_or(0, |times| {
+            times.len() - times.partition_point(|&t| t < since_ms)
+        })
+    }
+
+    /// When `policy` last matched, in Unix milliseconds.
+    pub fn last_matched(&self, policy: &str) -> Option<u64> {
+        self.last_matched.get(policy).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some(kind) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(times) = self.by_type.get_mut(&kind) {
+            times.pop_front();
+            if times.is_empty() {
+                self.by_type.remove(&kind);
+            }
+        }
+    }
+
+    fn forget_policies(&mut self) {
+        let mut times: Vec<u64> = self.last_matched.values().copied().collect();
+        times.sort_unstable();
+        let median = times[times.len() / 2];
+        self.last_matched.retain(|_, at| *at > median);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_within_a_window_and_forgets_like_the_ring() {
+        let mut history = History::new(3);
+        history.record("memory_leak", 1_000, ["leak rule"]);
+        history.record("memory_leak", 2_000, []);
+        history.record("cpu_spike", 3_000, []);
+        assert_eq!(history.count("memory_leak", 0), 2);
+        assert_eq!(history.count("memory_leak", 1_500), 1);
+        assert_eq!(history.last_matched("leak rule"), Some(1_000));
+        // A fourth entry pushes the oldest out, as the ring would.
+        history.record("cpu_spike", 4_000, []);
+        assert_eq!(history.count("memory_leak", 0), 1);
+        assert_eq!(history.count("cpu_spike", 0), 2);
+        assert_eq!(history.len(), 3);
+        assert_eq!(history.last_matched("other"), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! The facts conditions read beside the incident. Mesh facts (`mesh.fraction_with('cpu_spike')`)
+//! come from this node's own incident window and its gossiped view of the peers; history facts
+//! (`history.count('memory_leak', '10m')`) from the index kept beside the audit ring.
+//!
+//! An evaluation takes a [`FactsView`]: the peers' view loaded once, the incident being evaluated
+//! counted as if it were already recorded (it is recorded only once the decision is, so a dry run
+//! leaves no trace), and the local window and history read under a short lock per fact.
+
+mod config;
+mod history;
+pub mod peers;
+mod window;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use agent_engine::{FactQuery, Facts, Incident};
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+pub use config::DecisionsConfig;
+pub use history::History;
+pub use peers::{MemberInput, MeshInput, PeerView};
+pub use window::{IncidentWindow, TypeStats};
+
+/// Where facts come from, shared by every evaluation on this node.
+pub struct FactSources {
+    window: Mutex<IncidentWindow>,
+    history: Mutex<History>,
+    peers: ArcSwap<PeerView>,
+}
+
+impl FactSources {
+    /// `history_capacity` is the audit ring's capacity: the index keeps as much as the ring.
+    pub fn new(node_id: &str, config: &DecisionsConfig, history_capacity: usize) -> FactSources {
+        FactSources {
+            window: Mutex::new(IncidentWindow::new(config.window_ms())),
+            history: Mutex::new(History::new(history_capacity)),
+            peers: ArcSwap::from_pointee(PeerView::alone(node_id)),
+        }
+    }
+
+    /// The facts for evaluating `incident` at `now_ms`.
+    pub fn view<'a>(&'a self, incident: &'a Incident, now_ms: u64) -> FactsView<'a> {
+        FactsView {
+            sources: self,
+            peers: self.peers.load_full(),
+            now_ms,
+            current: Some((&incident.kind, incident.severity)),
+        }
+    }
+
+    /// Records a decided incident: in the window (gossiped) and the history index.
+    pub fn record<'a>(
+        &self,
+        incident: &Incident,
+        at_ms: u64,
+        matched: impl IntoIterator<Item = &'a str>,
+    ) {
+        lock(&self.window).record(&incident.kind, incident.severity, at_ms);
+        lock(&self.history).record(&incident.kind, at_ms, matched);
+    }
+
+    /// Feeds the history index with an entry of the ring (at start, oldest first).
+    pub fn remember<'a>(&self, kind: &str, at_ms: u64, matched: impl IntoIterator<Item = &'a str>) {
+        lock(&self.history).record(kind, at_ms, matched);
+    }
+
+    pub fn history_len(&self) -> usize {
+        lock(&self.history).len()
+    }
+
+    pub fn set_peers(&self, view: PeerView) {
+        self.peers.store(Arc::new(view));
+    }
+
+    pub fn peers(&self) -> Arc<PeerView> {
+        self.peers.load_full()
+    }
+
+    /// What this node gossips about its incidents.
+    pub fn summary(&self, now_ms: u64, max_bytes: usize) -> mesh_proto::shared::IncidentSummary {
+        lock(&self.window).summary(now_ms, max_bytes)
+    }
+
+    /// The mesh-wide picture of incidents this node sees (`GET /mesh/incidents`).
+    pub fn incidents(&self, now_ms: u64) -> MeshIncidents {
+        let peers = self.peers.load_full();
+        let window = lock(&self.window);
+        let mut types: std::collections::BTreeMap<String, TypeView> = Default::default();
+        for (kind, stats) in window.all(now_ms) {
+            types
+                .entry(kind.to_owned())
+                .or_default()
+                .nodes
+                .push(NodeCount {
+                    node_id: peers.self_id.clone(),
+                    count: stats.count,
+                    max_severity: stats.max_severity,
+                });
+        }
+        for (kind, across) in &peers.types {
+            let entry = types.entry(kind.clone()).or_default();
+            for (node, count, severity) in &across.nodes {
+                entry.nodes.push(NodeCount {
+                    node_id: node.clone(),
+                    count: *count,
+                    max_severity: f64::from(*severity),
+                });
+            }
+        }
+        let alive = peers.alive.len();
+        for view in types.values_mut() {
+            view.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            view.nodes_with = view.nodes.len();
+            view.fraction_with = view.nodes_with as f64 / alive as f64;
+            view.max_severity = view
+                .nodes
+                .iter()
+                .map(|n| n.max_severity)
+                .fold(f64::NEG_INFINITY, f64::max);
+        }
+        MeshIncidents {
+            node_id: peers.self_id.clone(),
+            window_sec: window.window_ms() / 1000,
+            nodes_alive: alive,
+            nodes_known: peers.known,
+            types,
+        }
+    }
+}
+
+/// `GET /mesh/incidents`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshIncidents {
+    pub node_id: String,
+    pub window_sec: u64,
+    pub nodes_alive: usize,
+    pub nodes_known: usize,
+    pub types: std::collections::BTreeMap<String, TypeView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeView {
+    pub nodes_with: usize,
+    pub fraction_with: f64,
+    pub max_severity: f64,
+    pub nodes: Vec<NodeCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCount {
+    pub node_id: String,
+    pub count: u32,
+    pub max_severity: f64,
+}
+
+/// The facts one evaluation reads.
+pub struct FactsView<'a> {
+    sources: &'a FactSources,
+    peers: Arc<PeerView>,
+    now_ms: u64,
+    /// The incident under evaluation, not recorded yet: counted here.
+    current: Option<(&'a str, f64)>,
+}
+
+impl FactsView<'_> {
+    /// This node's figures for `kind`, the incident under evaluation included.
+    fn local(&self, kind: &str) -> Option<TypeStats> {
+        let recorded = lock(&self.sources.window).stats(kind, self.now_ms);
+        match self.current {
+            Some((current, severity)) if current == kind => Some(match recorded {
+                Some(stats) => TypeStats {
+                    count: stats.count.saturating_add(1),
+                    max_severity: stats.max_severity.max(severity),
+                },
+                None => TypeStats {
+                    count: 1,
+                    max_severity: severity,
+                },
+            }),
+            _ => recorded,
+        }
+    }
+
+    fn nodes_with(&self, kind: &str) -> usize {
+        let peers = self.peers.peers_with(kind).map_or(0, |t| t.nodes.len());
+        peers + usize::from(self.local(kind).is_some())
+    }
+
+    fn max_severity(&self, kind: &str) -> Option<f64> {
+        let peers = self.peers.peers_with(kind).map(|t| t.max_severity);
+        let local = self.local(kind).map(|s| s.max_severity);
+        match (peers, local) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Facts for FactsView<'_> {
+    fn fact(&self, query: FactQuery<'_>) -> Option<f64> {
+        let alive = self.peers.alive.len().max(1);
+        match query {
+            FactQuery::NodesAlive => Some(alive as f64),
+            FactQuery::NodesWith(kind) => Some(self.nodes_with(kind) as f64),
+            FactQuery::FractionWith(kind) => Some(self.nodes_with(kind) as f64 / alive as f64),
+            FactQuery::MaxSeverity(kind) => self.max_severity(kind),
+            FactQuery::HistoryCount { kind, window_ms } => {
+                let since = self.now_ms.saturating_sub(window_ms);
+                let recorded = lock(&self.sources.history).count(kind, since);
+                let current = self.current.is_some_and(|(current, _)| current == kind);
+                Some((recorded + usize::from(current)) as f64)
+            }
+            FactQuery::LastMatched(policy) => lock(&self.sources.history)
+                .last_matched(policy)
+                .map(|at| self.now_ms.saturating_sub(at) as f64 / 1000.0),
+        }
+    }
+
+    fn rego_mesh(&self) -> Option<serde_json::Value> {
+        let alive = self.peers.alive.len().max(1);
+        let mut kinds: Vec<&str> = self.peers.types.keys().map(String::as_str).collect();
+        let local: Vec<String> = lock(&self.sources.window)
+            .all(self.now_ms)
+            .into_iter()
+            .map(|(kind, _)| kind.to_owned())
+            .collect();
+        kinds.extend(local.iter().map(String::as_str));
+        if let Some((current, _)) = self.current {
+            kinds.push(current);
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        let incidents: serde_json::Map<String, serde_json::Value> = kinds
+            .into_iter()
+            .map(|kind| {
+                let nodes = self.nodes_with(kind);
+                (
+                    kind.to_owned(),
+                    serde_json::json!({
+                        "nodes_with": nodes,
+                        "fraction_with": nodes as f64 / alive as f64,
+                        "max_severity": self.max_severity(kind),
+                    }),
+                )
+            })
+            .collect();
+        Some(serde_json::json!({
+            "nodes_alive": alive,
+            "incidents": incidents,
+        }))
+    }
+}
+
+/// The state behind these locks stays consistent at every step, so a panic elsewhere while one
+/// was held leaves nothing half-done: take it anyway.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

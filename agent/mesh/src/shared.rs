@@ -1,0 +1,104 @@
+//! Shared state: keys the layers above publish about this node in gossip (its incident summary,
+//! its mesh-action claims), and the view of every member's. The mesh carries them and says who
+//! is alive; what the values mean is the decision layer's business.
+//!
+//! Keys live under [`SHARED_PREFIX`] in chitchat, beside the policy revision. chitchat only sends
+//! a key again when its value changed, so publishing an unchanged value costs nothing.
+
+use std::sync::Arc;
+
+use chitchat::{Chitchat, ChitchatId, ListenerHandle};
+use tokio::sync::{Mutex, Notify};
+
+/// The chitchat prefix of shared keys.
+pub const SHARED_PREFIX: &str = "s.";
+
+/// Every member this node knows, with its shared values.
+#[derive(Debug, Clone, Default)]
+pub struct SharedView {
+    pub self_id: String,
+    pub members: Vec<SharedMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SharedMember {
+    pub node_id: String,
+    pub alive: bool,
+    /// (key without the prefix, value).
+    pub values: Vec<(String, String)>,
+}
+
+/// Reads the shared view out of chitchat's state.
+pub(crate) fn view(chitchat: &Chitchat) -> SharedView {
+    let me = chitchat.self_chitchat_id().clone();
+    let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    let dead: Vec<ChitchatId> = chitchat.dead_nodes().cloned().collect();
+    let member = |id: &ChitchatId, alive: bool| SharedMember {
+        node_id: id.node_id.to_string(),
+        alive,
+        values: chitchat
+            .node_state(id)
+            .map(|state| {
+                state
+                    .iter_prefix(SHARED_PREFIX)
+                    .filter(|(_, value)| !value.is_deleted())
+                    .map(|(key, value)| {
+                        (
+                            key.strip_prefix(SHARED_PREFIX).unwrap_or(key).to_owned(),
+                            value.value.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let mut members: Vec<SharedMember> = live.iter().map(|id| member(id, true)).collect();
+    // A node that restarted shows under its new generation as alive; its old one is not a member.
+    members.extend(
+        dead.iter()
+            .filter(|id| !live.iter().any(|l| l.node_id == id.node_id))
+            .map(|id| member(id, false)),
+    );
+    members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    members.dedup_by(|a, b| a.node_id == b.node_id);
+    SharedView {
+        self_id: me.node_id.to_string(),
+        members,
+    }
+}
+
+/// Wakes watchers when a peer's shared value changes (at once, as the delta is applied) and when
+/// the set of live members changes.
+pub(crate) struct SharedWatch {
+    pub notify: Arc<Notify>,
+    _listener: ListenerHandle,
+}
+
+pub(crate) async fn watch(
+    chitchat: &Arc<Mutex<Chitchat>>,
+) -> (SharedWatch, tokio::task::JoinHandle<()>) {
+    let notify = Arc::new(Notify::new());
+    let guard = chitchat.lock().await;
+    let listener = {
+        let notify = Arc::clone(&notify);
+        // Runs under chitchat's state lock: only wake the watcher.
+        guard.subscribe_event(SHARED_PREFIX, move |_| notify.notify_one())
+    };
+    let mut live = guard.live_nodes_watcher();
+    drop(guard);
+    let task = {
+        let notify = Arc::clone(&notify);
+        tokio::spawn(async move {
+            while live.changed().await.is_ok() {
+                notify.notify_one();
+            }
+        })
+    };
+    (
+        SharedWatch {
+            notify,
+            _listener: listener,
+        },
+        task,
+    )
+}
