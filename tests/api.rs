@@ -242,10 +242,11 @@ fn errors_have_the_documented_statuses_and_say_what_is_wrong() {
 
 #[test]
 fn evaluate_matches_the_seed_rules_and_audits() {
+    // The P0.4 seed's four rules (policies/mesh holds the mesh-wide examples).
     let agent = Agent::start(
         Options::default()
             .arg("--policies")
-            .arg(policies_dir().to_string_lossy()),
+            .arg(policies_dir().join("incidents").to_string_lossy()),
     );
     let (_, list) = agent.get("/policies?active_only=true");
     assert_eq!(
@@ -321,8 +322,8 @@ fn evaluate_matches_the_seed_rules_and_audits() {
     assert_eq!(newest["node"], "test-node");
     // Every policy was evaluated; the entry keeps the verdicts that say something.
     assert_eq!(newest["policies_evaluated"], 4);
-    // policies/ holds 3 Rego modules and 4 incident rules: 7 changes.
-    assert_eq!(newest["policy_revision"], 7);
+    // policies/incidents holds the 4 incident rules: 4 changes.
+    assert_eq!(newest["policy_revision"], 4);
     let kept = newest["results"].as_array().unwrap();
     assert_eq!(kept.len(), 1, "{newest}");
     assert_eq!(kept[0]["matched"], true);
@@ -399,10 +400,11 @@ fn evaluate_matches_the_seed_rules_and_audits() {
 
 #[test]
 fn batch_evaluates_each_event_or_none() {
+    // The P0.4 seed's four rules (policies/mesh holds the mesh-wide examples).
     let agent = Agent::start(
         Options::default()
             .arg("--policies")
-            .arg(policies_dir().to_string_lossy()),
+            .arg(policies_dir().join("incidents").to_string_lossy()),
     );
     let batch = json!([
         event("memory_leak", 9.0, json!({})),

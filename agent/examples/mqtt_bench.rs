@@ -108,7 +108,7 @@ fn main() {
         .post(format!("{base}/policies"))
         .json(&json!({"name": "all", "description": "every incident",
             "definition": {"condition": "incident.severity >= 0", "action": "trigger_p0_3_recovery",
-                "modifiers": {"swap": "2x"}, "reversibility_sec": 300},
+                "modifiers": {"swap": "2x"}, "reversibility_sec": 300, "cooldown_sec": 0},
             "active": true, "priority": 1}))
         .send()
         .expect("create policy");

@@ -67,6 +67,33 @@ struct ResultView {
     missing_fields: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// What became of the action of a rule that matched (with an upstream configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<ActionView>,
+}
+
+/// `sent`, `deferred` (a mesh action left to the node ranked first) or `suppressed` (and why).
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum ActionView {
+    Sent { action_id: String },
+    Deferred { action_id: String, actor: String },
+    Suppressed { action_id: String, reason: String },
+}
+
+impl From<mesh_proto::ActionOutcome> for ActionView {
+    fn from(outcome: mesh_proto::ActionOutcome) -> ActionView {
+        use mesh_proto::ActionOutcome;
+        match outcome {
+            ActionOutcome::Sent { action_id } => ActionView::Sent { action_id },
+            ActionOutcome::Deferred { action_id, actor } => {
+                ActionView::Deferred { action_id, actor }
+            }
+            ActionOutcome::Suppressed { action_id, reason } => {
+                ActionView::Suppressed { action_id, reason }
+            }
+        }
+    }
 }
 
 pub async fn read(
@@ -134,6 +161,7 @@ impl From<AuditRecord> for EntryView {
                     execution_time_ms: r.execution_time_ns as f64 / 1e6,
                     missing_fields: r.missing_fields,
                     error: r.error,
+                    action: r.action.map(ActionView::from),
                 })
                 .collect(),
         }

@@ -13,6 +13,7 @@ fn policies_dir() -> PathBuf {
 /// The least number of cases each case file or folder must run, so that a lost file fails.
 const MIN_CASES: &[(&str, usize)] = &[
     ("incidents/recovery.cases.toml", 12),
+    ("mesh/mesh.cases.toml", 9),
     ("orchestrator/resource_limits.cases", 21),
     ("orchestrator/sla_enforcement.cases", 19),
     ("orchestrator/feature_flags.cases", 23),

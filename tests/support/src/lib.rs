@@ -394,7 +394,8 @@ pub fn event(event_type: &str, severity: f64, context: Value) -> Value {
     serde_json::json!({ "event_type": event_type, "severity": severity, "context": context })
 }
 
-/// A policy body for `POST /policies`.
+/// A policy body for `POST /policies`. No cooldown: the tests that use it count one action per
+/// matching incident (throttling is tested on its own, in `mesh_decisions.rs`).
 pub fn policy(name: &str, condition: &str, priority: i64) -> Value {
     serde_json::json!({
         "name": name,
@@ -403,7 +404,8 @@ pub fn policy(name: &str, condition: &str, priority: i64) -> Value {
             "condition": condition,
             "action": format!("act_{name}"),
             "modifiers": {"k": name},
-            "reversibility_sec": 60
+            "reversibility_sec": 60,
+            "cooldown_sec": 0
         },
         "active": true,
         "priority": priority
