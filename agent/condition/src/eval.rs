@@ -29,7 +29,9 @@ pub(crate) struct Input<'a> {
     pub facts: &'a dyn Facts,
 }
 
-/// Evaluates `node`, or-ing into `missing` the bits of the fields it found missing.
+/// Evaluates `node`, or-ing into `missing` the bits of the fields it found missing. Inline across
+/// crates: the engine's loop over policies calls it once per policy.
+#[inline]
 pub(crate) fn eval(node: &Node, input: Input<'_>, missing: &mut u64) -> bool {
     match node {
         Node::Const(value) => *value,

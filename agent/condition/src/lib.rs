@@ -161,6 +161,7 @@ impl Condition {
 }
 
 /// The bit of an [`Outcome`]'s missing set that stands for the path with this index.
+#[inline]
 pub(crate) fn missing_bit(index: usize) -> u64 {
     1u64 << index.min(63)
 }
@@ -176,6 +177,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// The outcome of a test that reads no fields of its own (e.g. a Rego rule).
+    #[inline]
     pub fn from_match(matched: bool) -> Outcome {
         Outcome {
             matched,
@@ -184,6 +186,7 @@ impl Outcome {
     }
 
     /// Whether any field read during the evaluation was missing.
+    #[inline]
     pub fn any_missing(&self) -> bool {
         self.missing != 0
     }

@@ -43,7 +43,7 @@ impl FactSources {
     pub fn view<'a>(&'a self, incident: &'a Incident, now_ms: u64) -> FactsView<'a> {
         FactsView {
             sources: self,
-            peers: self.peers.load_full(),
+            peers: self.peers.load(),
             now_ms,
             current: Some((&incident.kind, incident.severity)),
         }
@@ -157,7 +157,8 @@ pub struct NodeCount {
 /// The facts one evaluation reads.
 pub struct FactsView<'a> {
     sources: &'a FactSources,
-    peers: Arc<PeerView>,
+    /// Loaded once per evaluation (a guard, not a reference count: cheaper on the hot path).
+    peers: arc_swap::Guard<Arc<PeerView>>,
     now_ms: u64,
     /// The incident under evaluation, not recorded yet: counted here.
     current: Option<(&'a str, f64)>,

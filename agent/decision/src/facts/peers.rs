@@ -46,7 +46,7 @@ pub struct PeerView {
     pub alive: Vec<String>,
     /// Members known alive or dead, this node included.
     pub known: usize,
-    pub types: HashMap<String, TypeAcross>,
+    pub types: HashMap<String, TypeAcross, foldhash::fast::RandomState>,
     /// Claims of other members, alive or dead (a dead claimant's claim still stands).
     pub claims: Vec<(String, Claim)>,
     /// Mesh actions other members took, with whether that member is alive.

@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 
+/// Looked up on every mesh fact: a fast hash (keys are bounded in number, see [`MAX_TYPES`]).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use mesh_proto::shared::{IncidentSummary, TypeCount};
 
 /// Sub-windows per type.
@@ -32,7 +35,7 @@ struct TypeWindow {
 #[derive(Debug)]
 pub struct IncidentWindow {
     step_ms: u64,
-    types: HashMap<String, TypeWindow>,
+    types: Map<String, TypeWindow>,
 }
 
 /// One type's figures within the window.
@@ -46,7 +49,7 @@ impl IncidentWindow {
     pub fn new(window_ms: u64) -> IncidentWindow {
         IncidentWindow {
             step_ms: (window_ms / BUCKETS as u64).max(1),
-            types: HashMap::new(),
+            types: Map::default(),
         }
     }
 
