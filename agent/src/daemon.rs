@@ -108,13 +108,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fatal.clone(),
         outbox.clone(),
     )?;
-    let decider = Decider::with_config(
+    let mut decider = Decider::with_config(
         engine,
         audit.clone(),
         node_id.clone(),
         Dedup::new(config.dedup_window()),
         config.decisions,
     );
+    if config.mesh.tls_dir.is_some() {
+        let seen = store.members_seen()?.unwrap_or(0);
+        decider = decider.with_mesh(seen as usize);
+    }
     match decider.reopen_history() {
         Ok(0) => {}
         Ok(entries) => info!(entries, "history facts re-read from the audit ring"),
@@ -169,9 +173,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
 
-    let mesh_link = mesh
-        .as_ref()
-        .map(|mesh| crate::mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider)));
+    let mesh_link = mesh.as_ref().map(|mesh| {
+        crate::mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
+    });
 
     let state = AppState {
         policies,
@@ -203,9 +207,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some(link) = mesh_link {
-        link.abort();
-        // The link held the mesh: wait until it let go, so the mesh can be shut down.
-        let _ = link.await;
+        // The link holds the mesh: once it has let go, the mesh can be shut down.
+        link.stop().await;
     }
     if let Some(mesh) = mesh.and_then(Arc::into_inner) {
         mesh.shutdown().await;

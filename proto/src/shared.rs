@@ -1,7 +1,8 @@
 //! What a node tells the mesh about its incidents in gossip (chitchat keys beside its policy
 //! revision): a summary of its recent incidents, the mesh actions it asks the mesh to take, and the
 //! ones it took. Each is a record (format byte + postcard) carried as base64 text, since chitchat
-//! values are strings; each is bounded in bytes by its writer.
+//! values are strings; each writer keeps its encoded value within a byte budget (the oldest claims
+//! and acted entries, the rarest incident types, go first).
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,8 @@ use crate::Record;
 /// This node's incidents within the sliding window, per type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IncidentSummary {
+    /// When the summary was made (Unix ms): receivers ignore one older than its window.
+    pub at_ms: u64,
     /// Length of the window the counts cover.
     pub window_sec: u32,
     /// The types with the most incidents first; the rest are cut when the summary would be larger

@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 
 use axum::http::StatusCode;
 
+use agent_decision::audit::NotCommitted;
 use agent_decision::event::Event;
-use agent_decision::{DecideError, Decision};
+use agent_decision::{DecideError, DecideOptions, Decision};
 
 use super::{ApiError, AppState, json};
 
@@ -58,16 +59,25 @@ pub async fn one(
     let event = parse_event(&state, &body, "")?;
     let input = String::from_utf8_lossy(&body).into_owned();
     let incident = event.into_incident(SOURCE, &body, state.decider.dedup());
-    // Explained before it is decided: the decision records the incident, and the facts of the
-    // explanation must be the ones the decision reads.
-    let explanations = query.explain.then(|| state.decider.explain(&incident));
-    let decision = state
+    let options = DecideOptions {
+        dry_run: query.dry_run,
+        explain: query.explain,
+    };
+    let pending = state
         .decider
-        .decide(incident, input, query.dry_run)
+        .decide_with(incident, input, options)
         .await
         .map_err(not_decided)?;
+    if let Some(committed) = pending.committed {
+        committed
+            .await
+            .map_err(|_| NotCommitted)
+            .and_then(|result| result)
+            .map_err(|err| not_decided(err.into()))?;
+    }
+    let decision = pending.decision;
     let mut results = results(&decision);
-    if let Some(explanations) = explanations {
+    if let Some(explanations) = &decision.explanations {
         for result in &mut results {
             result.explain = explanations
                 .iter()

@@ -14,7 +14,7 @@ use super::eval::{self, Input, View};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     pub matched: bool,
-    /// The test that decided the verdict (`None` when the condition is constant).
+    /// The test that decided the verdict (`true`/`false` when a constant did).
     pub decided_by: Option<String>,
     /// Every test evaluated, in evaluation order.
     pub clauses: Vec<Clause>,
@@ -73,7 +73,16 @@ impl Notes<'_> {
     /// Mirrors [`eval::eval`]'s short-circuits; every test goes through [`eval::test`].
     fn walk(&mut self, node: &Node, input: Input<'_>) -> bool {
         match node {
-            Node::Const(value) => *value,
+            // A constant left in a chain is the value that settles it (the compiler drops the
+            // others): it decides.
+            Node::Const(value) => {
+                self.clauses.push(Clause {
+                    text: value.to_string(),
+                    result: *value,
+                    values: Vec::new(),
+                });
+                *value
+            }
             Node::And(items) => items.iter().all(|item| self.walk(item, input)),
             Node::Or(items) => items.iter().any(|item| self.walk(item, input)),
             Node::Not(inner) => !self.walk(inner, input),

@@ -18,8 +18,13 @@
 //! primary    = "(" or ")" | test ;
 //! test       = path "." method "(" literal ")"
 //!            | operand [ cmp_op operand | ["not"] "in" list ] ;
-//! operand    = path | literal ;
+//! operand    = path | fact | literal ;
 //! path       = "incident" "." ("id" | "type" | "severity" | "timestamp" | "context" { segment }) ;
+//! fact       = "mesh" "." "nodes_alive"
+//!            | "mesh" "." ("nodes_with" | "fraction_with" | "max_severity") "(" string ")"
+//!            | "history" "." "count" "(" string "," window ")"
+//!            | "history" "." "last_matched" "(" string ")" ;
+//! window     = string of digits and a unit: 's' | 'm' | 'h' | 'd', at most 31 days ;
 //! segment    = "." name | "[" string "]" | "[" digits "]" ;      (* segments only under context *)
 //! method     = "startswith" | "endswith" | "contains" | "matches" ;
 //! cmp_op     = "==" | "!=" | "<" | "<=" | ">" | ">=" ;
@@ -35,6 +40,9 @@
 //!
 //! # Semantics
 //!
+//! * A fact is a number the evaluator supplies through [`Facts`] (see [`Fact`] for each one's
+//!   meaning); a fact without a value is missing, as a missing field is. Facts have no fields or
+//!   methods below them.
 //! * `incident.type` is [`Incident::kind`]; `incident.timestamp` is `null` when the incident has
 //!   none; `incident.context.<path>` walks the JSON context (`.key`, `['key']`, `[index]`).
 //! * Numbers (JSON integers included) compare as `f64`; strings compare lexicographically (by code

@@ -21,7 +21,11 @@ fn sources(now_ms: u64) -> FactSources {
     view.known = 50;
     view.from_mesh = true;
     for t in 0..20 {
-        let kind = if t == 0 { "cpu_spike".to_owned() } else { format!("type_{t}") };
+        let kind = if t == 0 {
+            "cpu_spike".to_owned()
+        } else {
+            format!("type_{t}")
+        };
         view.types.insert(
             kind,
             TypeAcross {
@@ -34,7 +38,11 @@ fn sources(now_ms: u64) -> FactSources {
     sources.set_peers(view);
     // 100,000 incidents over the last day, a tenth of them memory leaks.
     for i in 0..100_000u64 {
-        let kind = if i % 10 == 0 { "memory_leak" } else { "disk_full" };
+        let kind = if i % 10 == 0 {
+            "memory_leak"
+        } else {
+            "disk_full"
+        };
         sources.remember(kind, now_ms - 86_400_000 + i * 864, []);
     }
     sources
@@ -53,14 +61,14 @@ fn bench(c: &mut Criterion) {
     let condition = Condition::compile(CONDITION).unwrap();
     assert!(
         condition
-            .eval_with(&incident, &sources.view(&incident, now_ms))
+            .eval_with(&incident, &sources.view(&incident, &[], now_ms))
             .matched,
         "the bench incident must match"
     );
     let mut group = c.benchmark_group("facts");
     group.bench_function("condition_with_mesh_and_history_facts", |b| {
         b.iter(|| {
-            let facts = sources.view(black_box(&incident), now_ms);
+            let facts = sources.view(black_box(&incident), &[], now_ms);
             black_box(&condition).eval_with(black_box(&incident), &facts)
         })
     });
@@ -72,7 +80,7 @@ fn bench(c: &mut Criterion) {
         let condition = Condition::compile(source).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
-                let facts = sources.view(black_box(&incident), now_ms);
+                let facts = sources.view(black_box(&incident), &[], now_ms);
                 black_box(&condition).eval_with(black_box(&incident), &facts)
             })
         });

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mesh_proto::{ActionMessage, ActionOutcome, AuditRecord, AuditResult, IncidentView};
 
 use agent_base::clock::{now_us, rfc3339};
-use agent_engine::{CompiledPolicy, Engine, Evaluation, Explanation, Incident};
+use agent_engine::{CompiledPolicy, Engine, Evaluation, Explanation, Incident, Scope};
 
 use crate::audit::{AuditLog, Committed, NotCommitted};
 use crate::event::Dedup;
@@ -96,7 +96,21 @@ pub struct Pending {
 pub struct Decision {
     pub incident: Incident,
     pub evaluation: Evaluation,
+    /// With [`DecideOptions::explain`]: why each policy matched or not.
+    pub explanations: Option<Vec<PolicyExplanation>>,
 }
+
+/// How to decide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecideOptions {
+    /// Evaluate without recording anything.
+    pub dry_run: bool,
+    /// Explain every verdict, with the same facts the evaluation read.
+    pub explain: bool,
+}
+
+/// The event id under which a mesh action sent on a peer's claim is audited (then its id).
+pub const MESH_ACTION_EVENT: &str = "mesh-action:";
 
 impl Decider {
     /// Counts an event refused before evaluation (malformed) as an evaluation error, wherever it
@@ -133,13 +147,16 @@ impl Decider {
     }
 
     /// Fills the history index from the audit ring (at start): as many of the newest entries as
-    /// the ring holds, read a page at a time.
+    /// the ring holds, read a page at a time. The actions sent within the last day are noted
+    /// too, so that after a restart a mesh action is not sent again and cooldowns hold.
     pub fn reopen_history(&self) -> Result<usize, agent_store::StoreError> {
         #[derive(serde::Deserialize)]
         struct Kind {
             event_type: Option<String>,
         }
         let capacity = self.audit.settings().capacity as usize;
+        let sent_since_ms = agent_base::clock::now_ms().saturating_sub(24 * 3600 * 1000);
+        let mut sent: Vec<(String, u64, String, u64)> = Vec::new();
         let mut entries: Vec<(String, u64, Vec<String>)> = Vec::new();
         let mut before_seq = None;
         while entries.len() < capacity {
@@ -159,20 +176,39 @@ impl Decider {
                 else {
                     continue;
                 };
-                let matched = record
-                    .results
-                    .into_iter()
-                    .filter(|r| r.matched)
-                    .map(|r| r.policy_name)
-                    .collect();
-                entries.push((kind, (record.at_us / 1000).max(0) as u64, matched));
+                let at_ms = (record.at_us / 1000).max(0) as u64;
+                let mut matched = Vec::new();
+                for result in record.results.into_iter().filter(|r| r.matched) {
+                    if let Some(ActionOutcome::Sent { action_id }) = result.action
+                        && at_ms >= sent_since_ms
+                    {
+                        sent.push((action_id, result.policy_id, kind.clone(), at_ms));
+                    }
+                    matched.push(result.policy_name);
+                }
+                // A mesh action sent on a peer's claim is not an incident of this node's.
+                if !record.event_id.starts_with(MESH_ACTION_EVENT) {
+                    entries.push((kind, at_ms, matched));
+                }
             }
         }
         for (kind, at_ms, matched) in entries.iter().rev() {
             self.facts
                 .remember(kind, *at_ms, matched.iter().map(String::as_str));
         }
+        for (action_id, policy_id, kind, at_ms) in sent.iter().rev() {
+            self.mesh_actions
+                .remember_sent(action_id, *policy_id, kind, *at_ms);
+        }
         Ok(self.facts.history_len())
+    }
+
+    /// The mesh is configured: until it gives a settled view, mesh facts are missing and mesh
+    /// rules do not act; `members_seen` (the membership persisted by the last run) is the size
+    /// a majority counts against until the view has settled.
+    pub fn with_mesh(self, members_seen: usize) -> Decider {
+        self.facts.expect_mesh(members_seen);
+        self
     }
 
     /// The mesh as gossip shows it now: mesh facts read it, and claimed mesh actions this node is
@@ -190,9 +226,13 @@ impl Decider {
         let set = self.engine.current();
         let now_us = now_us();
         let peers = self.facts.peers();
-        let due = self
-            .mesh_actions
-            .due(&peers, &set, (now_us / 1000).max(0) as u64);
+        if !peers.settled {
+            return Ok(0);
+        }
+        let mut tentative = self.mesh_actions.tentative();
+        let due =
+            self.mesh_actions
+                .due(&peers, &set, (now_us / 1000).max(0) as u64, &mut tentative);
         if due.is_empty() {
             return Ok(0);
         }
@@ -226,7 +266,9 @@ impl Decider {
             }
         }
         let decided = records.len();
-        if let Some(committed) = self.record(records, actions).await? {
+        let committed = self.record(records, actions).await?;
+        tentative.commit();
+        if let Some(committed) = committed {
             committed.await.map_err(|_| NotCommitted)??;
         }
         Ok(decided)
@@ -245,8 +287,9 @@ impl Decider {
             seq: 0,
             at_us: now_us,
             node: self.node_id.clone(),
-            event_id: format!("mesh-action:{}", claim.action_id),
+            event_id: format!("{MESH_ACTION_EVENT}{}", claim.action_id),
             input_json: serde_json::json!({
+                "event_type": claim.key,
                 "mesh_claim": {
                     "claimed_by": action.claimant,
                     "action_id": claim.action_id,
@@ -281,12 +324,20 @@ impl Decider {
         let now_ms = agent_base::clock::now_ms();
         let mut values = vec![(
             crate::facts::peers::KEY_INCIDENTS,
+            // The budget is for the gossiped text: base64 takes 4 bytes for every 3.
             crate::facts::peers::to_gossip(
-                &self.facts.summary(now_ms, self.config.gossip_max_bytes),
+                &self
+                    .facts
+                    .summary(now_ms, self.config.gossip_max_bytes / 4 * 3),
             ),
         )];
         values.extend(self.mesh_actions.gossip_values(now_ms));
         values
+    }
+
+    /// Whether this node's view of the mesh can speak for it (see [`with_mesh`](Self::with_mesh)).
+    pub fn mesh_settled(&self) -> bool {
+        self.facts.peers().settled
     }
 
     /// Resolves when claims or mesh actions changed: the daemon gossips them at once.
@@ -309,11 +360,13 @@ impl Decider {
         &self.config
     }
 
-    /// Evaluates `incident` without recording anything and explains every policy's verdict.
-    pub fn explain(&self, incident: &Incident) -> Vec<PolicyExplanation> {
-        let now_ms = agent_base::clock::now_ms();
-        let facts = self.facts.view(incident, now_ms);
-        let evaluation = self.engine.evaluate(incident, &facts);
+    /// Why each policy of `evaluation` matched or not, with the facts the evaluation read.
+    fn explanations(
+        &self,
+        incident: &Incident,
+        evaluation: &Evaluation,
+        facts: &dyn agent_engine::Facts,
+    ) -> Vec<PolicyExplanation> {
         evaluation
             .iter()
             .map(|(policy, verdict)| {
@@ -325,7 +378,7 @@ impl Decider {
                     policy_id: policy.id,
                     policy_name: policy.name.to_string(),
                     matched: verdict.outcome.matched,
-                    condition: policy.matcher.explain(incident, &facts),
+                    condition: policy.matcher.explain(incident, facts),
                     rego,
                     error: verdict.error.as_ref().map(ToString::to_string),
                 }
@@ -361,9 +414,11 @@ impl Decider {
         Ok(self.dedup.len())
     }
 
-    /// Matched rules become action messages through `sink`.
+    /// Matched rules become action messages through `sink`; this node can then send mesh
+    /// actions (and says so in gossip).
     pub fn with_upstream(mut self, sink: ActionSink) -> Decider {
         self.upstream = Some(sink);
+        self.mesh_actions.set_can_act();
         self
     }
 
@@ -381,7 +436,11 @@ impl Decider {
         input_json: String,
         dry_run: bool,
     ) -> Result<Decision, DecideError> {
-        let pending = self.decide_deferred(incident, input_json, dry_run).await?;
+        let options = DecideOptions {
+            dry_run,
+            explain: false,
+        };
+        let pending = self.decide_with(incident, input_json, options).await?;
         if let Some(committed) = pending.committed {
             committed.await.map_err(|_| NotCommitted)??;
         }
@@ -397,21 +456,46 @@ impl Decider {
         input_json: String,
         dry_run: bool,
     ) -> Result<Pending, DecideError> {
+        let options = DecideOptions {
+            dry_run,
+            explain: false,
+        };
+        self.decide_with(incident, input_json, options).await
+    }
+
+    /// [`decide_deferred`](Self::decide_deferred), optionally explaining each verdict.
+    pub async fn decide_with(
+        &self,
+        incident: Incident,
+        input_json: String,
+        options: DecideOptions,
+    ) -> Result<Pending, DecideError> {
         let now_ms = agent_base::clock::now_ms();
-        let evaluation = self
-            .engine
-            .evaluate(&incident, &self.facts.view(&incident, now_ms));
+        // The facts view is gone before the first await: one evaluation, one view.
+        let (evaluation, explanations) = {
+            let facts = self.facts.view(&incident, &[], now_ms);
+            let evaluation = self.engine.evaluate(&incident, &facts);
+            let explanations = options
+                .explain
+                .then(|| self.explanations(&incident, &evaluation, &facts));
+            (evaluation, explanations)
+        };
         let mut committed = None;
-        if !dry_run {
-            let (record, actions) = self.prepare(&incident, input_json, &evaluation, now_ms)?;
-            self.remember(&incident, &evaluation, now_ms);
+        if !options.dry_run {
+            let mut tentative = self.mesh_actions.tentative();
+            let (record, actions) =
+                self.prepare(&incident, input_json, &evaluation, now_ms, &mut tentative)?;
             committed = self.record(vec![record], actions).await?;
+            // Recorded (or the writer fails and the agent stops): only now does it count.
+            tentative.commit();
+            self.remember(&incident, &evaluation, now_ms);
             self.count(&evaluation);
         }
         Ok(Pending {
             decision: Decision {
                 incident,
                 evaluation,
+                explanations,
             },
             committed,
         })
@@ -425,30 +509,40 @@ impl Decider {
         events: Vec<(Incident, String)>,
         dry_run: bool,
     ) -> Result<Vec<Decision>, DecideError> {
-        let mut decisions = Vec::with_capacity(events.len());
+        let mut decisions: Vec<Decision> = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut actions = Vec::new();
+        let mut tentative = self.mesh_actions.tentative();
+        // Events of the batch before this one, not recorded yet: facts count them.
+        let mut earlier: Vec<(String, f64)> = Vec::new();
+        let now_ms = agent_base::clock::now_ms();
         for (incident, input_json) in events {
-            let now_ms = agent_base::clock::now_ms();
-            let evaluation = self
-                .engine
-                .evaluate(&incident, &self.facts.view(&incident, now_ms));
+            let evaluation = {
+                let facts = self.facts.view(&incident, &earlier, now_ms);
+                self.engine.evaluate(&incident, &facts)
+            };
             if !dry_run {
-                let (record, more) = self.prepare(&incident, input_json, &evaluation, now_ms)?;
-                // Later events of the batch count this one (a refused batch leaves it counted).
-                self.remember(&incident, &evaluation, now_ms);
+                let (record, more) =
+                    self.prepare(&incident, input_json, &evaluation, now_ms, &mut tentative)?;
                 records.push(record);
                 actions.extend(more);
             }
+            earlier.push((incident.kind.clone(), incident.severity));
             decisions.push(Decision {
                 incident,
                 evaluation,
+                explanations: None,
             });
         }
         if dry_run {
             return Ok(decisions);
         }
-        if let Some(committed) = self.record(records, actions).await? {
+        let committed = self.record(records, actions).await?;
+        tentative.commit();
+        for decision in &decisions {
+            self.remember(&decision.incident, &decision.evaluation, now_ms);
+        }
+        if let Some(committed) = committed {
             committed.await.map_err(|_| NotCommitted)??;
         }
         for decision in &decisions {
@@ -481,11 +575,9 @@ impl Decider {
         input_json: String,
         evaluation: &Evaluation,
         now_ms: u64,
+        tentative: &mut crate::mesh_actions::Tentative<'_>,
     ) -> Result<(AuditRecord, Vec<OutboxItem>), TooLarge> {
-        let (actions, outcomes) = match &self.upstream {
-            Some(sink) => self.actions(sink, incident, evaluation, now_ms)?,
-            None => (Vec::new(), HashMap::new()),
-        };
+        let (actions, outcomes) = self.actions(incident, evaluation, now_ms, tentative)?;
         let mut record = self.audit_record(incident, input_json, evaluation);
         for result in &mut record.results {
             result.action = outcomes.get(&result.policy_id).cloned();
@@ -554,15 +646,19 @@ impl Decider {
     }
 
     /// One action message per matched rule whose action this node sends, and what became of
-    /// each matched rule's action (by policy id).
+    /// each matched rule's action (by policy id). Without an upstream, node-scoped rules have no
+    /// action, and mesh-scoped ones still claim theirs (a peer with an upstream sends it).
     fn actions(
         &self,
-        sink: &ActionSink,
         incident: &Incident,
         evaluation: &Evaluation,
         now_ms: u64,
+        tentative: &mut crate::mesh_actions::Tentative<'_>,
     ) -> Result<(Vec<OutboxItem>, HashMap<u64, ActionOutcome>), TooLarge> {
-        let mut matched = evaluation.matched().peekable();
+        let mut matched = evaluation
+            .matched()
+            .filter(|policy| self.upstream.is_some() || policy.scope == Scope::Mesh)
+            .peekable();
         if matched.peek().is_none() {
             return Ok((Vec::new(), HashMap::new()));
         }
@@ -579,10 +675,25 @@ impl Decider {
         let mut outcomes = HashMap::new();
         for policy in matched {
             let node_action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
-            let disposition =
-                self.mesh_actions
-                    .on_match(policy, incident, node_action_id, now_ms, &peers);
-            if let Disposition::Send { action_id, mesh } = &disposition {
+            let disposition = if policy.scope == Scope::Mesh && !peers.settled {
+                Disposition::Suppressed {
+                    action_id: node_action_id,
+                    reason: "this node has not settled in the mesh yet (it sees too few members)"
+                        .into(),
+                }
+            } else {
+                self.mesh_actions.on_match(
+                    policy,
+                    incident,
+                    node_action_id,
+                    now_ms,
+                    &peers,
+                    tentative,
+                )
+            };
+            if let (Disposition::Send { action_id, mesh }, Some(sink)) =
+                (&disposition, &self.upstream)
+            {
                 let item = self.message(
                     sink,
                     policy,

@@ -17,8 +17,8 @@ pub mod outbox;
 pub mod summary;
 
 pub use decider::{
-    ActionSink, DecideError, Decider, Decision, Pending, PolicyExplanation, REJECTED, TooLarge,
-    action_id,
+    ActionSink, DecideError, DecideOptions, Decider, Decision, MESH_ACTION_EVENT, Pending,
+    PolicyExplanation, REJECTED, TooLarge, action_id,
 };
 pub use facts::DecisionsConfig;
 pub use metrics::{AuditMetrics, OutboxMetrics};

@@ -88,6 +88,9 @@ pub enum Quorum {
     Majority,
 }
 
+/// The highest `rate_limit.max`: firings are remembered per key up to this many.
+pub const MAX_RATE_LIMIT: u32 = 64;
+
 /// A limit on how often an action fires for one incident key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,9 +109,22 @@ pub struct DefinitionPatch {
     pub modifiers: Option<Map<String, Value>>,
     pub reversibility_sec: Option<u64>,
     pub scope: Option<Scope>,
-    pub quorum: Option<Quorum>,
-    pub cooldown_sec: Option<u64>,
-    pub rate_limit: Option<RateLimit>,
+    /// `null` clears these three; absent leaves them.
+    #[serde(default, deserialize_with = "clearable")]
+    pub quorum: Option<Option<Quorum>>,
+    #[serde(default, deserialize_with = "clearable")]
+    pub cooldown_sec: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "clearable")]
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// A patch key given as `null` (`Some(None)`: clear it) apart from one left out (`None`).
+fn clearable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 impl Definition {
@@ -128,11 +144,19 @@ impl Definition {
             ));
         }
         if let Some(limit) = self.rate_limit
-            && (limit.max == 0 || limit.per_sec == 0)
+            && !(1..=MAX_RATE_LIMIT).contains(&limit.max)
         {
             return Err(DefinitionError::new(
-                "definition.rate_limit",
-                "`max` and `per_sec` must both be at least 1",
+                "definition.rate_limit.max",
+                format!("must be between 1 and {MAX_RATE_LIMIT}"),
+            ));
+        }
+        if let Some(limit) = self.rate_limit
+            && limit.per_sec == 0
+        {
+            return Err(DefinitionError::new(
+                "definition.rate_limit.per_sec",
+                "must be at least 1",
             ));
         }
         match (&self.condition, &self.rego) {
@@ -187,14 +211,14 @@ impl Definition {
         if let Some(scope) = patch.scope {
             self.scope = scope;
         }
-        if patch.quorum.is_some() {
-            self.quorum = patch.quorum;
+        if let Some(quorum) = patch.quorum {
+            self.quorum = quorum;
         }
-        if patch.cooldown_sec.is_some() {
-            self.cooldown_sec = patch.cooldown_sec;
+        if let Some(cooldown_sec) = patch.cooldown_sec {
+            self.cooldown_sec = cooldown_sec;
         }
-        if patch.rate_limit.is_some() {
-            self.rate_limit = patch.rate_limit;
+        if let Some(rate_limit) = patch.rate_limit {
+            self.rate_limit = rate_limit;
         }
     }
 

@@ -25,7 +25,9 @@ use crate::rego::EvalError;
 pub use agent_condition::{
     Condition, ConditionError, Explanation, FactQuery, Facts, Incident, NoFacts, Outcome,
 };
-pub use definition::{Definition, DefinitionError, DefinitionPatch, Quorum, RateLimit, Scope};
+pub use definition::{
+    Definition, DefinitionError, DefinitionPatch, MAX_RATE_LIMIT, Quorum, RateLimit, Scope,
+};
 pub use matcher::{Matcher, rego_input};
 pub use metrics::EngineMetrics;
 pub use policy_set::{CompiledPolicy, PolicySet};

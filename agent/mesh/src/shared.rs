@@ -23,6 +23,8 @@ pub struct SharedView {
 #[derive(Debug, Clone)]
 pub struct SharedMember {
     pub node_id: String,
+    /// Which run of the node (it grows at each restart).
+    pub generation: u64,
     pub alive: bool,
     /// (key without the prefix, value).
     pub values: Vec<(String, String)>,
@@ -34,6 +36,7 @@ pub(crate) fn view(chitchat: &Chitchat) -> SharedView {
     let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
     let dead: Vec<ChitchatId> = chitchat.dead_nodes().cloned().collect();
     let member = |id: &ChitchatId, alive: bool| SharedMember {
+        generation: id.generation_id,
         node_id: id.node_id.to_string(),
         alive,
         values: chitchat
@@ -59,8 +62,13 @@ pub(crate) fn view(chitchat: &Chitchat) -> SharedView {
             .filter(|id| !live.iter().any(|l| l.node_id == id.node_id))
             .map(|id| member(id, false)),
     );
-    members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    members.dedup_by(|a, b| a.node_id == b.node_id);
+    // A restarted node may show under both generations for a while: keep the newest.
+    members.sort_by(|a, b| {
+        a.node_id
+            .cmp(&b.node_id)
+            .then(b.generation.cmp(&a.generation))
+    });
+    members.dedup_by(|later, first| later.node_id == first.node_id);
     SharedView {
         self_id: me.node_id.to_string(),
         members,

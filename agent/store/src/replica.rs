@@ -23,8 +23,8 @@ use super::{DbContext, Store, StoreError, merge_clock, meta_u64};
 use agent_identity::Signer;
 
 use crate::schema::{
-    META_INCARNATION, META_LAST_SYNC, META_REPLICA_SEQ, NODE_CERTS, PEER_CURSORS, REPLICA,
-    REPLICA_LOG,
+    META_INCARNATION, META_LAST_SYNC, META_MEMBERS_SEEN, META_REPLICA_SEQ, NODE_CERTS,
+    PEER_CURSORS, REPLICA, REPLICA_LOG,
 };
 
 /// What a merge did.
@@ -422,6 +422,28 @@ impl Store {
         Ok(meta
             .get(META_LAST_SYNC)
             .ctx("read last sync")?
+            .map(|v| v.value()))
+    }
+
+    /// Notes how many members (alive or dead) this node's settled view of the mesh holds: the
+    /// next run counts a majority against it until its own view has settled.
+    pub fn note_members_seen(&self, members: u64) -> Result<(), StoreError> {
+        self.write(|txn, _| {
+            txn.open_table(META)
+                .ctx("open meta")?
+                .insert(META_MEMBERS_SEEN, members)
+                .ctx("write members seen")?;
+            Ok(())
+        })
+    }
+
+    /// What [`note_members_seen`](Self::note_members_seen) last noted; `None` if never.
+    pub fn members_seen(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let meta = txn.open_table(META).ctx("open meta")?;
+        Ok(meta
+            .get(META_MEMBERS_SEEN)
+            .ctx("read members seen")?
             .map(|v| v.value()))
     }
 

@@ -18,8 +18,9 @@
 //!   policy; the migration fills it from the policies.
 //! - 9: new audit entries are format 3 (`AuditResult` says what became of a matched rule's action:
 //!   sent, deferred to another node, suppressed). Format 2 entries stay as they are (the hash
-//!   chain covers their bytes) and are read as format 3 with no outcome; nothing is rewritten. A
-//!   build of schema 8 could not read the new entries.
+//!   chain covers their bytes) and are read as format 3 with no outcome; nothing is rewritten (a
+//!   file migrated from before 7 now gets format 3 entries from the 6 -> 7 step). A build of
+//!   schema 8 could not read the new entries.
 
 use redb::TableDefinition;
 
@@ -80,6 +81,8 @@ pub const META_INCARNATION: &str = "incarnation";
 /// Wall-clock ms when this node last knew itself in step with a peer (merged from it, or saw the
 /// same digest): a node whose last sync is older than the tombstone TTL may hold deleted keys.
 pub const META_LAST_SYNC: &str = "last_sync_ms";
+/// Members of the mesh this node's settled view last held (a majority's base after a restart).
+pub const META_MEMBERS_SEEN: &str = "mesh_members_seen";
 
 // The outbox (`agent_decision::outbox`): written in the audit writer's transaction.
 

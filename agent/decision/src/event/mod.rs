@@ -15,6 +15,8 @@ pub use dedup::{Dedup, MAX_ENTRIES as DEDUP_MAX_ENTRIES};
 
 /// The longest `event_id` accepted, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 256;
+/// The longest `event_type` accepted, in bytes: a type is gossiped, indexed and throttled by.
+pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 
 /// One detected incident: a JSON object (an array or a scalar is refused, not read by position).
 /// Unknown fields are ignored (monitors add their own), but the audit keeps the event exactly as
@@ -31,6 +33,7 @@ pub struct Event {
 
 #[derive(Deserialize)]
 struct Fields {
+    #[serde(deserialize_with = "event_type")]
     event_type: String,
     severity: f64,
     #[serde(default)]
@@ -39,6 +42,17 @@ struct Fields {
     timestamp: Option<String>,
     #[serde(default, deserialize_with = "event_id")]
     event_id: Option<String>,
+}
+
+fn event_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let kind = String::deserialize(deserializer)?;
+    if kind.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(de::Error::custom(format!(
+            "`event_type` is {} bytes, over {MAX_EVENT_TYPE_BYTES}",
+            kind.len()
+        )));
+    }
+    Ok(kind)
 }
 
 fn event_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -123,6 +137,14 @@ mod tests {
             "a".repeat(MAX_EVENT_ID_BYTES + 1)
         );
         assert!(serde_json::from_str::<Event>(&long).is_err());
+        let long_type = format!(
+            r#"{{"event_type": "{}", "severity": 1}}"#,
+            "t".repeat(MAX_EVENT_TYPE_BYTES + 1)
+        );
+        let err = serde_json::from_str::<Event>(&long_type)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`event_type` is 257 bytes"), "{err}");
         let null: Event =
             serde_json::from_str(r#"{"event_type": "x", "severity": 1, "event_id": null}"#)
                 .unwrap();

@@ -1,10 +1,12 @@
 //! History facts from the audit ring, answered from memory: how many incidents of a type this node
 //! recorded since a time, and when a policy last matched here.
 //!
-//! The index mirrors the ring: it keeps at most as many incidents as the ring keeps entries, and
-//! forgets the oldest first, as the ring does. It is filled from the ring at start
-//! ([`History::record`] for each entry, oldest first) and then fed every recorded decision, so a
-//! fact never scans the ring.
+//! The index follows the ring in entries: it keeps at most as many incidents as the ring keeps
+//! entries, and forgets the oldest first. It can hold a little more history than the ring (the
+//! ring also drops by bytes, and its rejected payloads and mesh actions sent for peers take slots
+//! but are not incidents of this node). It is filled from the ring at start ([`History::record`]
+//! for each entry, oldest first) and then fed every recorded decision, so a fact never scans the
+//! ring. Types are at most 256 bytes (the intake refuses longer ones).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -27,7 +27,20 @@ pub struct FactSources {
     window: Mutex<IncidentWindow>,
     history: Mutex<History>,
     peers: ArcSwap<PeerView>,
+    /// Set when a mesh is configured: until its view settles, mesh facts are missing.
+    mesh: Mutex<Option<Settling>>,
 }
+
+/// How a node that expects a mesh decides its view has settled: it sees at least as many
+/// members as the last run persisted (or, with none persisted, any peer), or it has had views for
+/// [`SETTLE`].
+struct Settling {
+    members_seen: usize,
+    first_view: Option<std::time::Instant>,
+}
+
+/// How long after its first mesh view a node trusts its view without a persisted membership.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl FactSources {
     /// `history_capacity` is the audit ring's capacity: the index keeps as much as the ring.
@@ -36,16 +49,36 @@ impl FactSources {
             window: Mutex::new(IncidentWindow::new(config.window_ms())),
             history: Mutex::new(History::new(history_capacity)),
             peers: ArcSwap::from_pointee(PeerView::alone(node_id)),
+            mesh: Mutex::new(None),
         }
     }
 
-    /// The facts for evaluating `incident` at `now_ms`.
-    pub fn view<'a>(&'a self, incident: &'a Incident, now_ms: u64) -> FactsView<'a> {
+    /// A mesh is configured; `members_seen` is the membership the last run persisted (0: none).
+    pub fn expect_mesh(&self, members_seen: usize) {
+        *lock(&self.mesh) = Some(Settling {
+            members_seen,
+            first_view: None,
+        });
+        let mut alone = PeerView::clone(&self.peers.load());
+        alone.settled = false;
+        alone.known_floor = members_seen;
+        self.peers.store(Arc::new(alone));
+    }
+
+    /// The facts for evaluating `incident` at `now_ms`; `earlier` are incidents decided with it
+    /// (a batch) and not recorded yet, which count as if they were.
+    pub fn view<'a>(
+        &'a self,
+        incident: &'a Incident,
+        earlier: &'a [(String, f64)],
+        now_ms: u64,
+    ) -> FactsView<'a> {
         FactsView {
             sources: self,
             peers: self.peers.load(),
             now_ms,
             current: Some((&incident.kind, incident.severity)),
+            earlier,
         }
     }
 
@@ -69,7 +102,27 @@ impl FactSources {
         lock(&self.history).len()
     }
 
-    pub fn set_peers(&self, view: PeerView) {
+    /// The mesh's latest view. Until it has settled (see [`Settling`]) mesh facts are missing
+    /// and a majority is counted against the persisted membership.
+    pub fn set_peers(&self, mut view: PeerView) {
+        if let Some(settling) = lock(&self.mesh).as_mut() {
+            let first = *settling
+                .first_view
+                .get_or_insert_with(std::time::Instant::now);
+            view.known_floor = settling.members_seen;
+            // Without a persisted membership, seeing any peer is enough (a join learns the whole
+            // membership from its seed in one exchange); a node alone waits out SETTLE.
+            let enough = if settling.members_seen > 0 {
+                view.known >= settling.members_seen
+            } else {
+                view.known > 1
+            };
+            view.settled = enough || first.elapsed() >= SETTLE;
+            if view.settled {
+                // From here on the mesh's own view counts.
+                settling.members_seen = 0;
+            }
+        }
         self.peers.store(Arc::new(view));
     }
 
@@ -162,25 +215,44 @@ pub struct FactsView<'a> {
     now_ms: u64,
     /// The incident under evaluation, not recorded yet: counted here.
     current: Option<(&'a str, f64)>,
+    /// Incidents of the same batch before it, not recorded yet either.
+    earlier: &'a [(String, f64)],
 }
 
 impl FactsView<'_> {
-    /// This node's figures for `kind`, the incident under evaluation included.
+    /// The incidents of `kind` not recorded yet (this one and earlier ones of its batch), and
+    /// their highest severity.
+    fn unrecorded(&self, kind: &str) -> (u32, f64) {
+        let mut count = 0u32;
+        let mut severity = f64::NEG_INFINITY;
+        let current = self.current.iter().map(|&(k, s)| (k, s));
+        let earlier = self.earlier.iter().map(|(k, s)| (k.as_str(), *s));
+        for (k, s) in current.chain(earlier) {
+            if k == kind {
+                count += 1;
+                severity = severity.max(s);
+            }
+        }
+        (count, severity)
+    }
+
+    /// This node's figures for `kind`, the incidents not recorded yet included.
     fn local(&self, kind: &str) -> Option<TypeStats> {
         let recorded = lock(&self.sources.window).stats(kind, self.now_ms);
-        match self.current {
-            Some((current, severity)) if current == kind => Some(match recorded {
-                Some(stats) => TypeStats {
-                    count: stats.count.saturating_add(1),
-                    max_severity: stats.max_severity.max(severity),
-                },
-                None => TypeStats {
-                    count: 1,
-                    max_severity: severity,
-                },
-            }),
-            _ => recorded,
+        let (count, severity) = self.unrecorded(kind);
+        if count == 0 {
+            return recorded;
         }
+        Some(match recorded {
+            Some(stats) => TypeStats {
+                count: stats.count.saturating_add(count),
+                max_severity: stats.max_severity.max(severity),
+            },
+            None => TypeStats {
+                count,
+                max_severity: severity,
+            },
+        })
     }
 
     fn nodes_with(&self, kind: &str) -> usize {
@@ -201,6 +273,14 @@ impl FactsView<'_> {
 impl Facts for FactsView<'_> {
     fn fact(&self, query: FactQuery<'_>) -> Option<f64> {
         let alive = self.peers.alive.len().max(1);
+        let is_mesh = !matches!(
+            query,
+            FactQuery::HistoryCount { .. } | FactQuery::LastMatched(_)
+        );
+        if is_mesh && !self.peers.settled {
+            // A node that has just joined sees too few members to speak for the mesh.
+            return None;
+        }
         match query {
             FactQuery::NodesAlive => Some(alive as f64),
             FactQuery::NodesWith(kind) => Some(self.nodes_with(kind) as f64),
@@ -209,8 +289,7 @@ impl Facts for FactsView<'_> {
             FactQuery::HistoryCount { kind, window_ms } => {
                 let since = self.now_ms.saturating_sub(window_ms);
                 let recorded = lock(&self.sources.history).count(kind, since);
-                let current = self.current.is_some_and(|(current, _)| current == kind);
-                Some((recorded + usize::from(current)) as f64)
+                Some((recorded + self.unrecorded(kind).0 as usize) as f64)
             }
             FactQuery::LastMatched(policy) => lock(&self.sources.history)
                 .last_matched(policy)
@@ -219,6 +298,9 @@ impl Facts for FactsView<'_> {
     }
 
     fn rego_mesh(&self) -> Option<serde_json::Value> {
+        if !self.peers.settled {
+            return None;
+        }
         let alive = self.peers.alive.len().max(1);
         let mut kinds: Vec<&str> = self.peers.types.keys().map(String::as_str).collect();
         let local: Vec<String> = lock(&self.sources.window)
@@ -230,6 +312,7 @@ impl Facts for FactsView<'_> {
         if let Some((current, _)) = self.current {
             kinds.push(current);
         }
+        kinds.extend(self.earlier.iter().map(|(kind, _)| kind.as_str()));
         kinds.sort_unstable();
         kinds.dedup();
         let incidents: serde_json::Map<String, serde_json::Value> = kinds

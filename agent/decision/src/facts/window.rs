@@ -2,7 +2,8 @@
 //! What it gossips about itself ([`IncidentWindow::summary`]) and what mesh facts read for this node.
 //!
 //! The window is kept as [`BUCKETS`] sub-windows per type, so it slides in steps of a twelfth of
-//! its length, and a type costs the same memory however many incidents it sees. At most
+//! its length (it covers between eleven and twelve twelfths of it, the current sub-window being
+//! partly filled), and a type costs the same memory however many incidents it sees. At most
 //! [`MAX_TYPES`] types are tracked; a new type beyond that replaces the one seen least recently.
 
 use std::collections::HashMap;
@@ -66,6 +67,10 @@ impl IncidentWindow {
         let window = self.types.entry(kind.to_owned()).or_default();
         window.last_ms = window.last_ms.max(at_ms);
         let bucket = &mut window.buckets[(slot % BUCKETS as u64) as usize];
+        if bucket.slot > slot {
+            // Older than what the bucket now holds (a clock stepped back): it has slid out.
+            return;
+        }
         if bucket.slot != slot {
             *bucket = Bucket {
                 slot,
@@ -117,12 +122,14 @@ impl IncidentWindow {
         let horizon = now_ms.saturating_sub(self.window_ms());
         self.types.retain(|_, window| window.last_ms >= horizon);
         let mut summary = IncidentSummary {
+            at_ms: now_ms,
             window_sec: (self.window_ms() / 1000) as u32,
             types: Vec::new(),
             truncated: false,
         };
-        // A varint count, a length-prefixed name and an f32: the encoded size of one entry.
-        let mut size = 8;
+        // A varint count, a length-prefixed name and an f32: the encoded size of one entry; the
+        // header is the format byte, two varints and a flag.
+        let mut size = 1 + 10 + 5 + 1 + 5;
         for (kind, stats) in self.all(now_ms) {
             let entry = kind.len() + 2 + 5 + 4;
             if size + entry > max_bytes {

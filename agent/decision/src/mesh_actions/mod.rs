@@ -7,7 +7,12 @@
 //! sends it, whether the match was its own or a peer's claim. Nodes that see a node act (its
 //! gossiped `acted` log) do not act again; when the actor dies before or after acting, the
 //! next-ranked node sees claims with no alive actor and sends the action itself, under the same
-//! id (derived from rule, key and window), so the consumer sees one action.
+//! id (derived from rule, key and window), so the consumer sees one action. Only nodes that can
+//! send (they have an upstream, and say so in gossip) are ranked.
+//!
+//! Everything a decision changes here (throttle, decided ids, the acted log) is [`Tentative`]
+//! until the decision is recorded: a decision refused or dropped before its commit leaves no trace,
+//! so its retry is decided afresh. Acted entries are gossiped only once committed.
 
 mod rendezvous;
 mod throttle;
@@ -21,15 +26,16 @@ use mesh_proto::shared::{Acted, ActedLog, Claim, Claims};
 use serde::Serialize;
 
 use crate::facts::PeerView;
-use crate::facts::peers::{KEY_ACTED, KEY_CLAIMS, to_gossip};
+use crate::facts::peers::{KEY_ACTED, KEY_CAN_ACT, KEY_CLAIMS, MAX_VALUE_BYTES, to_gossip};
 
 pub use rendezvous::{actor, mesh_action_id, ranking, weight};
 pub use throttle::Throttle;
 
 /// Own claims kept (and gossiped) at most.
 const MAX_CLAIMS: usize = 16;
-/// Own mesh actions kept in the gossiped log at most.
-const MAX_ACTED: usize = 32;
+/// Own mesh actions kept in the gossiped log at most (a mesh-wide rate limit counts at most these
+/// per node).
+const MAX_ACTED: usize = 64;
 /// How long an entry of the acted log is kept: it throttles the mesh's later firings.
 const ACTED_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -80,6 +86,8 @@ pub struct DueAction {
 pub struct MeshActions {
     node_id: String,
     window_ms: u64,
+    /// Whether this node can send actions (it has an upstream): only such nodes are ranked.
+    can_act: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     /// Raised when the claims or the acted log changed: gossip them now.
     changed: tokio::sync::Notify,
@@ -89,12 +97,83 @@ pub struct MeshActions {
 struct State {
     throttle: Throttle,
     claims: VecDeque<Claim>,
-    acted: VecDeque<Acted>,
-    /// Mesh actions this node decided as their actor (sent or suppressed), by id, with when.
+    /// This node's mesh actions; `false` while the decision that sent it is not recorded yet.
+    acted: VecDeque<(Acted, bool)>,
+    /// Mesh actions this node decided as their actor (sent or suppressed), by id, with the
+    /// window they belong to.
     decided: HashMap<String, u64>,
 }
 
-/// A recent mesh action and who sent it (`GET /mesh/actions`).
+/// What one decision changed here, undone when dropped unless [`commit`](Tentative::commit)ted.
+#[must_use = "a tentative change is undone when dropped"]
+pub struct Tentative<'a> {
+    actions: &'a MeshActions,
+    undo: Vec<Undo>,
+}
+
+enum Undo {
+    Fired {
+        policy_id: u64,
+        key: String,
+        at_ms: u64,
+    },
+    Decided {
+        action_id: String,
+    },
+    Acted {
+        action_id: String,
+    },
+}
+
+impl Tentative<'_> {
+    /// The decision is recorded: keep what it changed, and gossip its mesh actions.
+    pub fn commit(mut self) {
+        let acted: Vec<String> = self
+            .undo
+            .drain(..)
+            .filter_map(|undo| match undo {
+                Undo::Acted { action_id } => Some(action_id),
+                _ => None,
+            })
+            .collect();
+        if !acted.is_empty() {
+            let mut state = self.actions.lock();
+            for (entry, confirmed) in state.acted.iter_mut() {
+                if acted.contains(&entry.action_id) {
+                    *confirmed = true;
+                }
+            }
+            drop(state);
+            self.actions.changed.notify_one();
+        }
+    }
+}
+
+impl Drop for Tentative<'_> {
+    fn drop(&mut self) {
+        if self.undo.is_empty() {
+            return;
+        }
+        let mut state = self.actions.lock();
+        for undo in self.undo.drain(..).rev() {
+            match undo {
+                Undo::Fired {
+                    policy_id,
+                    key,
+                    at_ms,
+                } => state.throttle.forget(policy_id, &key, at_ms),
+                Undo::Decided { action_id } => {
+                    state.decided.remove(&action_id);
+                }
+                Undo::Acted { action_id } => {
+                    state.acted.retain(|(a, _)| a.action_id != action_id);
+                }
+            }
+        }
+    }
+}
+
+/// A recent mesh action and who sent it (in `GET /mesh/incidents`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentAction {
     pub action_id: String,
@@ -112,9 +191,20 @@ impl MeshActions {
         MeshActions {
             node_id: node_id.to_owned(),
             window_ms: window_ms.max(1),
+            can_act: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State::default()),
             changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// This node has an upstream: it can send mesh actions, and is ranked for them.
+    pub fn set_can_act(&self) {
+        self.can_act
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn can_act(&self) -> bool {
+        self.can_act.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves when the claims or the acted log changed since the last call.
@@ -122,8 +212,29 @@ impl MeshActions {
         self.changed.notified().await;
     }
 
+    /// A change set for one decision.
+    pub fn tentative(&self) -> Tentative<'_> {
+        Tentative {
+            actions: self,
+            undo: Vec::new(),
+        }
+    }
+
+    /// The members ranked for a mesh action: alive peers that can act, and this node if it can.
+    fn actors(&self, peers: &PeerView) -> Vec<String> {
+        let mut actors = peers.actors.clone();
+        if self.can_act() {
+            actors.push(self.node_id.clone());
+        }
+        actors
+    }
+
+    fn window_of(&self, now_ms: u64) -> u64 {
+        now_ms / self.window_ms
+    }
+
     /// Decides the action of `policy`, which matched `incident` here at `now_ms`. `node_action_id`
-    /// is the id a node-scoped action gets.
+    /// is the id a node-scoped action gets. What it changes is part of `tentative`.
     pub fn on_match(
         &self,
         policy: &CompiledPolicy,
@@ -131,6 +242,7 @@ impl MeshActions {
         node_action_id: String,
         now_ms: u64,
         peers: &PeerView,
+        tentative: &mut Tentative<'_>,
     ) -> Disposition {
         let key = incident.kind.as_str();
         let mut state = self.lock();
@@ -142,17 +254,24 @@ impl MeshActions {
                 };
             }
             state.throttle.note(policy.id, key, now_ms);
+            tentative.undo.push(Undo::Fired {
+                policy_id: policy.id,
+                key: key.to_owned(),
+                at_ms: now_ms,
+            });
             return Disposition::Send {
                 action_id: node_action_id,
                 mesh: None,
             };
         }
-        let window = now_ms / self.window_ms;
+        let window = self.window_of(now_ms);
         let action_id = mesh_action_id(policy.id, key, window);
         if let Some(reason) = no_quorum(policy, peers) {
             return Disposition::Suppressed { action_id, reason };
         }
         state.expire(now_ms, self.window_ms);
+        // A claim outlives a refused decision: it only asks the actor to look, and a retry makes
+        // the same one.
         if !state.claims.iter().any(|c| c.action_id == action_id) {
             state.claims.push_back(Claim {
                 action_id: action_id.clone(),
@@ -169,15 +288,28 @@ impl MeshActions {
             }
             self.changed.notify_one();
         }
-        let actor = actor(&peers.alive, policy.id, key, window).unwrap_or(&self.node_id);
+        let actors = self.actors(peers);
+        let Some(actor) = actor(&actors, policy.id, key, window) else {
+            return Disposition::Suppressed {
+                action_id,
+                reason: "no alive node can send actions (none has an upstream)".into(),
+            };
+        };
         if actor != self.node_id {
             return Disposition::Deferred {
                 action_id,
                 actor: actor.to_owned(),
             };
         }
-        let disposition = self.decide_as_actor(
+        if let Some(node) = acted_by_alive(peers, &action_id) {
+            return Disposition::Suppressed {
+                action_id,
+                reason: format!("already sent by `{node}`"),
+            };
+        }
+        self.decide_as_actor(
             &mut state,
+            tentative,
             policy,
             key,
             window,
@@ -185,19 +317,26 @@ impl MeshActions {
             now_ms,
             peers,
             &self.node_id,
-        );
-        if matches!(disposition, Disposition::Send { .. }) {
-            self.changed.notify_one();
-        }
-        disposition
+        )
     }
 
     /// The claimed mesh actions this node must now send (or suppress) as their first-ranked alive
-    /// node, given the view `peers` and the policies of `set`. Each is returned once.
-    pub fn due(&self, peers: &PeerView, set: &PolicySet, now_ms: u64) -> Vec<DueAction> {
+    /// node, given the view `peers` and the policies of `set`. Each is returned once; what it
+    /// changes is part of `tentative`.
+    pub fn due(
+        &self,
+        peers: &PeerView,
+        set: &PolicySet,
+        now_ms: u64,
+        tentative: &mut Tentative<'_>,
+    ) -> Vec<DueAction> {
+        if !self.can_act() {
+            return Vec::new();
+        }
         let mut state = self.lock();
         state.expire(now_ms, self.window_ms);
-        let current = now_ms / self.window_ms;
+        let current = self.window_of(now_ms);
+        let actors = self.actors(peers);
         let mut claims: Vec<(String, Claim)> = state
             .claims
             .iter()
@@ -206,7 +345,13 @@ impl MeshActions {
         claims.extend(peers.claims.iter().cloned());
         let mut due = Vec::new();
         for (claimant, claim) in claims {
-            if claim.window + 1 < current || state.decided.contains_key(&claim.action_id) {
+            // Only the current window and the one before; a claim from a clock far ahead is
+            // ignored rather than kept forever.
+            if claim.window.saturating_add(1) < current
+                || claim.window > current.saturating_add(1)
+                || state.decided.contains_key(&claim.action_id)
+                || acted_by_alive(peers, &claim.action_id).is_some()
+            {
                 continue;
             }
             let Some(policy) = set
@@ -216,7 +361,7 @@ impl MeshActions {
             else {
                 continue;
             };
-            if actor(&peers.alive, policy.id, &claim.key, claim.window) != Some(&self.node_id) {
+            if actor(&actors, policy.id, &claim.key, claim.window) != Some(&self.node_id) {
                 continue;
             }
             if no_quorum(policy, peers).is_some() {
@@ -225,6 +370,7 @@ impl MeshActions {
             }
             let disposition = self.decide_as_actor(
                 &mut state,
+                tentative,
                 policy,
                 &claim.key,
                 claim.window,
@@ -239,12 +385,6 @@ impl MeshActions {
                 disposition,
             });
         }
-        if due
-            .iter()
-            .any(|d| matches!(d.disposition, Disposition::Send { .. }))
-        {
-            self.changed.notify_one();
-        }
         due
     }
 
@@ -253,6 +393,7 @@ impl MeshActions {
     fn decide_as_actor(
         &self,
         state: &mut State,
+        tentative: &mut Tentative<'_>,
         policy: &CompiledPolicy,
         key: &str,
         window: u64,
@@ -270,17 +411,10 @@ impl MeshActions {
                         .into(),
             };
         }
-        if let Some((node, _, _)) = peers
-            .acted
-            .iter()
-            .find(|(_, acted, alive)| *alive && acted.action_id == action_id)
-        {
-            return Disposition::Suppressed {
-                action_id,
-                reason: format!("already sent by `{node}`"),
-            };
-        }
-        state.decided.insert(action_id.clone(), now_ms);
+        state.decided.insert(action_id.clone(), window);
+        tentative.undo.push(Undo::Decided {
+            action_id: action_id.clone(),
+        });
         let elsewhere = peers
             .acted
             .iter()
@@ -291,19 +425,33 @@ impl MeshActions {
         if let Some(reason) = state.throttle.check(policy, key, now_ms, elsewhere) {
             return Disposition::Suppressed { action_id, reason };
         }
-        // A takeover: a node that failed had sent it already.
-        let takeover = peers
-            .acted
-            .iter()
-            .any(|(_, acted, alive)| !alive && acted.action_id == action_id);
+        // A takeover: a node ranked before this one (among every member known that can act) is
+        // dead, whether it had sent the action or not.
+        let mut known = self.actors(peers);
+        known.extend(peers.dead.iter().cloned());
+        let takeover = ranking(&known, policy.id, key, window)
+            .into_iter()
+            .take_while(|node| *node != self.node_id)
+            .any(|node| peers.dead.iter().any(|dead| dead == node));
         state.throttle.note(policy.id, key, now_ms);
-        state.acted.push_back(Acted {
-            action_id: action_id.clone(),
+        tentative.undo.push(Undo::Fired {
             policy_id: policy.id,
             key: key.to_owned(),
-            window,
             at_ms: now_ms,
-            takeover,
+        });
+        state.acted.push_back((
+            Acted {
+                action_id: action_id.clone(),
+                policy_id: policy.id,
+                key: key.to_owned(),
+                window,
+                at_ms: now_ms,
+                takeover,
+            },
+            false,
+        ));
+        tentative.undo.push(Undo::Acted {
+            action_id: action_id.clone(),
         });
         while state.acted.len() > MAX_ACTED {
             state.acted.pop_front();
@@ -312,37 +460,59 @@ impl MeshActions {
             action_id,
             mesh: Some(MeshActionInfo {
                 incident_key: key.to_owned(),
-                window_start_ms: window * self.window_ms,
+                window_start_ms: window.saturating_mul(self.window_ms),
                 claimed_by: claimant.to_owned(),
                 takeover,
             }),
         }
     }
 
-    /// The gossip values of this node's claims and acted log.
+    /// Notes a mesh action this node sent before a restart (read back from the audit ring), so it
+    /// is neither sent again nor forgotten by the throttle.
+    pub fn remember_sent(&self, action_id: &str, policy_id: u64, key: &str, at_ms: u64) {
+        let window = self.window_of(at_ms);
+        let mut state = self.lock();
+        state.decided.insert(action_id.to_owned(), window);
+        state.throttle.note(policy_id, key, at_ms);
+    }
+
+    /// The gossip values of this node's claims, acted log and ability to act, each within
+    /// [`MAX_VALUE_BYTES`] (the oldest entries are left out first).
     pub fn gossip_values(&self, now_ms: u64) -> Vec<(&'static str, String)> {
         let mut state = self.lock();
         state.expire(now_ms, self.window_ms);
-        vec![
+        let mut claims: Vec<Claim> = state.claims.iter().cloned().collect();
+        let mut acted: Vec<Acted> = state
+            .acted
+            .iter()
+            .filter(|(_, confirmed)| *confirmed)
+            .map(|(a, _)| a.clone())
+            .collect();
+        drop(state);
+        let mut values = vec![
             (
                 KEY_CLAIMS,
-                to_gossip(&Claims {
-                    claims: state.claims.iter().cloned().collect(),
-                }),
+                within_budget(&mut claims, |claims| Claims { claims }),
             ),
             (
                 KEY_ACTED,
-                to_gossip(&ActedLog {
-                    acted: state.acted.iter().cloned().collect(),
-                }),
+                within_budget(&mut acted, |acted| ActedLog { acted }),
             ),
-        ]
+        ];
+        if self.can_act() {
+            values.push((KEY_CAN_ACT, "1".to_owned()));
+        }
+        values
     }
 
     /// Recent mesh actions, this node's and the peers', newest first, with who sent each.
     pub fn recent(&self, peers: &PeerView) -> Vec<RecentAction> {
         let state = self.lock();
-        let mine = state.acted.iter().map(|a| (self.node_id.as_str(), a, true));
+        let mine = state
+            .acted
+            .iter()
+            .filter(|(_, confirmed)| *confirmed)
+            .map(|(a, _)| (self.node_id.as_str(), a, true));
         let theirs = peers
             .acted
             .iter()
@@ -353,7 +523,7 @@ impl MeshActions {
                 action_id: acted.action_id.clone(),
                 policy_id: acted.policy_id,
                 incident_key: acted.key.clone(),
-                window_start_ms: acted.window * self.window_ms,
+                window_start_ms: acted.window.saturating_mul(self.window_ms),
                 actor: node.to_owned(),
                 at_ms: acted.at_ms,
                 takeover: acted.takeover,
@@ -375,27 +545,61 @@ impl State {
     /// Claims and decisions outlive their window by one more, for a takeover near its end.
     fn expire(&mut self, now_ms: u64, window_ms: u64) {
         let current = now_ms / window_ms;
-        while self.claims.front().is_some_and(|c| c.window + 1 < current) {
+        while self
+            .claims
+            .front()
+            .is_some_and(|c| c.window.saturating_add(1) < current)
+        {
             self.claims.pop_front();
         }
-        let horizon = now_ms.saturating_sub(2 * window_ms);
-        self.decided.retain(|_, at| *at >= horizon);
+        self.decided
+            .retain(|_, window| window.saturating_add(1) >= current);
         let acted_horizon = now_ms.saturating_sub(ACTED_TTL_MS);
-        while self.acted.front().is_some_and(|a| a.at_ms < acted_horizon) {
+        while self
+            .acted
+            .front()
+            .is_some_and(|(a, _)| a.at_ms < acted_horizon)
+        {
             self.acted.pop_front();
         }
     }
 }
 
+/// The alive member that says it sent `action_id`, if any.
+fn acted_by_alive<'a>(peers: &'a PeerView, action_id: &str) -> Option<&'a str> {
+    peers
+        .acted
+        .iter()
+        .find(|(_, acted, alive)| *alive && acted.action_id == action_id)
+        .map(|(node, _, _)| node.as_str())
+}
+
+/// The gossip value of `entries`, leaving out the oldest until it fits [`MAX_VALUE_BYTES`].
+fn within_budget<T: Clone, R: mesh_proto::Record>(
+    entries: &mut Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> String {
+    loop {
+        let value = to_gossip(&wrap(entries.clone()));
+        if value.len() <= MAX_VALUE_BYTES || entries.is_empty() {
+            return value;
+        }
+        entries.remove(0);
+    }
+}
+
 /// Why a mesh-scoped rule with a quorum may not act on this view, if it may not.
 fn no_quorum(policy: &CompiledPolicy, peers: &PeerView) -> Option<String> {
+    let known = peers.known.max(peers.known_floor);
     match policy.quorum {
-        Some(Quorum::Majority) if peers.alive.len() * 2 <= peers.known => Some(format!(
-            "no quorum: this node sees {} of {} known members alive, a majority needs {}",
+        Some(Quorum::Majority) if peers.alive.len() * 2 <= known => Some(format!(
+            "no quorum: this node sees {} of {known} known members alive, a majority needs {}",
             peers.alive.len(),
-            peers.known,
-            peers.known / 2 + 1
+            known / 2 + 1
         )),
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

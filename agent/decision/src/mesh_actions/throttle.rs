@@ -9,7 +9,7 @@ use agent_engine::CompiledPolicy;
 /// Keys remembered at most; past it, the ones that fired longest ago are forgotten.
 const MAX_KEYS: usize = 10_000;
 /// Firings remembered per key at most (a rate limit above this counts at most this many).
-const MAX_PER_KEY: usize = 64;
+const MAX_PER_KEY: usize = agent_engine::MAX_RATE_LIMIT as usize;
 
 /// When each (rule, incident key) fired on this node.
 #[derive(Debug, Default)]
@@ -67,6 +67,19 @@ impl Throttle {
         times.push_back(at_ms);
         while times.len() > MAX_PER_KEY {
             times.pop_front();
+        }
+    }
+
+    /// Undoes a [`note`](Self::note) (a decision that was not recorded).
+    pub fn forget(&mut self, policy_id: u64, key: &str, at_ms: u64) {
+        let id = (policy_id, key.to_owned());
+        if let Some(times) = self.fired.get_mut(&id) {
+            if let Some(at) = times.iter().rposition(|&t| t == at_ms) {
+                times.remove(at);
+            }
+            if times.is_empty() {
+                self.fired.remove(&id);
+            }
         }
     }
 
