@@ -322,16 +322,17 @@ impl Decider {
     /// What this node publishes in gossip now: its incident summary, claims and acted log.
     pub fn gossip_values(&self) -> Vec<(&'static str, String)> {
         let now_ms = agent_base::clock::now_ms();
-        let mut values = vec![(
-            crate::facts::peers::KEY_INCIDENTS,
-            // The budget is for the gossiped text: base64 takes 4 bytes for every 3.
-            crate::facts::peers::to_gossip(
-                &self
-                    .facts
-                    .summary(now_ms, self.config.gossip_max_bytes / 4 * 3),
-            ),
-        )];
-        values.extend(self.mesh_actions.gossip_values(now_ms));
+        let mut values = self.mesh_actions.gossip_values(now_ms);
+        if self.config.share_incidents {
+            values.push((
+                crate::facts::peers::KEY_INCIDENTS,
+                self.facts.gossip_summary(
+                    now_ms,
+                    self.config.gossip_max_bytes,
+                    self.config.publish_interval_ms,
+                ),
+            ));
+        }
         values
     }
 

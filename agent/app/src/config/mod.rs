@@ -186,6 +186,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("decisions.window_sec", Kind::Integer),
     ("decisions.gossip_max_bytes", Kind::Integer),
     ("decisions.publish_interval_ms", Kind::Integer),
+    ("decisions.share_incidents", Kind::Bool),
 ];
 
 impl Config {

@@ -101,6 +101,7 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_DECISIONS_WINDOW_SEC", "30"),
             ("MESH_AGENT_DECISIONS_GOSSIP_MAX_BYTES", "256"),
             ("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "500"),
+            ("MESH_AGENT_DECISIONS_SHARE_INCIDENTS", "false"),
         ]),
     )
     .unwrap();
@@ -179,6 +180,7 @@ fn every_key_has_an_env_var_that_works() {
             window_sec: 30,
             gossip_max_bytes: 256,
             publish_interval_ms: 500,
+            share_incidents: false,
         },
     };
     assert_eq!(config, expected);

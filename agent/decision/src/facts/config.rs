@@ -14,6 +14,9 @@ pub struct DecisionsConfig {
     pub gossip_max_bytes: usize,
     /// How often this node republishes its incident summary (only when it changed).
     pub publish_interval_ms: u64,
+    /// Whether this node gossips its incident summary. Off, peers do not count its incidents in
+    /// their mesh facts (its claims and mesh actions are gossiped still).
+    pub share_incidents: bool,
 }
 
 impl Default for DecisionsConfig {
@@ -22,6 +25,7 @@ impl Default for DecisionsConfig {
             window_sec: 60,
             gossip_max_bytes: 1024,
             publish_interval_ms: 1000,
+            share_incidents: true,
         }
     }
 }

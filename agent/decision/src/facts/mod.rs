@@ -29,6 +29,15 @@ pub struct FactSources {
     peers: ArcSwap<PeerView>,
     /// Set when a mesh is configured: until its view settles, mesh facts are missing.
     mesh: Mutex<Option<Settling>>,
+    /// The summary last gossiped.
+    published: Mutex<Option<Published>>,
+}
+
+struct Published {
+    /// When it was last looked at (a change is looked for at most once per interval).
+    at_ms: u64,
+    summary: mesh_proto::shared::IncidentSummary,
+    text: String,
 }
 
 /// How a node that expects a mesh decides its view has settled: it sees at least as many
@@ -50,6 +59,7 @@ impl FactSources {
             history: Mutex::new(History::new(history_capacity)),
             peers: ArcSwap::from_pointee(PeerView::alone(node_id)),
             mesh: Mutex::new(None),
+            published: Mutex::new(None),
         }
     }
 
@@ -130,9 +140,37 @@ impl FactSources {
         self.peers.load_full()
     }
 
-    /// What this node gossips about its incidents.
-    pub fn summary(&self, now_ms: u64, max_bytes: usize) -> mesh_proto::shared::IncidentSummary {
-        lock(&self.window).summary(now_ms, max_bytes)
+    /// What this node gossips about its incidents, as gossip text within `max_bytes`. The value
+    /// changes only when the counts do, at most once per `min_interval_ms`, or when the last one
+    /// is half a window old (receivers drop a summary two windows old): a peer's change wakes every
+    /// node, and a summary that changed on every wake would echo around the mesh.
+    pub fn gossip_summary(&self, now_ms: u64, max_bytes: usize, min_interval_ms: u64) -> String {
+        let mut last = lock(&self.published);
+        if let Some(published) = last.as_ref()
+            && now_ms.saturating_sub(published.at_ms) < min_interval_ms
+        {
+            return published.text.clone();
+        }
+        let mut window = lock(&self.window);
+        let refresh_ms = window.window_ms() / 2;
+        // The summary is built for the gossiped text: base64 takes 4 bytes for every 3.
+        let mut summary = window.summary(now_ms, max_bytes / 4 * 3);
+        drop(window);
+        if let Some(published) = last.as_ref()
+            && published.summary.types == summary.types
+            && published.summary.truncated == summary.truncated
+            && now_ms.saturating_sub(published.summary.at_ms) < refresh_ms
+        {
+            return published.text.clone();
+        }
+        summary.at_ms = now_ms;
+        let text = peers::to_gossip(&summary);
+        *last = Some(Published {
+            at_ms: now_ms,
+            summary,
+            text: text.clone(),
+        });
+        text
     }
 
     /// The mesh-wide picture of incidents this node sees (`GET /mesh/incidents`).
@@ -342,4 +380,40 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident(kind: &str) -> Incident {
+        Incident {
+            id: "e".into(),
+            kind: kind.into(),
+            severity: 3.0,
+            timestamp: None,
+            context: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_gossiped_summary_changes_only_with_the_counts_or_to_stay_fresh() {
+        let sources = FactSources::new("n1", &DecisionsConfig::default(), 100);
+        let t0 = 1_000_000;
+        sources.record(&incident("a"), t0, []);
+        let first = sources.gossip_summary(t0, 1024, 1000);
+        // Woken again and again by peers: the same text, so gossip has nothing new to carry.
+        assert_eq!(sources.gossip_summary(t0 + 10, 1024, 1000), first);
+        assert_eq!(sources.gossip_summary(t0 + 5_000, 1024, 1000), first);
+        // A new incident changes it (after the interval)...
+        sources.record(&incident("a"), t0 + 6_000, []);
+        let second = sources.gossip_summary(t0 + 6_000, 1024, 1000);
+        assert_ne!(second, first);
+        // ...and so does age: half a window on, the same counts are published afresh.
+        let third = sources.gossip_summary(t0 + 6_000 + 31_000, 1024, 1000);
+        assert_ne!(third, second);
+        let summary: mesh_proto::shared::IncidentSummary = peers::from_gossip(&third).unwrap();
+        assert_eq!(summary.at_ms, t0 + 37_000);
+        assert_eq!(summary.types[0].count, 2);
+    }
 }
