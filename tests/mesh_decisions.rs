@@ -300,3 +300,31 @@ fn a_history_rule_fires_on_the_third_incident_and_explain_names_the_failing_test
         "{other}"
     );
 }
+
+#[test]
+fn rego_rules_see_the_mesh_under_input_mesh() {
+    let space = Space::new();
+    let agent = agent_with(&space, &[]);
+    let module = "package mesh.rules\n\nimport rego.v1\n\ndefault widespread := false\n\n\
+                  widespread if input.mesh.incidents[input.type].fraction_with >= 0.5\n\n\
+                  alone if input.mesh.nodes_alive == 1\n";
+    let (status, body) = agent.put_text("/v1/policies/mesh/rules.rego", module);
+    assert_eq!(status, 200, "{body}");
+    let rule = json!({
+        "name": "widespread",
+        "definition": {"rego": "data.mesh.rules.widespread", "action": "act", "cooldown_sec": 0},
+        "active": true,
+        "priority": 1
+    });
+    let (status, body) = agent.post("/policies", &rule);
+    assert_eq!(status, 201, "{body}");
+    // A node alone is the whole mesh: its own incident is 100% of it.
+    let (status, body) = agent.post("/evaluate", &event("cpu_spike", 5.0, json!({})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["matched"], true, "{body}");
+    let (_, value) = agent.post(
+        "/v1/data/mesh/rules/alone",
+        &json!({"input": {"mesh": {"nodes_alive": 1}}}),
+    );
+    assert_eq!(value["result"], true, "{value}");
+}

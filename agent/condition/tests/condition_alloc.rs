@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 // The condition language is its own crate, without regorus (whose global allocator would clash
 // with this one): this test links it alone.
-use agent_condition::{Condition, Incident};
+use agent_condition::{Condition, FactQuery, Facts, Incident};
 use serde_json::{Value, json};
 
 thread_local! {
@@ -141,4 +141,34 @@ fn eval_allocates_nothing() {
             );
         }
     }
+
+    // Facts: the evaluator asks, the caller answers; nothing in between allocates.
+    struct Answers;
+    impl Facts for Answers {
+        fn fact(&self, query: FactQuery<'_>) -> Option<f64> {
+            match query {
+                FactQuery::LastMatched(_) => None,
+                _ => Some(3.0),
+            }
+        }
+    }
+    let condition = Condition::compile(
+        "mesh.fraction_with('cpu_spike') >= 0.3 and history.count('memory_leak', '10m') >= 3 \
+         and mesh.nodes_alive > 1 or history.last_matched('p') < 60",
+    )
+    .unwrap();
+    let leak = incident("memory_leak", 9.0, json!({}));
+    let expected = condition.eval_with(&leak, &Answers);
+    let before = allocations();
+    for _ in 0..1000 {
+        assert_eq!(
+            black_box(&condition).eval_with(black_box(&leak), &Answers),
+            expected
+        );
+    }
+    assert_eq!(
+        allocations() - before,
+        0,
+        "a condition with facts allocated"
+    );
 }

@@ -141,9 +141,10 @@ impl FactSources {
     }
 
     /// What this node gossips about its incidents, as gossip text within `max_bytes`. The value
-    /// changes only when the counts do, at most once per `min_interval_ms`, or when the last one
-    /// is half a window old (receivers drop a summary two windows old): a peer's change wakes every
-    /// node, and a summary that changed on every wake would echo around the mesh.
+    /// changes only when what mesh facts read changes (see [`significant`]), at most once per
+    /// `min_interval_ms`, or when the last one is half a window old (receivers drop a summary two
+    /// windows old): a peer's change wakes every node, and a summary that changed on every wake
+    /// would echo around the mesh.
     pub fn gossip_summary(&self, now_ms: u64, max_bytes: usize, min_interval_ms: u64) -> String {
         let mut last = lock(&self.published);
         if let Some(published) = last.as_ref()
@@ -157,8 +158,7 @@ impl FactSources {
         let mut summary = window.summary(now_ms, max_bytes / 4 * 3);
         drop(window);
         if let Some(published) = last.as_ref()
-            && published.summary.types == summary.types
-            && published.summary.truncated == summary.truncated
+            && significant(&published.summary) == significant(&summary)
             && now_ms.saturating_sub(published.summary.at_ms) < refresh_ms
         {
             return published.text.clone();
@@ -218,6 +218,23 @@ impl FactSources {
             types,
         }
     }
+}
+
+/// What of a summary is worth gossiping again: which types, their highest severity (what mesh
+/// facts read), and each count's power of two (so `/mesh/incidents` stays within 2x of the truth
+/// while a steady stream of incidents does not republish every second).
+fn significant(summary: &mesh_proto::shared::IncidentSummary) -> Vec<(&str, u32, u32)> {
+    let mut parts: Vec<(&str, u32, u32)> = summary
+        .types
+        .iter()
+        .map(|t| {
+            let magnitude = t.count.checked_ilog2().unwrap_or(0);
+            (t.kind.as_str(), magnitude, t.max_severity.to_bits())
+        })
+        .collect();
+    // The summary lists the busiest types first; two with close counts swap places freely.
+    parts.sort_unstable();
+    parts
 }
 
 /// `GET /mesh/incidents`.
@@ -401,12 +418,16 @@ mod tests {
         let sources = FactSources::new("n1", &DecisionsConfig::default(), 100);
         let t0 = 1_000_000;
         sources.record(&incident("a"), t0, []);
+        sources.record(&incident("a"), t0, []);
         let first = sources.gossip_summary(t0, 1024, 1000);
         // Woken again and again by peers: the same text, so gossip has nothing new to carry.
         assert_eq!(sources.gossip_summary(t0 + 10, 1024, 1000), first);
         assert_eq!(sources.gossip_summary(t0 + 5_000, 1024, 1000), first);
-        // A new incident changes it (after the interval)...
-        sources.record(&incident("a"), t0 + 6_000, []);
+        // A third incident within the same power of two does not; a type that appears does
+        // (after the interval)...
+        sources.record(&incident("a"), t0 + 2_000, []);
+        assert_eq!(sources.gossip_summary(t0 + 4_000, 1024, 1000), first);
+        sources.record(&incident("b"), t0 + 6_000, []);
         let second = sources.gossip_summary(t0 + 6_000, 1024, 1000);
         assert_ne!(second, first);
         // ...and so does age: half a window on, the same counts are published afresh.
@@ -414,6 +435,6 @@ mod tests {
         assert_ne!(third, second);
         let summary: mesh_proto::shared::IncidentSummary = peers::from_gossip(&third).unwrap();
         assert_eq!(summary.at_ms, t0 + 37_000);
-        assert_eq!(summary.types[0].count, 2);
+        assert_eq!(summary.types[0].count, 3);
     }
 }
