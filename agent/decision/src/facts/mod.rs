@@ -85,7 +85,7 @@ impl FactSources {
     ) -> FactsView<'a> {
         FactsView {
             sources: self,
-            peers: self.peers.load(),
+            peers: std::cell::OnceCell::new(),
             now_ms,
             current: Some((&incident.kind, incident.severity)),
             earlier,
@@ -265,8 +265,9 @@ pub struct NodeCount {
 /// The facts one evaluation reads.
 pub struct FactsView<'a> {
     sources: &'a FactSources,
-    /// Loaded once per evaluation (a guard, not a reference count: cheaper on the hot path).
-    peers: arc_swap::Guard<Arc<PeerView>>,
+    /// Loaded on the first mesh fact, once per evaluation (a guard, not a reference count:
+    /// cheaper on the hot path; an evaluation that reads no mesh fact does not load it).
+    peers: std::cell::OnceCell<arc_swap::Guard<Arc<PeerView>>>,
     now_ms: u64,
     /// The incident under evaluation, not recorded yet: counted here.
     current: Option<(&'a str, f64)>,
@@ -275,6 +276,10 @@ pub struct FactsView<'a> {
 }
 
 impl FactsView<'_> {
+    fn peers(&self) -> &PeerView {
+        self.peers.get_or_init(|| self.sources.peers.load())
+    }
+
     /// The incidents of `kind` not recorded yet (this one and earlier ones of its batch), and
     /// their highest severity.
     fn unrecorded(&self, kind: &str) -> (u32, f64) {
@@ -311,12 +316,12 @@ impl FactsView<'_> {
     }
 
     fn nodes_with(&self, kind: &str) -> usize {
-        let peers = self.peers.peers_with(kind).map_or(0, |t| t.nodes.len());
+        let peers = self.peers().peers_with(kind).map_or(0, |t| t.nodes.len());
         peers + usize::from(self.local(kind).is_some())
     }
 
     fn max_severity(&self, kind: &str) -> Option<f64> {
-        let peers = self.peers.peers_with(kind).map(|t| t.max_severity);
+        let peers = self.peers().peers_with(kind).map(|t| t.max_severity);
         let local = self.local(kind).map(|s| s.max_severity);
         match (peers, local) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -327,19 +332,19 @@ impl FactsView<'_> {
 
 impl Facts for FactsView<'_> {
     fn fact(&self, query: FactQuery<'_>) -> Option<f64> {
-        let alive = self.peers.alive.len().max(1);
         let is_mesh = !matches!(
             query,
             FactQuery::HistoryCount { .. } | FactQuery::LastMatched(_)
         );
-        if is_mesh && !self.peers.settled {
+        if is_mesh && !self.peers().settled {
             // A node that has just joined sees too few members to speak for the mesh.
             return None;
         }
+        let alive = || self.peers().alive.len().max(1);
         match query {
-            FactQuery::NodesAlive => Some(alive as f64),
+            FactQuery::NodesAlive => Some(alive() as f64),
             FactQuery::NodesWith(kind) => Some(self.nodes_with(kind) as f64),
-            FactQuery::FractionWith(kind) => Some(self.nodes_with(kind) as f64 / alive as f64),
+            FactQuery::FractionWith(kind) => Some(self.nodes_with(kind) as f64 / alive() as f64),
             FactQuery::MaxSeverity(kind) => self.max_severity(kind),
             FactQuery::HistoryCount { kind, window_ms } => {
                 let since = self.now_ms.saturating_sub(window_ms);
@@ -353,11 +358,12 @@ impl Facts for FactsView<'_> {
     }
 
     fn rego_mesh(&self) -> Option<serde_json::Value> {
-        if !self.peers.settled {
+        let peers = self.peers();
+        if !peers.settled {
             return None;
         }
-        let alive = self.peers.alive.len().max(1);
-        let mut kinds: Vec<&str> = self.peers.types.keys().map(String::as_str).collect();
+        let alive = peers.alive.len().max(1);
+        let mut kinds: Vec<&str> = peers.types.keys().map(String::as_str).collect();
         let local: Vec<String> = lock(&self.sources.window)
             .all(self.now_ms)
             .into_iter()
