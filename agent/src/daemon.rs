@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     if config.mesh.tls_dir.is_some() {
         let seen = store.members_seen()?.unwrap_or(0);
-        decider = decider.with_mesh(seen as usize);
+        decider = decider.with_mesh(seen as usize, config.mesh.dead_node_grace());
     }
     match decider.reopen_history() {
         Ok(0) => {}

@@ -85,7 +85,9 @@ pub fn spawn(mesh: Arc<Mesh>, decider: Arc<Decider>, store: Arc<Store>) -> MeshL
                     warn!(peer = %node, key = %key, problem = %problem, "a peer's shared gossip value cannot be read; ignored");
                 }
             }
-            let known = view.known;
+            // Never less than the floor still in force: a view that settled on the timeout
+            // alone must not shrink what the next run counts a majority against.
+            let known = view.known.max(view.known_floor);
             decider.set_peers(view);
             act.notify_one();
             if decider.mesh_settled()

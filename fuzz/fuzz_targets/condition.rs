@@ -102,6 +102,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(condition.eval(&incident), outcome);
     let clone = condition.clone();
     assert_eq!(clone.eval(&incident), outcome);
+    // Explaining walks the same program: the same verdict, the same missing fields.
+    let explanation = condition.explain(&incident, &agent_condition::NoFacts);
+    assert_eq!(explanation.matched, outcome.matched);
+    assert_eq!(explanation.missing, missing);
 });
 
 /// An error's column is 1-based, counted in chars, and at most one past the end.

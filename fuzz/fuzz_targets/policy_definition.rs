@@ -120,6 +120,10 @@ fuzz_target!(|data: &[u8]| {
                 action: "trigger_p0_3_recovery".into(),
                 modifiers: Default::default(),
                 reversibility_sec: 300,
+                scope: Default::default(),
+                quorum: None,
+                cooldown_sec: None,
+                rate_limit: None,
             };
             definition.apply(def_patch);
             check_valid(

@@ -203,11 +203,12 @@ impl Decider {
         Ok(self.facts.history_len())
     }
 
-    /// The mesh is configured: until it gives a settled view, mesh facts are missing and mesh
-    /// rules do not act; `members_seen` (the membership persisted by the last run) is the size
-    /// a majority counts against until the view has settled.
-    pub fn with_mesh(self, members_seen: usize) -> Decider {
-        self.facts.expect_mesh(members_seen);
+    /// The mesh is configured: until it gives a settled view, mesh facts are missing and this
+    /// node's mesh rules are suppressed; `members_seen` (the membership persisted by the last
+    /// run) is the least size a majority counts against, until this node sees that many members
+    /// or `floor_for` (the mesh's dead-node grace) has passed.
+    pub fn with_mesh(self, members_seen: usize, floor_for: std::time::Duration) -> Decider {
+        self.facts.expect_mesh(members_seen, floor_for);
         self
     }
 
@@ -678,7 +679,11 @@ impl Decider {
             let node_action_id = action_id(&self.node_id, &incident.id, policy.id, policy.version);
             let disposition = if policy.scope == Scope::Mesh && !peers.settled {
                 Disposition::Suppressed {
-                    action_id: node_action_id,
+                    action_id: crate::mesh_actions::mesh_action_id(
+                        policy.id,
+                        &incident.kind,
+                        now_ms / self.config.window_ms().max(1),
+                    ),
                     reason: "this node has not settled in the mesh yet (it sees too few members)"
                         .into(),
                 }
@@ -808,6 +813,12 @@ pub fn action_id(node_id: &str, event_id: &str, policy_id: u64, version: u64) ->
     ctx.update(b"\0");
     ctx.update(&policy_id.to_be_bytes());
     ctx.update(&version.to_be_bytes());
+    derived_uuid(ctx)
+}
+
+/// The id (a UUID of version 8, "custom") made of the first 16 bytes of a SHA-256 over `ctx`:
+/// the same on every node and build for the same input.
+pub(crate) fn derived_uuid(ctx: ring::digest::Context) -> String {
     let digest = ctx.finish();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);

@@ -50,6 +50,13 @@ impl DecisionsConfig {
                 "must be between 50 and 60000",
             ));
         }
+        if self.publish_interval_ms > self.window_ms() / 2 {
+            // Peers drop a summary two windows old; it is refreshed every half window.
+            return Err(InvalidSetting::new(
+                "decisions.publish_interval_ms",
+                "must be at most half of decisions.window_sec",
+            ));
+        }
         Ok(())
     }
 

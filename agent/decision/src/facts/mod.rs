@@ -45,6 +45,9 @@ struct Published {
 /// [`SETTLE`].
 struct Settling {
     members_seen: usize,
+    /// How long the persisted membership counts at most (the mesh's dead-node grace: after it,
+    /// members that left are forgotten by the mesh too).
+    floor_until: std::time::Instant,
     first_view: Option<std::time::Instant>,
 }
 
@@ -63,10 +66,14 @@ impl FactSources {
         }
     }
 
-    /// A mesh is configured; `members_seen` is the membership the last run persisted (0: none).
-    pub fn expect_mesh(&self, members_seen: usize) {
+    /// A mesh is configured; `members_seen` is the membership the last run persisted (0: none),
+    /// which counts as the mesh's size for a majority until this node sees as many members, or
+    /// for `floor_for` at most.
+    pub fn expect_mesh(&self, members_seen: usize, floor_for: std::time::Duration) {
+        let now = std::time::Instant::now();
         *lock(&self.mesh) = Some(Settling {
             members_seen,
+            floor_until: now.checked_add(floor_for).unwrap_or(now),
             first_view: None,
         });
         let mut alone = PeerView::clone(&self.peers.load());
@@ -119,19 +126,17 @@ impl FactSources {
             let first = *settling
                 .first_view
                 .get_or_insert_with(std::time::Instant::now);
-            view.known_floor = settling.members_seen;
-            // Without a persisted membership, seeing any peer is enough (a join learns the whole
-            // membership from its seed in one exchange); a node alone waits out SETTLE.
-            let enough = if settling.members_seen > 0 {
-                view.known >= settling.members_seen
-            } else {
-                view.known > 1
-            };
-            view.settled = enough || first.elapsed() >= SETTLE;
-            if view.settled {
-                // From here on the mesh's own view counts.
+            let had_floor = settling.members_seen > 0;
+            let reached = view.known >= settling.members_seen;
+            if reached || std::time::Instant::now() >= settling.floor_until {
+                // The mesh's own view holds at least as much from here on.
                 settling.members_seen = 0;
             }
+            view.known_floor = settling.members_seen;
+            // With a persisted membership, seeing it again; without one, seeing any peer (a join
+            // learns the whole membership from its seed in one exchange); else SETTLE.
+            let enough = if had_floor { reached } else { view.known > 1 };
+            view.settled = enough || first.elapsed() >= SETTLE;
         }
         self.peers.store(Arc::new(view));
     }
@@ -157,10 +162,11 @@ impl FactSources {
         // The summary is built for the gossiped text: base64 takes 4 bytes for every 3.
         let mut summary = window.summary(now_ms, max_bytes / 4 * 3);
         drop(window);
-        if let Some(published) = last.as_ref()
+        if let Some(published) = last.as_mut()
             && significant(&published.summary) == significant(&summary)
             && now_ms.saturating_sub(published.summary.at_ms) < refresh_ms
         {
+            published.at_ms = now_ms;
             return published.text.clone();
         }
         summary.at_ms = now_ms;

@@ -52,6 +52,8 @@ pub struct PeerView {
     pub dead: Vec<String>,
     /// Alive peers (this node not included) that can send mesh actions, sorted.
     pub actors: Vec<String>,
+    /// Dead members that could send mesh actions when last seen, sorted.
+    pub dead_actors: Vec<String>,
     /// Members known alive or dead, this node included.
     pub known: usize,
     pub types: HashMap<String, TypeAcross, foldhash::fast::RandomState>,
@@ -64,7 +66,8 @@ pub struct PeerView {
     /// Whether a mesh gave this view (else the node runs alone).
     pub from_mesh: bool,
     /// Whether the view can speak for the mesh: true alone; with a mesh, once it has settled
-    /// (see `FactSources::set_peers`). Until then mesh facts are missing and mesh rules wait.
+    /// (see `FactSources::set_peers`). Until then mesh facts are missing, this node's own mesh
+    /// rule matches are suppressed, and peers' claims wait.
     pub settled: bool,
     /// The membership the last run persisted: a majority counts against at least this many.
     pub known_floor: usize,
@@ -137,6 +140,8 @@ impl PeerView {
                     KEY_CAN_ACT => {
                         if member.alive {
                             view.actors.push(member.node_id.clone());
+                        } else {
+                            view.dead_actors.push(member.node_id.clone());
                         }
                         continue;
                     }
@@ -151,6 +156,7 @@ impl PeerView {
         view.alive.sort();
         view.dead.sort();
         view.actors.sort();
+        view.dead_actors.sort();
         view
     }
 

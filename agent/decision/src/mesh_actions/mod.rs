@@ -10,9 +10,13 @@
 //! id (derived from rule, key and window), so the consumer sees one action. Only nodes that can
 //! send (they have an upstream, and say so in gossip) are ranked.
 //!
-//! Everything a decision changes here (throttle, decided ids, the acted log) is [`Tentative`]
-//! until the decision is recorded: a decision refused or dropped before its commit leaves no trace,
-//! so its retry is decided afresh. Acted entries are gossiped only once committed.
+//! Everything a decision changes here (claims, throttle, decided ids, the acted log) is
+//! [`Tentative`] until the decision is recorded: a decision refused or dropped before its commit
+//! leaves no trace, so its retry is decided afresh. Claims and acted entries are gossiped only once
+//! committed. A concurrent decision of the same rule and type does see a tentative firing (it is
+//! suppressed by the cooldown): if the first is then refused, the second's action is not sent
+//! either, and its audit names a firing that did not happen. Two concurrent decisions for one key
+//! within a cooldown are rare enough to leave it so.
 
 mod rendezvous;
 mod throttle;
@@ -96,7 +100,8 @@ pub struct MeshActions {
 #[derive(Default)]
 struct State {
     throttle: Throttle,
-    claims: VecDeque<Claim>,
+    /// This node's claims; `false` while the decision that made it is not recorded yet.
+    claims: VecDeque<(Claim, bool)>,
     /// This node's mesh actions; `false` while the decision that sent it is not recorded yet.
     acted: VecDeque<(Acted, bool)>,
     /// Mesh actions this node decided as their actor (sent or suppressed), by id, with the
@@ -123,29 +128,39 @@ enum Undo {
     Acted {
         action_id: String,
     },
+    Claimed {
+        action_id: String,
+    },
 }
 
 impl Tentative<'_> {
     /// The decision is recorded: keep what it changed, and gossip its mesh actions.
     pub fn commit(mut self) {
-        let acted: Vec<String> = self
-            .undo
-            .drain(..)
-            .filter_map(|undo| match undo {
-                Undo::Acted { action_id } => Some(action_id),
-                _ => None,
-            })
-            .collect();
-        if !acted.is_empty() {
-            let mut state = self.actions.lock();
-            for (entry, confirmed) in state.acted.iter_mut() {
-                if acted.contains(&entry.action_id) {
-                    *confirmed = true;
-                }
+        let mut acted = Vec::new();
+        let mut claimed = Vec::new();
+        for undo in self.undo.drain(..) {
+            match undo {
+                Undo::Acted { action_id } => acted.push(action_id),
+                Undo::Claimed { action_id } => claimed.push(action_id),
+                Undo::Fired { .. } | Undo::Decided { .. } => {}
             }
-            drop(state);
-            self.actions.changed.notify_one();
         }
+        if acted.is_empty() && claimed.is_empty() {
+            return;
+        }
+        let mut state = self.actions.lock();
+        for (entry, confirmed) in state.acted.iter_mut() {
+            if acted.contains(&entry.action_id) {
+                *confirmed = true;
+            }
+        }
+        for (claim, confirmed) in state.claims.iter_mut() {
+            if claimed.contains(&claim.action_id) {
+                *confirmed = true;
+            }
+        }
+        drop(state);
+        self.actions.changed.notify_one();
     }
 }
 
@@ -167,6 +182,11 @@ impl Drop for Tentative<'_> {
                 }
                 Undo::Acted { action_id } => {
                     state.acted.retain(|(a, _)| a.action_id != action_id);
+                }
+                Undo::Claimed { action_id } => {
+                    state
+                        .claims
+                        .retain(|(c, confirmed)| *confirmed || c.action_id != action_id);
                 }
             }
         }
@@ -270,10 +290,11 @@ impl MeshActions {
             return Disposition::Suppressed { action_id, reason };
         }
         state.expire(now_ms, self.window_ms);
-        // A claim outlives a refused decision: it only asks the actor to look, and a retry makes
-        // the same one.
-        if !state.claims.iter().any(|c| c.action_id == action_id) {
-            state.claims.push_back(Claim {
+        if !state.claims.iter().any(|(c, _)| c.action_id == action_id) {
+            tentative.undo.push(Undo::Claimed {
+                action_id: action_id.clone(),
+            });
+            let claim = Claim {
                 action_id: action_id.clone(),
                 policy_id: policy.id,
                 policy_version: policy.version,
@@ -282,11 +303,11 @@ impl MeshActions {
                 at_ms: now_ms,
                 event_id: incident.id.clone(),
                 severity: incident.severity,
-            });
+            };
+            state.claims.push_back((claim, false));
             while state.claims.len() > MAX_CLAIMS {
                 state.claims.pop_front();
             }
-            self.changed.notify_one();
         }
         let actors = self.actors(peers);
         let Some(actor) = actor(&actors, policy.id, key, window) else {
@@ -340,13 +361,14 @@ impl MeshActions {
         let mut claims: Vec<(String, Claim)> = state
             .claims
             .iter()
-            .map(|c| (self.node_id.clone(), c.clone()))
+            .filter(|(_, confirmed)| *confirmed)
+            .map(|(c, _)| (self.node_id.clone(), c.clone()))
             .collect();
         claims.extend(peers.claims.iter().cloned());
         let mut due = Vec::new();
         for (claimant, claim) in claims {
-            // Only the current window and the one before; a claim from a clock far ahead is
-            // ignored rather than kept forever.
+            // The current window, the one before (a takeover near its end) and the one after (a
+            // claimant's clock a little ahead); one from a clock far ahead is ignored.
             if claim.window.saturating_add(1) < current
                 || claim.window > current.saturating_add(1)
                 || state.decided.contains_key(&claim.action_id)
@@ -425,14 +447,14 @@ impl MeshActions {
         if let Some(reason) = state.throttle.check(policy, key, now_ms, elsewhere) {
             return Disposition::Suppressed { action_id, reason };
         }
-        // A takeover: a node ranked before this one (among every member known that can act) is
-        // dead, whether it had sent the action or not.
+        // A takeover: a node that can act and is ranked before this one is dead, whether it had
+        // sent the action or not.
         let mut known = self.actors(peers);
-        known.extend(peers.dead.iter().cloned());
+        known.extend(peers.dead_actors.iter().cloned());
         let takeover = ranking(&known, policy.id, key, window)
             .into_iter()
             .take_while(|node| *node != self.node_id)
-            .any(|node| peers.dead.iter().any(|dead| dead == node));
+            .any(|node| peers.dead_actors.iter().any(|dead| dead == node));
         state.throttle.note(policy.id, key, now_ms);
         tentative.undo.push(Undo::Fired {
             policy_id: policy.id,
@@ -481,7 +503,12 @@ impl MeshActions {
     pub fn gossip_values(&self, now_ms: u64) -> Vec<(&'static str, String)> {
         let mut state = self.lock();
         state.expire(now_ms, self.window_ms);
-        let mut claims: Vec<Claim> = state.claims.iter().cloned().collect();
+        let mut claims: Vec<Claim> = state
+            .claims
+            .iter()
+            .filter(|(_, confirmed)| *confirmed)
+            .map(|(c, _)| c.clone())
+            .collect();
         let mut acted: Vec<Acted> = state
             .acted
             .iter()
@@ -548,7 +575,7 @@ impl State {
         while self
             .claims
             .front()
-            .is_some_and(|c| c.window.saturating_add(1) < current)
+            .is_some_and(|(c, _)| c.window.saturating_add(1) < current)
         {
             self.claims.pop_front();
         }

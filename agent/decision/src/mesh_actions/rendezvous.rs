@@ -5,6 +5,8 @@
 //! The weight is SHA-256 over fixed-width big-endian integers and length-separated strings: the
 //! same on every build, platform and Rust release (std's `Hash` promises none of that).
 
+use crate::decider::derived_uuid;
+
 /// The weight of `node` for one mesh action.
 pub fn weight(policy_id: u64, key: &str, window: u64, node: &str) -> u64 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -49,13 +51,7 @@ pub fn mesh_action_id(policy_id: u64, key: &str, window: u64) -> String {
     ctx.update(&(key.len() as u64).to_be_bytes());
     ctx.update(key.as_bytes());
     ctx.update(&window.to_be_bytes());
-    let digest = ctx.finish();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
+    derived_uuid(ctx)
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ fn view(me: &str, alive: &[&str], dead: &[&str]) -> PeerView {
         .collect();
     view.actors.sort();
     view.dead = dead.iter().map(|n| n.to_string()).collect();
+    view.dead_actors = view.dead.clone();
     view.known = alive.len() + dead.len();
     view
 }
@@ -163,7 +164,7 @@ fn when_the_actor_dies_the_next_node_takes_over_once() {
         matches!(deferred, Disposition::Deferred { .. }),
         "{deferred:?}"
     );
-    let claim = claimer.lock().claims[0].clone();
+    let claim = claimer.lock().claims[0].0.clone();
     let acted = Acted {
         action_id: claim.action_id.clone(),
         policy_id: 7,
@@ -265,4 +266,33 @@ fn node_rules_cool_down_per_incident_type() {
         decide(NOW + 61_000, "a"),
         Disposition::Send { .. }
     ));
+}
+
+#[test]
+fn a_refused_decision_leaves_no_claim_behind() {
+    let set = mesh_rule();
+    let policy = &set.policies()[0];
+    let nodes = ["n1", "n2", "n3"];
+    let actor = first(&nodes);
+    let me = *nodes.iter().find(|n| **n != actor).unwrap();
+    let actions = actions(me);
+    let peers = view(me, &nodes, &[]);
+    let empty = crate::facts::peers::to_gossip(&Claims::default());
+    {
+        let mut tentative = actions.tentative();
+        let deferred =
+            actions.on_match(policy, &incident(), "x".into(), NOW, &peers, &mut tentative);
+        assert!(
+            matches!(deferred, Disposition::Deferred { .. }),
+            "{deferred:?}"
+        );
+        // Not gossiped before the decision is recorded...
+        assert_eq!(actions.gossip_values(NOW)[0].1, empty);
+    }
+    // ...and gone once it is refused.
+    assert!(actions.lock().claims.is_empty());
+    let mut tentative = actions.tentative();
+    let _ = actions.on_match(policy, &incident(), "x".into(), NOW, &peers, &mut tentative);
+    tentative.commit();
+    assert_ne!(actions.gossip_values(NOW)[0].1, empty);
 }
