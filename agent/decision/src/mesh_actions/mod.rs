@@ -19,6 +19,7 @@
 //! within a cooldown are rare enough to leave it so.
 
 mod rendezvous;
+mod tentative;
 mod throttle;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,8 @@ use crate::facts::PeerView;
 use crate::facts::peers::{KEY_ACTED, KEY_CAN_ACT, KEY_CLAIMS, MAX_VALUE_BYTES, to_gossip};
 
 pub use rendezvous::{actor, mesh_action_id, ranking, weight};
+pub use tentative::Tentative;
+use tentative::Undo;
 pub use throttle::Throttle;
 
 /// Own claims kept (and gossiped) at most.
@@ -107,90 +110,6 @@ struct State {
     /// Mesh actions this node decided as their actor (sent or suppressed), by id, with the
     /// window they belong to.
     decided: HashMap<String, u64>,
-}
-
-/// What one decision changed here, undone when dropped unless [`commit`](Tentative::commit)ted.
-#[must_use = "a tentative change is undone when dropped"]
-pub struct Tentative<'a> {
-    actions: &'a MeshActions,
-    undo: Vec<Undo>,
-}
-
-enum Undo {
-    Fired {
-        policy_id: u64,
-        key: String,
-        at_ms: u64,
-    },
-    Decided {
-        action_id: String,
-    },
-    Acted {
-        action_id: String,
-    },
-    Claimed {
-        action_id: String,
-    },
-}
-
-impl Tentative<'_> {
-    /// The decision is recorded: keep what it changed, and gossip its mesh actions.
-    pub fn commit(mut self) {
-        let mut acted = Vec::new();
-        let mut claimed = Vec::new();
-        for undo in self.undo.drain(..) {
-            match undo {
-                Undo::Acted { action_id } => acted.push(action_id),
-                Undo::Claimed { action_id } => claimed.push(action_id),
-                Undo::Fired { .. } | Undo::Decided { .. } => {}
-            }
-        }
-        if acted.is_empty() && claimed.is_empty() {
-            return;
-        }
-        let mut state = self.actions.lock();
-        for (entry, confirmed) in state.acted.iter_mut() {
-            if acted.contains(&entry.action_id) {
-                *confirmed = true;
-            }
-        }
-        for (claim, confirmed) in state.claims.iter_mut() {
-            if claimed.contains(&claim.action_id) {
-                *confirmed = true;
-            }
-        }
-        drop(state);
-        self.actions.changed.notify_one();
-    }
-}
-
-impl Drop for Tentative<'_> {
-    fn drop(&mut self) {
-        if self.undo.is_empty() {
-            return;
-        }
-        let mut state = self.actions.lock();
-        for undo in self.undo.drain(..).rev() {
-            match undo {
-                Undo::Fired {
-                    policy_id,
-                    key,
-                    at_ms,
-                } => state.throttle.forget(policy_id, &key, at_ms),
-                Undo::Decided { action_id } => {
-                    state.decided.remove(&action_id);
-                }
-                Undo::Acted { action_id } => {
-                    state.acted.retain(|(a, _)| a.action_id != action_id);
-                }
-                Undo::Claimed { action_id } => {
-                    state
-                        .claims
-                        .retain(|(c, confirmed)| *confirmed || c.action_id != action_id);
-                }
-            }
-        }
-    }
 }
 
 /// A recent mesh action and who sent it (in `GET /mesh/incidents`).
