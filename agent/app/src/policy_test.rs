@@ -267,7 +267,7 @@ fn check_incident_case(engine: &Engine, case: &IncidentCase) -> Result<(), Strin
     let incident = event.into_incident("policy test", case.name.as_bytes(), &dedup);
     let now_ms = agent_base::clock::now_ms();
     let facts = case_facts(case, now_ms)?;
-    let evaluation = engine.evaluate(&incident, &facts.view(&incident, &[], now_ms));
+    let evaluation = engine.evaluate(&incident, &facts.view(&incident, None, now_ms));
     if let Some((policy, verdict)) = evaluation.iter().find(|(_, v)| v.error.is_some()) {
         return Err(format!(
             "rule `{}` failed: {:?}",

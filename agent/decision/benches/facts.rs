@@ -63,20 +63,20 @@ fn bench(c: &mut Criterion) {
     let condition = Condition::compile(CONDITION).unwrap();
     assert!(
         condition
-            .eval_with(&incident, &sources.view(&incident, &[], now_ms))
+            .eval_with(&incident, &sources.view(&incident, None, now_ms))
             .matched,
         "the bench incident must match"
     );
     let mut group = c.benchmark_group("facts");
     // As the engine runs it: one facts view per incident, read by every policy's condition.
-    let facts = sources.view(&incident, &[], now_ms);
+    let facts = sources.view(&incident, None, now_ms);
     group.bench_function("condition_with_mesh_and_history_facts", |b| {
         b.iter(|| black_box(&condition).eval_with(black_box(&incident), &facts))
     });
     // The view made for each evaluation: what one incident with a single policy pays.
     group.bench_function("view_and_condition", |b| {
         b.iter(|| {
-            let facts = sources.view(black_box(&incident), &[], now_ms);
+            let facts = sources.view(black_box(&incident), None, now_ms);
             black_box(&condition).eval_with(black_box(&incident), &facts)
         })
     });
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         let condition = Condition::compile(source).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
-                let facts = sources.view(black_box(&incident), &[], now_ms);
+                let facts = sources.view(black_box(&incident), None, now_ms);
                 black_box(&condition).eval_with(black_box(&incident), &facts)
             })
         });

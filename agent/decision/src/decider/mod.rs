@@ -270,7 +270,7 @@ impl Decider {
         let now_ms = agent_base::clock::now_ms();
         // The facts view is gone before the first await: one evaluation, one view.
         let (evaluation, explanations) = {
-            let facts = self.facts.view(&incident, &[], now_ms);
+            let facts = self.facts.view(&incident, None, now_ms);
             let evaluation = self.engine.evaluate(&incident, &facts);
             let explanations = options
                 .explain
@@ -311,11 +311,11 @@ impl Decider {
         let mut actions = Vec::new();
         let mut tentative = self.mesh_actions.tentative();
         // Events of the batch before this one, not recorded yet: facts count them.
-        let mut earlier: Vec<(String, f64)> = Vec::new();
+        let mut earlier = crate::facts::Unrecorded::default();
         let now_ms = agent_base::clock::now_ms();
         for (incident, input_json) in events {
             let evaluation = {
-                let facts = self.facts.view(&incident, &earlier, now_ms);
+                let facts = self.facts.view(&incident, Some(&earlier), now_ms);
                 self.engine.evaluate(&incident, &facts)
             };
             if !dry_run {
@@ -324,7 +324,7 @@ impl Decider {
                 records.push(record);
                 actions.extend(more);
             }
-            earlier.push((incident.kind.clone(), incident.severity));
+            earlier.add(&incident.kind, incident.severity);
             decisions.push(Decision {
                 incident,
                 evaluation,

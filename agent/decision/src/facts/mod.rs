@@ -87,7 +87,7 @@ impl FactSources {
     pub fn view<'a>(
         &'a self,
         incident: &'a Incident,
-        earlier: &'a [(String, f64)],
+        earlier: Option<&'a Unrecorded>,
         now_ms: u64,
     ) -> FactsView<'a> {
         FactsView {
@@ -278,7 +278,26 @@ pub struct FactsView<'a> {
     /// The incident under evaluation, not recorded yet: counted here.
     current: Option<(&'a str, f64)>,
     /// Incidents of the same batch before it, not recorded yet either.
-    earlier: &'a [(String, f64)],
+    earlier: Option<&'a Unrecorded>,
+}
+
+/// Incidents decided but not recorded yet (the earlier events of a batch), by type: how many and
+/// the highest severity. A map, so a fact reads it in one lookup however long the batch.
+#[derive(Debug, Default)]
+pub struct Unrecorded(std::collections::HashMap<String, (u32, f64), foldhash::fast::RandomState>);
+
+impl Unrecorded {
+    pub fn add(&mut self, kind: &str, severity: f64) {
+        match self.0.get_mut(kind) {
+            Some((count, max)) => {
+                *count = count.saturating_add(1);
+                *max = max.max(severity);
+            }
+            None => {
+                self.0.insert(kind.to_owned(), (1, severity));
+            }
+        }
+    }
 }
 
 impl FactsView<'_> {
@@ -291,9 +310,11 @@ impl FactsView<'_> {
     fn unrecorded(&self, kind: &str) -> (u32, f64) {
         let mut count = 0u32;
         let mut severity = f64::NEG_INFINITY;
-        let current = self.current.iter().map(|&(k, s)| (k, s));
-        let earlier = self.earlier.iter().map(|(k, s)| (k.as_str(), *s));
-        for (k, s) in current.chain(earlier) {
+        if let Some(&(n, max)) = self.earlier.and_then(|e| e.0.get(kind)) {
+            count = n;
+            severity = max;
+        }
+        for &(k, s) in self.current.iter() {
             if k == kind {
                 count += 1;
                 severity = severity.max(s);
@@ -379,7 +400,11 @@ impl Facts for FactsView<'_> {
         if let Some((current, _)) = self.current {
             kinds.push(current);
         }
-        kinds.extend(self.earlier.iter().map(|(kind, _)| kind.as_str()));
+        kinds.extend(
+            self.earlier
+                .iter()
+                .flat_map(|e| e.0.keys().map(String::as_str)),
+        );
         kinds.sort_unstable();
         kinds.dedup();
         let incidents: serde_json::Map<String, serde_json::Value> = kinds
@@ -423,6 +448,25 @@ mod tests {
             timestamp: None,
             context: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_batch_counts_its_earlier_events_in_one_lookup() {
+        let sources = FactSources::new("n1", &DecisionsConfig::default(), 100);
+        let now = 1_000_000;
+        sources.record(&incident("leak"), now - 1_000, []);
+        let mut earlier = Unrecorded::default();
+        earlier.add("leak", 2.0);
+        earlier.add("other", 9.0);
+        let leak = incident("leak");
+        let facts = sources.view(&leak, Some(&earlier), now);
+        let query = FactQuery::HistoryCount {
+            kind: "leak",
+            window_ms: 60_000,
+        };
+        // One recorded, one earlier in the batch, and this one.
+        assert_eq!(facts.fact(query), Some(3.0));
+        assert_eq!(facts.fact(FactQuery::MaxSeverity("other")), Some(9.0));
     }
 
     #[test]
