@@ -1,12 +1,29 @@
 //! Wall-clock time as the agent stores it (Unix microseconds) and shows it (RFC 3339, UTC).
+//!
+//! A simulation that runs nodes on a paused tokio clock replaces the source once, before any
+//! node starts ([`set_source`]), so that the timestamps nodes write follow simulated time and a
+//! seed gives the same run twice. The daemon never does.
 
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Unix microseconds from somewhere else than the system clock (see [`set_source`]).
+static SOURCE: OnceLock<fn() -> i64> = OnceLock::new();
+
+/// Makes `source` this process's wall clock, in Unix microseconds. Only the first call takes
+/// effect; it returns whether this one did.
+pub fn set_source(source: fn() -> i64) -> bool {
+    SOURCE.set(source).is_ok()
+}
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Now, in Unix microseconds.
 pub fn now_us() -> i64 {
+    if let Some(source) = SOURCE.get() {
+        return source();
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -14,9 +31,7 @@ pub fn now_us() -> i64 {
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    (now_us() / 1_000).max(0) as u64
 }
 
 /// `2026-11-23T09:41:07.123456Z`.

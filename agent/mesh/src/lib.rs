@@ -10,10 +10,13 @@
 //! it, which reloads the policy services, so the mesh never reaches up into the services above
 //! the store. It depends on no policy, decision or API crate.
 
+mod blocking;
 mod codec;
 mod config;
 mod error;
 mod gossip;
+mod identity;
+mod links;
 pub mod members;
 mod metrics;
 mod node;
@@ -26,6 +29,8 @@ mod transport;
 
 pub use config::MeshConfig;
 pub use error::MeshError;
+pub use identity::Identity;
+pub use links::{Links, QuicLinks, RequestHandler};
 pub use members::{Member, MemberState, RevisionView};
 pub use metrics::MeshMetrics;
 pub use node::{Mesh, MeshSummary, OnMerged, StateCounts};

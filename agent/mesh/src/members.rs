@@ -5,9 +5,10 @@
 //! given up on it yet, but an operator should look. chitchat does not say when a heartbeat last
 //! moved, so [`Heartbeats`] notes it each time it looks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chitchat::{Chitchat, ChitchatId};
 use serde::Serialize;
@@ -21,9 +22,9 @@ pub const KEY_VERSION: &str = "agent_version";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
-    Alive,
-    Suspect,
-    Dead,
+    Alive = 0,
+    Suspect = 1,
+    Dead = 2,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,22 +65,99 @@ pub struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// Notes the heartbeats in `chitchat` now; returns each node's heartbeat age.
-    pub fn observe(&self, chitchat: &Chitchat) -> HashMap<ChitchatId, Duration> {
+    /// Notes the heartbeats in `chitchat` now (called every gossip round; allocates only for a
+    /// node seen for the first time). Returns the time of the observation.
+    pub fn observe(&self, chitchat: &Chitchat) -> Instant {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ages = HashMap::new();
         for (id, state) in chitchat.node_states() {
             let beat = u64::from(state.heartbeat());
-            let entry = seen.entry(id.clone()).or_insert((beat, now));
-            if entry.0 != beat {
-                *entry = (beat, now);
+            match seen.get_mut(id) {
+                Some(entry) if entry.0 != beat => *entry = (beat, now),
+                Some(_) => {}
+                None => {
+                    seen.insert(id.clone(), (beat, now));
+                }
             }
-            ages.insert(id.clone(), now.duration_since(entry.1));
         }
-        seen.retain(|id, _| chitchat.node_states().contains_key(id));
-        ages
+        if seen.len() > chitchat.node_states().len() {
+            seen.retain(|id, _| chitchat.node_states().contains_key(id));
+        }
+        now
     }
+
+    /// How long ago node `id`'s heartbeat last moved, as of `now` (zero if never observed).
+    fn age(&self, id: &ChitchatId, now: Instant) -> Duration {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at))
+    }
+}
+
+/// The newest generation of each node id `chitchat` knows, in node id order. chitchat orders
+/// its ids by node id, then generation, so each node's newest is the last of its run.
+fn newest(chitchat: &Chitchat) -> impl Iterator<Item = &ChitchatId> {
+    let mut ids = chitchat.node_states().keys().peekable();
+    std::iter::from_fn(move || {
+        let mut id = ids.next()?;
+        while let Some(next) = ids.next_if(|next| next.node_id == id.node_id) {
+            id = next;
+        }
+        Some(id)
+    })
+}
+
+fn state_of(
+    id: &ChitchatId,
+    me: &ChitchatId,
+    live: &HashSet<&ChitchatId>,
+    age: Duration,
+    suspect_after: Duration,
+) -> MemberState {
+    if id == me {
+        MemberState::Alive
+    } else if !live.contains(id) {
+        MemberState::Dead
+    } else if age > suspect_after {
+        MemberState::Suspect
+    } else {
+        MemberState::Alive
+    }
+}
+
+/// Members by state, and whether every member not dead reports `digest`: what the gossip round
+/// records as metrics, counted without building the member views.
+pub fn tally(
+    chitchat: &Chitchat,
+    heartbeats: &Heartbeats,
+    suspect_after: Duration,
+    digest: Option<&str>,
+) -> ([i64; 3], bool) {
+    let now = heartbeats.observe(chitchat);
+    let me = chitchat.self_chitchat_id();
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let mut counts = [0i64; 3];
+    let mut converged = true;
+    let seen = heartbeats.seen.lock().unwrap_or_else(|p| p.into_inner());
+    for id in newest(chitchat) {
+        let age = seen
+            .get(id)
+            .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at));
+        let state = state_of(id, me, &live, age, suspect_after);
+        counts[state as usize] += 1;
+        if state != MemberState::Dead {
+            let theirs = chitchat
+                .node_state(id)
+                .and_then(|s| s.get(KEY_REVISION))
+                .and_then(|text| text.rsplit(':').next());
+            if theirs != digest {
+                converged = false;
+            }
+        }
+    }
+    (counts, converged)
 }
 
 /// Every node `chitchat` knows, newest generation of each node id only, sorted by node id.
@@ -88,39 +166,22 @@ pub fn members(
     heartbeats: &Heartbeats,
     suspect_after: Duration,
 ) -> Vec<Member> {
-    let ages = heartbeats.observe(chitchat);
+    let now = heartbeats.observe(chitchat);
     let me = chitchat.self_chitchat_id().clone();
-    let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-    let mut newest: HashMap<&str, &ChitchatId> = HashMap::new();
-    for id in chitchat.node_states().keys() {
-        let slot = newest.entry(&id.node_id).or_insert(id);
-        if id.generation_id > slot.generation_id {
-            *slot = id;
-        }
-    }
-    let mut out: Vec<Member> = newest
-        .into_values()
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let mut out: Vec<Member> = newest(chitchat)
         .map(|id| {
             let state = chitchat.node_state(id);
             let is_self = *id == me;
             let age = if is_self {
                 Duration::ZERO
             } else {
-                ages.get(id).copied().unwrap_or_default()
-            };
-            let member_state = if is_self {
-                MemberState::Alive
-            } else if !live.contains(id) {
-                MemberState::Dead
-            } else if age > suspect_after {
-                MemberState::Suspect
-            } else {
-                MemberState::Alive
+                heartbeats.age(id, now)
             };
             Member {
                 node_id: id.node_id.to_string(),
                 gossip_addr: id.gossip_advertise_addr.to_string(),
-                state: member_state,
+                state: state_of(id, &me, &live, age, suspect_after),
                 heartbeat_age_ms: age.as_millis() as u64,
                 policy_revision: state
                     .and_then(|s| s.get(KEY_REVISION))

@@ -1,12 +1,12 @@
 //! A running mesh node ([`Mesh`]): binds the gossip socket, joins through the seeds, publishes this
 //! node's policy revision, and pulls from peers that are ahead.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use chitchat::transport::Transport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
     spawn_chitchat,
@@ -15,18 +15,27 @@ use mesh_proto::mesh::{Hello, MESH_PROTOCOL};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use agent_identity::{Signer, TlsFiles, Verifier};
+use agent_identity::TlsFiles;
 use agent_store::{MergeOutcome, Store};
 
+use crate::blocking::blocking;
 use crate::config::MeshConfig;
 use crate::error::MeshError;
 use crate::gossip::QuicTransport;
+use crate::identity::Identity;
+use crate::links::{Links, QuicLinks, RequestHandler};
 use crate::members::{self, Heartbeats, KEY_REVISION, KEY_VERSION, Member, MemberState};
 use crate::metrics::MeshMetrics;
 use crate::shared::{self, SharedView, SharedWatch};
 use crate::sync::{self, PULLS_PER_ROUND, PeerRevision, Puller};
 use crate::tls;
 use crate::transport::Net;
+
+/// Heartbeat intervals the failure detector keeps per peer (20 s of history at the default 200 ms
+/// interval). chitchat allocates the whole window for every peer it has heard of: at its
+/// default of 1,000 a node of a 1,000-node mesh held 8 MB of windows, and a 1,000-node simulation
+/// 11.8 GB.
+const FAILURE_DETECTOR_WINDOW: usize = 100;
 
 /// Called after changes from a peer were merged into the store.
 pub type OnMerged = Arc<dyn Fn(MergeOutcome) + Send + Sync>;
@@ -37,7 +46,9 @@ pub struct Mesh {
     config: MeshConfig,
     advertise: SocketAddr,
     chitchat: ChitchatHandle,
-    net: Arc<Net>,
+    links: Arc<dyn Links>,
+    /// The QUIC network under `links`, when that is what they are (partition tests block it).
+    quic: Option<Arc<Net>>,
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
     shared: SharedWatch,
@@ -64,9 +75,9 @@ pub struct StateCounts {
 }
 
 impl Mesh {
-    /// Joins (or starts) the mesh as `node_id`, with the certificates in `config.tls_dir`. Fails
-    /// if there is no `tls_dir`, the TLS material is missing or invalid, or the gossip address
-    /// cannot be bound.
+    /// Joins (or starts) the mesh as `node_id` over QUIC with mutual TLS, with the certificates
+    /// in `config.tls_dir`. Fails if there is no `tls_dir`, the TLS material is missing or
+    /// invalid, or the gossip address cannot be bound.
     pub async fn start(
         node_id: &str,
         config: MeshConfig,
@@ -74,23 +85,68 @@ impl Mesh {
         metrics: MeshMetrics,
         on_merged: OnMerged,
     ) -> Result<Mesh, MeshError> {
-        let node_id = node_id.to_owned();
         let tls_dir = config.tls_dir.clone().ok_or(MeshError::NoTlsDir)?;
-        let files = TlsFiles::read(&tls_dir, &node_id)?;
-        let verifier = Arc::new(Verifier::new(&files.ca)?);
-        verifier
-            .check_node_cert(&node_id, &files.cert)
-            .map_err(|cause| MeshError::OwnCertificate {
-                dir: tls_dir.display().to_string(),
-                cause,
-            })?;
-        let signer = Arc::new(Signer::new(&node_id, &files)?);
-        store.set_signer(Arc::clone(&signer));
+        let files = TlsFiles::read(&tls_dir, node_id)?;
+        let identity = Identity::from_files(node_id, &tls_dir, &files)?;
+        let listen_err = |cause| MeshError::Listen {
+            addr: config.gossip_listen,
+            cause,
+        };
+        let socket = UdpSocket::bind(config.gossip_listen).map_err(listen_err)?;
+        socket.set_nonblocking(true).map_err(listen_err)?;
+        let listen = socket.local_addr().map_err(listen_err)?;
+        let advertise = advertise_addr(&config, listen.port());
+        let hello = Hello {
+            protocol: MESH_PROTOCOL,
+            cluster_id: config.cluster_id.clone(),
+            node_id: node_id.to_owned(),
+            gossip_addr: advertise.to_string(),
+        };
+        let verifier = Arc::clone(&identity.verifier);
+        let server = tls::server_config(&files)?;
+        let client = tls::client_config(&files)?;
+        let stats = metrics.clone();
+        let mut quic = None;
+        let mesh = Mesh::start_on(
+            node_id,
+            config,
+            (listen, advertise),
+            store,
+            identity,
+            metrics,
+            on_merged,
+            |handler| {
+                let (net, inbound) =
+                    Net::bind(socket, server, client, hello, verifier, handler, stats)?;
+                quic = Some(Arc::clone(&net));
+                let transport = QuicTransport::new(Arc::clone(&net), inbound);
+                Ok(Arc::new(QuicLinks::new(net, transport)) as Arc<dyn Links>)
+            },
+        )
+        .await?;
+        Ok(Mesh { quic, ..mesh })
+    }
+
+    /// Joins (or starts) the mesh as `node_id` over the links `links` makes (given the handler
+    /// that answers this node's pull requests), listening at `listen` and reached by peers at
+    /// `advertise`. The QUIC daemon and the simulations both start here.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_on(
+        node_id: &str,
+        config: MeshConfig,
+        (listen, advertise): (SocketAddr, SocketAddr),
+        store: Arc<Store>,
+        identity: Identity,
+        metrics: MeshMetrics,
+        on_merged: OnMerged,
+        links: impl FnOnce(RequestHandler) -> Result<Arc<dyn Links>, MeshError>,
+    ) -> Result<Mesh, MeshError> {
+        let node_id = node_id.to_owned();
+        let Identity { signer, verifier } = identity;
+        store.set_signer(signer);
         let signed = {
             let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || store.sign_own_changes())
-                .await
-                .map_err(MeshError::task)??
+            blocking(move || store.sign_own_changes()).await??
         };
         if signed > 0 {
             info!(signed, "signed changes made while this node ran alone");
@@ -108,39 +164,14 @@ impl Mesh {
             stale.store(true, Ordering::Release);
         }
 
-        let listen_err = |cause| MeshError::Listen {
-            addr: config.gossip_listen,
-            cause,
-        };
-        let socket = UdpSocket::bind(config.gossip_listen).map_err(listen_err)?;
-        socket.set_nonblocking(true).map_err(listen_err)?;
-        let listen = socket.local_addr().map_err(listen_err)?;
-        let advertise = advertise_addr(&config, listen.port());
-        let hello = Hello {
-            protocol: MESH_PROTOCOL,
-            cluster_id: config.cluster_id.clone(),
-            node_id: node_id.clone(),
-            gossip_addr: advertise.to_string(),
-        };
-        let handler = {
+        let handler: RequestHandler = {
             let store = Arc::clone(&store);
             let stale = Arc::clone(&stale);
             Arc::new(move |request| sync::serve(&store, &stale, request))
         };
-        let (net, inbound) = Net::bind(
-            socket,
-            tls::server_config(&files)?,
-            tls::client_config(&files)?,
-            hello,
-            Arc::clone(&verifier),
-            handler,
-            metrics.clone(),
-        )?;
-        let transport = QuicTransport::new(Arc::clone(&net), inbound);
+        let links = links(handler)?;
 
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let generation = agent_base::clock::now_ms();
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(node_id.clone(), generation, advertise),
             cluster_id: config.cluster_id.clone(),
@@ -149,7 +180,7 @@ impl Mesh {
             seed_nodes: config.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: config.phi_threshold,
-                sampling_window_size: 1_000,
+                sampling_window_size: FAILURE_DETECTOR_WINDOW,
                 max_interval: Duration::from_secs(10),
                 initial_interval: config.gossip_interval() * 5,
                 dead_node_grace_period: config.dead_node_grace(),
@@ -173,13 +204,13 @@ impl Mesh {
             ),
             (KEY_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
         ];
-        let chitchat = spawn_chitchat(chitchat_config, initial, &transport as &dyn Transport)
+        let chitchat = spawn_chitchat(chitchat_config, initial, links.gossip())
             .await
             .map_err(|err| MeshError::Gossip(format!("{err:#}")))?;
-        info!(node_id = %node_id, cluster_id = %config.cluster_id, listen = %listen, advertise = %advertise, seeds = ?config.seeds, "joined the mesh (gossip over QUIC, mutual TLS)");
+        info!(node_id = %node_id, cluster_id = %config.cluster_id, listen = %listen, advertise = %advertise, seeds = ?config.seeds, "joined the mesh");
 
         let puller = Arc::new(Puller {
-            net: Arc::clone(&net),
+            links: Arc::clone(&links),
             store: Arc::clone(&store),
             verifier,
             stale,
@@ -209,7 +240,8 @@ impl Mesh {
             config,
             advertise,
             chitchat,
-            net,
+            links,
+            quic: None,
             store,
             heartbeats,
             shared,
@@ -240,8 +272,9 @@ impl Mesh {
         Arc::clone(&self.shared.notify)
     }
 
-    pub fn net(&self) -> &Arc<Net> {
-        &self.net
+    /// The QUIC network, for a node started with [`Mesh::start`].
+    pub fn net(&self) -> Option<&Arc<Net>> {
+        self.quic.as_ref()
     }
 
     pub fn advertise_addr(&self) -> SocketAddr {
@@ -259,13 +292,19 @@ impl Mesh {
         members::members(&guard, &self.heartbeats, self.config.suspect_after())
     }
 
+    /// How many node ids `counted` accepts among the nodes chitchat's failure detector holds
+    /// live now (this node included). A cheap probe for simulations: no member views are built.
+    pub async fn count_live(&self, counted: impl Fn(&str) -> bool) -> usize {
+        let chitchat = self.chitchat.chitchat();
+        let guard = chitchat.lock().await;
+        guard.live_nodes().filter(|id| counted(&id.node_id)).count()
+    }
+
     /// This node's view in one object (`GET /mesh`).
     pub async fn summary(&self) -> Result<MeshSummary, MeshError> {
         let members = self.members().await;
         let store = Arc::clone(&self.store);
-        let revision = tokio::task::spawn_blocking(move || store.replica_revision())
-            .await
-            .map_err(MeshError::task)??;
+        let revision = blocking(move || store.replica_revision()).await??;
         let mut counts = StateCounts::default();
         let mut converged = true;
         for member in &members {
@@ -303,7 +342,7 @@ impl Mesh {
         if let Err(err) = self.chitchat.shutdown().await {
             debug!(error = %err, "chitchat shutdown");
         }
-        self.net.close().await;
+        self.links.close().await;
     }
 }
 
@@ -346,7 +385,7 @@ async fn publish_revision(
     while changes.changed().await.is_ok() {
         let revision = {
             let store = Arc::clone(&store);
-            match tokio::task::spawn_blocking(move || store.replica_revision()).await {
+            match blocking(move || store.replica_revision()).await {
                 Ok(Ok(revision)) => revision,
                 Ok(Err(err)) => {
                     warn!(error = %err, "cannot read the policy revision");
@@ -380,21 +419,38 @@ async fn pull_loop(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_marked: Option<std::time::Instant> = None;
+    let mut last_marked: Option<tokio::time::Instant> = None;
     let mut round: usize = 0;
+    // Pulls run beside the rounds, at most `PULLS_PER_ROUND` at once and one per peer: a peer
+    // that answers slowly (a starved CPU, a lossy link) holds one slot until its request times
+    // out, not every round behind it. Dropping the set (the loop aborted) aborts them.
+    let mut pulls = tokio::task::JoinSet::new();
+    let mut pulling: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         ticker.tick().await;
         round = round.wrapping_add(1);
+        while let Some(done) = pulls.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(err) => err.id(),
+            };
+            pulling.remove(&id);
+        }
         let (mine, peers) = {
             let guard = chitchat.lock().await;
-            // Noting heartbeats every round makes `heartbeat_age_ms` accurate to a round.
-            let view = members::members(&guard, &heartbeats, suspect_after);
-            record_members(&puller.metrics, &view);
             let me = guard.self_chitchat_id().clone();
             let mine = guard
                 .node_state(&me)
                 .and_then(|s| s.get(KEY_REVISION))
                 .and_then(PeerRevision::parse);
+            // Noting heartbeats every round makes `heartbeat_age_ms` accurate to a round.
+            let (counts, converged) = members::tally(
+                &guard,
+                &heartbeats,
+                suspect_after,
+                mine.as_ref().map(|r| r.digest.as_str()),
+            );
+            record_members(&puller.metrics, counts, converged);
             let peers: Vec<(String, SocketAddr, PeerRevision)> = guard
                 .live_nodes()
                 .filter(|id| **id != me)
@@ -415,11 +471,8 @@ async fn pull_loop(
             && last_marked.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
         {
             let store = Arc::clone(&puller.store);
-            if tokio::task::spawn_blocking(move || store.mark_synced())
-                .await
-                .is_ok()
-            {
-                last_marked = Some(std::time::Instant::now());
+            if blocking(move || store.mark_synced()).await.is_ok() {
+                last_marked = Some(tokio::time::Instant::now());
             }
         }
         let mut ahead = Vec::new();
@@ -440,50 +493,39 @@ async fn pull_loop(
             let turn = round % ahead.len();
             ahead.rotate_left(turn);
         }
-        for (node_id, addr, revision) in
-            ahead
-                .into_iter()
-                .take(if stale { 1 } else { PULLS_PER_ROUND })
+        let room = (if stale { 1 } else { PULLS_PER_ROUND }).saturating_sub(pulling.len());
+        let busy: Vec<String> = pulling.values().cloned().collect();
+        for (node_id, addr, revision) in ahead
+            .into_iter()
+            .filter(|(node_id, _, _)| !busy.contains(node_id))
+            .take(room)
         {
             puller.metrics.pulls.inc();
-            match puller.pull(&node_id, addr, &revision).await {
-                Ok(outcome) => {
-                    if outcome.merge.applied > 0
-                        || outcome.merge.policies_changed
-                        || outcome.merge.documents_changed
-                    {
-                        on_merged(outcome.merge);
+            let puller = Arc::clone(&puller);
+            let on_merged = Arc::clone(&on_merged);
+            let peer = node_id.clone();
+            let task = pulls.spawn(async move {
+                match puller.pull(&peer, addr, &revision).await {
+                    Ok(outcome) => {
+                        if outcome.merge.applied > 0
+                            || outcome.merge.policies_changed
+                            || outcome.merge.documents_changed
+                        {
+                            on_merged(outcome.merge);
+                        }
+                    }
+                    Err(err) => {
+                        puller.metrics.pull_failures.inc();
+                        debug!(peer = %peer, error = %err, "pull failed");
                     }
                 }
-                Err(err) => {
-                    puller.metrics.pull_failures.inc();
-                    debug!(peer = %node_id, error = %err, "pull failed");
-                }
-            }
+            });
+            pulling.insert(task.id(), node_id);
         }
     }
 }
 
-fn record_members(metrics: &MeshMetrics, view: &[Member]) {
-    let mut counts = [0i64; 3];
-    let mine = view
-        .iter()
-        .find(|m| m.is_self)
-        .and_then(|m| m.policy_revision.as_ref().map(|r| r.digest.clone()));
-    let mut converged = true;
-    for member in view {
-        let slot = match member.state {
-            MemberState::Alive => 0,
-            MemberState::Suspect => 1,
-            MemberState::Dead => 2,
-        };
-        counts[slot] += 1;
-        if member.state != MemberState::Dead
-            && member.policy_revision.as_ref().map(|r| &r.digest) != mine.as_ref()
-        {
-            converged = false;
-        }
-    }
+fn record_members(metrics: &MeshMetrics, counts: [i64; 3], converged: bool) {
     for (state, count) in ["alive", "suspect", "dead"].into_iter().zip(counts) {
         metrics
             .members
@@ -500,7 +542,7 @@ async fn collect_tombstones(store: Arc<Store>, ttl: Duration) {
         ticker.tick().await;
         let horizon = agent_base::clock::now_ms().saturating_sub(ttl.as_millis() as u64);
         let store = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || store.drop_tombstones_before(horizon)).await {
+        match blocking(move || store.drop_tombstones_before(horizon)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(dropped)) => info!(dropped, "expired tombstones dropped"),
             Ok(Err(err)) => warn!(error = %err, "cannot drop expired tombstones"),

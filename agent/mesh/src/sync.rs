@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mesh_proto::mesh::{PullRequest, PullResponse, Request, Response};
 use tracing::{info, warn};
 
-use super::transport::Net;
+use crate::links::Links;
 use agent_identity::Verifier;
 use agent_store::{MergeOutcome, Store};
 
+use crate::blocking::blocking;
 use crate::error::MeshError;
 
 /// Changes per page of a pull.
@@ -89,7 +90,7 @@ pub fn serve(store: &Store, stale: &AtomicBool, request: Request) -> Response {
 
 /// Pulls from peers and merges what they have.
 pub struct Puller {
-    pub net: Arc<Net>,
+    pub links: Arc<dyn Links>,
     pub store: Arc<Store>,
     pub verifier: Arc<Verifier>,
     /// Set while this node must not hand on its set (see `Store::drop_absent_before`).
@@ -123,7 +124,7 @@ impl Puller {
         let mut seen_keys = HashSet::new();
         loop {
             let request = Request::Pull(PullRequest { since, limit: PAGE });
-            let page = match self.net.request(addr, &request).await? {
+            let page = match self.links.request(addr, &request).await? {
                 Response::Pull(page) => page,
                 Response::Refused(reason) => {
                     return Err(MeshError::Peer {
@@ -165,11 +166,9 @@ impl Puller {
             let store = Arc::clone(&self.store);
             let peer = node_id.to_owned();
             let incarnation = page.incarnation;
-            let merge = tokio::task::spawn_blocking(move || {
-                store.merge_remote(&peer, incarnation, cursor, accepted, &certs)
-            })
-            .await
-            .map_err(MeshError::task)??;
+            let merge =
+                blocking(move || store.merge_remote(&peer, incarnation, cursor, accepted, &certs))
+                    .await??;
             self.metrics.changes_merged.inc_by(merge.applied as u64);
             self.metrics.changes_stale.inc_by(merge.stale as u64);
             total.merge.applied += merge.applied;

@@ -14,6 +14,19 @@ use agent_identity::{TlsFiles, Verifier};
 struct Side {
     net: Arc<Net>,
     addr: SocketAddr,
+    inbound: std::sync::Mutex<Option<super::transport::Inbound>>,
+}
+
+impl Side {
+    /// This side's links, as a mesh node holds them (once: they take the gossip received).
+    fn links(&self) -> Arc<dyn super::links::Links> {
+        let inbound = self.inbound.lock().unwrap().take().unwrap();
+        let transport = super::gossip::QuicTransport::new(Arc::clone(&self.net), inbound);
+        Arc::new(super::links::QuicLinks::new(
+            Arc::clone(&self.net),
+            transport,
+        ))
+    }
 }
 
 /// A node with `files` whose hello claims `claimed` in `cluster`; refuses every request.
@@ -33,7 +46,7 @@ fn node_with(
     ca: &TlsFiles,
     claimed: &str,
     cluster: &str,
-    handler: super::transport::RequestHandler,
+    handler: super::links::RequestHandler,
 ) -> Side {
     let verifier = Arc::new(Verifier::new(&ca.ca).unwrap());
     let hello = Hello {
@@ -44,7 +57,7 @@ fn node_with(
     };
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_nonblocking(true).unwrap();
-    let (net, _transport) = Net::bind(
+    let (net, inbound) = Net::bind(
         socket,
         tls::server_config(files).unwrap(),
         tls::client_config(files).unwrap(),
@@ -55,7 +68,11 @@ fn node_with(
     )
     .unwrap();
     let addr = net.local_addr().unwrap();
-    Side { net, addr }
+    Side {
+        net,
+        addr,
+        inbound: std::sync::Mutex::new(Some(inbound)),
+    }
 }
 
 fn certs(dir: &TempDir, ids: &[&str]) -> Vec<TlsFiles> {
@@ -206,7 +223,7 @@ async fn forged_replayed_and_reordered_pages_from_a_valid_peer_change_nothing_th
     let victim_store = Arc::new(Store::open(&dir.path().join("victim.redb"), "victim").unwrap());
     let metrics = super::metrics::MeshMetrics::default();
     let puller = super::sync::Puller {
-        net: Arc::clone(&victim_side.net),
+        links: victim_side.links(),
         store: Arc::clone(&victim_store),
         verifier: Arc::new(Verifier::new(&files[1].ca).unwrap()),
         stale: Arc::new(AtomicBool::new(false)),

@@ -21,7 +21,6 @@ mod tables;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_proto::{DecodeError, Hlc, PolicyChange, PolicyRecord, ReplicaItem, decode};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -120,6 +119,21 @@ impl Store {
             path: path.display().to_string(),
             source,
         })?;
+        Store::on(db, node_id)
+    }
+
+    /// A store held in memory only (redb's in-memory backend): a simulated node's.
+    pub fn open_in_memory(node_id: &str) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|source| StoreError::Open {
+                path: "(memory)".into(),
+                source,
+            })?;
+        Store::on(db, node_id)
+    }
+
+    fn on(db: Database, node_id: &str) -> Result<Store, StoreError> {
         migrate::to_current(&db, node_id)?;
         Ok(Store {
             db: Arc::new(db),
@@ -326,12 +340,10 @@ struct Now {
 
 impl Now {
     fn read() -> Now {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let us = agent_base::clock::now_us().max(0);
         Now {
-            ms: since_epoch.as_millis() as u64,
-            us: since_epoch.as_micros() as i64,
+            ms: (us / 1_000) as u64,
+            us,
         }
     }
 }
