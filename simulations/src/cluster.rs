@@ -1,5 +1,6 @@
-//! Many mesh-agent nodes in one process, each with its own redb file, QUIC endpoint on loopback,
-//! certificates from one mesh CA, and chitchat: the real mesh code, minus the HTTP API.
+//! Many mesh-agent nodes in one process on real QUIC: each with its own redb file, QUIC endpoint
+//! on loopback, certificates from one mesh CA, and chitchat: the real mesh code, minus the HTTP
+//! API, on the real clock.
 //!
 //! In-process nodes can be cut off from each other ([`Cluster::partition`]): each node's network
 //! drops every link to the other side's addresses, as a network split would. The runner
@@ -166,9 +167,12 @@ impl Cluster {
     pub fn partition(&self, a: &[usize], b: &[usize]) {
         for &i in a {
             for &j in b {
-                if let (Some(x), Some(y)) = (&self.nodes[i].mesh, &self.nodes[j].mesh) {
-                    x.net().block(self.nodes[j].addr);
-                    y.net().block(self.nodes[i].addr);
+                if let (Some(x), Some(y)) = (
+                    self.nodes[i].mesh.as_ref().and_then(Mesh::net),
+                    self.nodes[j].mesh.as_ref().and_then(Mesh::net),
+                ) {
+                    x.block(self.nodes[j].addr);
+                    y.block(self.nodes[i].addr);
                 }
             }
         }
@@ -176,9 +180,9 @@ impl Cluster {
 
     /// Restores every link.
     pub fn heal(&self) {
-        for x in self.nodes.iter().filter_map(|n| n.mesh.as_ref()) {
+        for x in self.nodes.iter().filter_map(|n| n.mesh.as_ref()?.net()) {
             for node in &self.nodes {
-                x.net().unblock(node.addr);
+                x.unblock(node.addr);
             }
         }
     }
@@ -276,9 +280,9 @@ impl Cluster {
     pub fn gossip_bytes(&self) -> (u64, u64) {
         let mut payload = 0;
         let mut udp = 0;
-        for mesh in self.nodes.iter().filter_map(|n| n.mesh.as_ref()) {
-            payload += mesh.net().stats.gossip_bytes_sent.get();
-            udp += mesh.net().udp_bytes_sent();
+        for net in self.nodes.iter().filter_map(|n| n.mesh.as_ref()?.net()) {
+            payload += net.stats.gossip_bytes_sent.get();
+            udp += net.udp_bytes_sent();
         }
         (payload, udp)
     }

@@ -1,22 +1,17 @@
-//! `mesh-sim`: starts N in-process nodes on real QUIC loopback sockets and measures what the mesh
-//! promises: how long a write takes to reach every node, how long until a stopped node is seen
-//! dead by all, and how many gossip bytes a node sends per second at steady state.
-//!
-//! Prints a Markdown report (and JSON with `--json`); `--svg FILE` also draws the rollout times.
+//! `mesh-sim quic`: N in-process nodes on real QUIC loopback sockets and the real clock, and what
+//! the mesh promises measured: how long a write takes to reach every node, how long until a
+//! stopped node is seen dead by all, and how many gossip bytes a node sends per second at steady
+//! state. Prints a Markdown row (JSON with `--json`).
 
 use std::time::{Duration, Instant};
 
 use agent_mesh::members::MemberState;
-use clap::Parser;
+use mesh_sim::report::median;
 use mesh_sim::{Cluster, ClusterSettings};
 use serde::Serialize;
 
-#[derive(Parser)]
-#[command(
-    name = "mesh-sim",
-    about = "Measure a mesh of in-process mesh-agent nodes"
-)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Nodes in the mesh.
     #[arg(long, default_value_t = 10)]
     nodes: usize,
@@ -32,9 +27,6 @@ struct Args {
     /// Print JSON instead of Markdown.
     #[arg(long)]
     json: bool,
-    /// Also write an SVG plot of the rollout times to this file.
-    #[arg(long)]
-    svg: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -57,28 +49,9 @@ struct Report {
     steady_false_alarms: usize,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 const LIMIT: Duration = Duration::from_secs(120);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = ClusterSettings {
         gossip_interval: Duration::from_millis(args.interval_ms),
         ..ClusterSettings::default()
@@ -178,9 +151,6 @@ async fn main() -> anyhow::Result<()> {
     };
     cluster.shutdown().await;
 
-    if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&report))?;
-    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -202,37 +172,4 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A bar per write: how long it took to reach every node.
-fn svg(report: &Report) -> String {
-    let (width, height, margin) = (640.0, 320.0, 40.0);
-    let max = report.rollout_max_ms.max(1.0);
-    let bars = report.rollout_ms.len().max(1) as f64;
-    let bar_width = (width - 2.0 * margin) / bars;
-    let mut out = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
-<text x="{margin}" y="20">Rollout to all {} nodes ({} ms gossip): ms per write, max {:.0} ms</text>
-"#,
-        report.nodes, report.interval_ms, max
-    );
-    for (i, ms) in report.rollout_ms.iter().enumerate() {
-        let h = (height - 2.0 * margin) * ms / max;
-        out.push_str(&format!(
-            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="steelblue"/>
-"#,
-            margin + i as f64 * bar_width + 2.0,
-            height - margin - h,
-            (bar_width - 4.0).max(1.0),
-            h
-        ));
-    }
-    out.push_str(&format!(
-        r#"<line x1="{margin}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>
-</svg>
-"#,
-        height - margin,
-        width - margin
-    ));
-    out
 }

@@ -1,0 +1,400 @@
+//! The `fast` engine: every node is the agent's own mesh code (chitchat, the pull protocol, the
+//! merge, a store on redb's in-memory backend) on one current-thread tokio runtime whose clock
+//! is paused, over the in-memory network of [`network`]. Time moves only when every node is
+//! waiting, straight to the next timer, so 1,000 nodes run far faster than real time, and with
+//! the process's entropy seeded (see the binary's `entropy` module) a seed gives the same run.
+
+pub mod network;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_identity::TlsFiles;
+use agent_mesh::{Identity, Mesh, MeshConfig, MeshMetrics, OnMerged};
+use agent_store::{PolicyFields, Store};
+use anyhow::Context;
+use tokio::time::Instant;
+
+use crate::report::{Detection, Recorder, Report, Run};
+use crate::scenario::{FaultKind, Scenario};
+use network::{LinkQuality, SimNet};
+
+/// Liveness sampling while a figure depends on it (membership, a detection), and otherwise.
+const LIVENESS_FINE: Duration = Duration::from_millis(100);
+const LIVENESS_COARSE: Duration = Duration::from_secs(1);
+
+/// How long a node must have been up and reachable before not seeing it live is a false alarm.
+const SETTLE: Duration = Duration::from_secs(10);
+
+struct SimNode {
+    id: String,
+    addr: SocketAddr,
+    store: Arc<Store>,
+    mesh: Option<Mesh>,
+    /// Since when it has run and been reachable (start, restart, join, heal).
+    settled_from: Instant,
+    group: usize,
+}
+
+/// Node `i`'s address: 10.x.y.z, port 7946 (IP seeds: no DNS in a simulation).
+pub fn node_addr(i: usize) -> SocketAddr {
+    let n = i as u32 + 1;
+    SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7946))
+}
+
+pub fn node_id(i: usize) -> String {
+    format!("node-{i:04}")
+}
+
+/// Runs `scenario` to its end on the current (current-thread, paused) runtime. `progress` is
+/// told the simulated seconds done.
+pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let max_nodes = scenario.max_nodes();
+    let dir = tempfile::tempdir()?;
+    let tls = dir.path().join("tls");
+    agent_identity::certs::init(&tls, false)?;
+    for i in 0..max_nodes {
+        agent_identity::certs::issue(&tls, &node_id(i), 30)?;
+    }
+    let net = SimNet::new(
+        scenario.seed,
+        LinkQuality {
+            loss: scenario.network.loss,
+            delay: ms(scenario.network.delay_ms),
+        },
+    );
+    let mut sim = Sim {
+        scenario,
+        tls,
+        net,
+        nodes: Vec::with_capacity(max_nodes),
+        start,
+        recorder: Recorder::new(scenario),
+    };
+    for _ in 0..scenario.nodes {
+        sim.add_node().await?;
+    }
+
+    let end = start + secs(scenario.duration_sec);
+    let sample = Duration::from_millis(scenario.sample_ms);
+    let mut faults = scenario.faults.iter().peekable();
+    let mut writes = scenario.writes.iter().peekable();
+    let mut next_sample = start;
+    let mut next_liveness = start;
+    loop {
+        let now = Instant::now();
+        while let Some(fault) = faults.next_if(|f| start + secs(f.at_sec) <= now) {
+            sim.apply(&fault.kind).await?;
+        }
+        while let Some(write) = writes.next_if(|w| start + secs(w.at_sec) <= now) {
+            sim.write(write.node)?;
+        }
+        if now >= next_sample {
+            sim.sample_policies()?;
+            next_sample += sample;
+        }
+        if now >= next_liveness {
+            sim.sample_liveness().await;
+            // Liveness costs O(nodes²): sampled finely only while something is to be timed.
+            next_liveness += if sim.recorder.timing_liveness() {
+                sample.max(LIVENESS_FINE)
+            } else {
+                sample.max(LIVENESS_COARSE)
+            };
+        }
+        progress((now - start).as_secs_f64());
+        if now >= end {
+            break;
+        }
+        let next_event = [
+            faults.peek().map(|f| start + secs(f.at_sec)),
+            writes.peek().map(|w| start + secs(w.at_sec)),
+            Some(next_sample),
+            Some(next_liveness),
+            Some(end),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(end);
+        tokio::time::sleep_until(next_event.max(now)).await;
+    }
+    let elapsed = sim.elapsed();
+    sim.recorder.ended(elapsed);
+    for i in 0..sim.nodes.len() {
+        sim.traffic_of(i);
+    }
+    let run = Run {
+        pull_bytes: sim.recorder.pull_bytes(),
+        ..Run::default()
+    };
+    let report = sim.recorder.finish(run);
+    for node in sim.nodes {
+        if let Some(mesh) = node.mesh {
+            mesh.shutdown().await;
+        }
+    }
+    Ok(report)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn ms(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1e3)
+}
+
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    tls: std::path::PathBuf,
+    net: Arc<SimNet>,
+    nodes: Vec<SimNode>,
+    start: Instant,
+    recorder: Recorder,
+}
+
+impl Sim<'_> {
+    fn config(&self, i: usize) -> MeshConfig {
+        let interval = self.scenario.gossip_interval_ms;
+        MeshConfig {
+            tls_dir: None,
+            cluster_id: "sim".into(),
+            gossip_listen: node_addr(i),
+            gossip_advertise: Some(node_addr(i)),
+            seeds: (0..self.scenario.seeds.min(self.scenario.max_nodes()))
+                .filter(|&j| j != i)
+                .map(|j| node_addr(j).to_string())
+                .collect(),
+            gossip_interval_ms: interval,
+            phi_threshold: self.scenario.phi_threshold,
+            suspect_after_ms: interval * 10,
+            dead_node_grace_sec: 3_600,
+            tombstone_ttl_sec: 7 * 24 * 3_600,
+        }
+    }
+
+    async fn add_node(&mut self) -> anyhow::Result<()> {
+        let i = self.nodes.len();
+        let id = node_id(i);
+        let store = Arc::new(Store::open_in_memory(&id)?);
+        self.nodes.push(SimNode {
+            id,
+            addr: node_addr(i),
+            store,
+            mesh: None,
+            settled_from: Instant::now(),
+            group: 0,
+        });
+        self.start_node(i).await
+    }
+
+    async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].mesh.is_some() {
+            return Ok(());
+        }
+        let config = self.config(i);
+        let node = &self.nodes[i];
+        let files = TlsFiles::read(&self.tls, &node.id)?;
+        let identity = Identity::from_files(&node.id, &self.tls, &files)?;
+        let on_merged: OnMerged = Arc::new(|_| {});
+        let net = Arc::clone(&self.net);
+        let addr = node.addr;
+        let mesh = Mesh::start_on(
+            &node.id,
+            config,
+            (addr, addr),
+            Arc::clone(&node.store),
+            identity,
+            MeshMetrics::default(),
+            on_merged,
+            move |handler| Ok(net.attach(addr, handler)),
+        )
+        .await
+        .with_context(|| format!("starting {}", node.id))?;
+        let node = &mut self.nodes[i];
+        node.mesh = Some(mesh);
+        node.settled_from = Instant::now();
+        let at = self.elapsed();
+        self.recorder.node_up(i, at);
+        Ok(())
+    }
+
+    async fn apply(&mut self, fault: &FaultKind) -> anyhow::Result<()> {
+        let n = self.nodes.len();
+        let now = Instant::now();
+        match fault {
+            FaultKind::Kill { nodes } => {
+                for i in nodes.resolve(n)? {
+                    if let Some(mesh) = self.nodes[i].mesh.take() {
+                        mesh.shutdown().await;
+                        self.recorder.killed(i, self.elapsed());
+                    }
+                }
+            }
+            FaultKind::Restart { nodes } => {
+                for i in nodes.resolve(n)? {
+                    self.start_node(i).await?;
+                }
+            }
+            FaultKind::Partition { groups } => {
+                let mut addrs = Vec::new();
+                for node in &mut self.nodes {
+                    node.group = groups.len();
+                }
+                for (g, set) in groups.iter().enumerate() {
+                    let members = set.resolve(n)?;
+                    for &i in &members {
+                        self.nodes[i].group = g;
+                    }
+                    addrs.push(members.iter().map(|&i| self.nodes[i].addr).collect());
+                }
+                self.net.partition(&addrs);
+                self.recorder.partitioned(self.elapsed());
+                for node in &mut self.nodes {
+                    node.settled_from = now;
+                }
+            }
+            FaultKind::Heal => {
+                self.net.heal();
+                for node in &mut self.nodes {
+                    node.group = 0;
+                    node.settled_from = now;
+                }
+                self.recorder.healed(self.elapsed());
+            }
+            FaultKind::Degrade {
+                nodes,
+                loss,
+                delay_ms,
+            } => {
+                let quality = LinkQuality {
+                    loss: *loss,
+                    delay: ms(*delay_ms),
+                };
+                match nodes {
+                    None => self.net.set_everyone(quality),
+                    Some(set) => {
+                        for i in set.resolve(n)? {
+                            self.net.set_node(self.nodes[i].addr, Some(quality));
+                        }
+                    }
+                }
+            }
+            FaultKind::Join { count } => {
+                for _ in 0..*count {
+                    self.add_node().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn elapsed(&self) -> Duration {
+        Instant::now() - self.start
+    }
+
+    fn write(&mut self, node: usize) -> anyhow::Result<()> {
+        let k = self.recorder.writes();
+        let Some(target) = self.nodes.get(node).filter(|n| n.mesh.is_some()) else {
+            self.recorder.write_skipped(node, self.elapsed());
+            return Ok(());
+        };
+        let record = target.store.create(PolicyFields {
+            name: format!("sim-{k}"),
+            description: String::new(),
+            definition_json: r#"{"condition":"incident.severity > 1","action":"restart"}"#.into(),
+            active: true,
+            priority: k as i64,
+        })?;
+        self.recorder.wrote(node, record.id, self.elapsed());
+        Ok(())
+    }
+
+    /// Which running nodes hold each write.
+    fn sample_policies(&mut self) -> anyhow::Result<()> {
+        let at = self.elapsed();
+        let running: Vec<&SimNode> = self.nodes.iter().filter(|n| n.mesh.is_some()).collect();
+        let ids = self.recorder.write_ids();
+        let mut holding = vec![0usize; ids.len()];
+        for node in &running {
+            for (k, id) in ids.iter().enumerate() {
+                if node.store.get(*id)?.is_some() {
+                    holding[k] += 1;
+                }
+            }
+        }
+        self.recorder.policies(at, running.len(), &holding);
+        Ok(())
+    }
+
+    /// What every running node's failure detector says of the others.
+    async fn sample_liveness(&mut self) {
+        let at = self.elapsed();
+        let now = Instant::now();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].mesh.is_some())
+            .collect();
+        let running_ids: HashSet<&str> =
+            running.iter().map(|&i| self.nodes[i].id.as_str()).collect();
+        let pending: Vec<(usize, String)> = self
+            .recorder
+            .pending_detections()
+            .into_iter()
+            .map(|k| (k, self.nodes[k].id.clone()))
+            .collect();
+        let mut all_see_all = true;
+        let mut false_dead = 0usize;
+        let mut detections = Vec::new();
+        // A peer counts for an observer once both have been up and reachable from each other for
+        // SETTLE: the same set for every settled observer of a partition group.
+        let settled_at =
+            |node: &SimNode| now.saturating_duration_since(node.settled_from) >= SETTLE;
+        let mut settled_by_group: HashMap<usize, HashSet<&str>> = HashMap::new();
+        for &j in &running {
+            let peer = &self.nodes[j];
+            if settled_at(peer) {
+                settled_by_group
+                    .entry(peer.group)
+                    .or_default()
+                    .insert(peer.id.as_str());
+            }
+        }
+        let nobody = HashSet::new();
+        for &i in &running {
+            let node = &self.nodes[i];
+            let Some(mesh) = &node.mesh else { continue };
+            let settled = if settled_at(node) {
+                settled_by_group.get(&node.group).unwrap_or(&nobody)
+            } else {
+                &nobody
+            };
+            let live_running = mesh.count_live(|id| running_ids.contains(id)).await;
+            if live_running < running.len() {
+                all_see_all = false;
+            }
+            if !settled.is_empty() {
+                let live_settled = mesh.count_live(|id| settled.contains(id)).await;
+                false_dead += settled.len().saturating_sub(live_settled);
+            }
+            for (k, killed) in &pending {
+                if mesh.count_live(|id| id == killed).await == 0 {
+                    detections.push(Detection {
+                        killed: *k,
+                        observer: i,
+                    });
+                }
+            }
+        }
+        self.recorder
+            .liveness(at, &running, all_see_all, false_dead, &detections);
+    }
+
+    fn traffic_of(&mut self, i: usize) {
+        let traffic = self.net.traffic(self.nodes[i].addr);
+        self.recorder.traffic(i, traffic);
+    }
+}

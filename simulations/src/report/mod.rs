@@ -1,0 +1,511 @@
+//! What a run measured: the [`Recorder`] collects samples while a scenario runs, and
+//! [`Report`] is what it turns them into (`report.json`; `report.html` draws it, see [`html`]).
+//!
+//! Every figure is in simulated time for the `fast` engine, so the same seed gives the same
+//! report; what depends on the machine (wall time, memory) is kept apart under `run`.
+
+pub mod html;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::fast::network::Traffic;
+use crate::scenario::Scenario;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub description: String,
+    pub engine: String,
+    pub nodes: usize,
+    pub max_nodes: usize,
+    pub seed: u64,
+    pub gossip_interval_ms: u64,
+    pub duration_sec: f64,
+    /// When every running node first saw every running node live.
+    pub membership_ms: Option<f64>,
+    pub writes: Vec<WriteFigures>,
+    pub rollout: Rollout,
+    pub kills: Vec<KillFigures>,
+    /// Most (observer, node) pairs at once where a node up and reachable for 10 s or more was
+    /// not seen live.
+    pub false_dead_max: usize,
+    pub gossip: Gossip,
+    pub series: Series,
+    pub expectations: Vec<Expectation>,
+    /// Machine-dependent: left out when two runs are compared.
+    pub run: Run,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteFigures {
+    pub node: usize,
+    pub at_ms: f64,
+    /// From the write, or from the heal when it was made during a partition.
+    pub counted_from_ms: f64,
+    pub reach_99_ms: Option<f64>,
+    pub reach_100_ms: Option<f64>,
+    /// The write's node was not running: nothing was written.
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rollout {
+    pub reach_99_median_ms: Option<f64>,
+    pub reach_99_max_ms: Option<f64>,
+    pub reach_100_median_ms: Option<f64>,
+    pub reach_100_max_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KillFigures {
+    pub node: usize,
+    pub at_ms: f64,
+    /// When the first and the last running node saw it dead, from the kill.
+    pub first_seen_ms: Option<f64>,
+    pub all_seen_ms: Option<f64>,
+    /// When each observer saw it dead, from the kill, in order.
+    pub observers_ms: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Gossip {
+    /// chitchat payload bytes a node sent per second, the mean over nodes.
+    pub bytes_per_node_per_sec: f64,
+    pub bytes_per_node_per_sec_max: f64,
+    pub messages: u64,
+    /// Messages the network dropped (loss, partitions, nodes down).
+    pub messages_lost: u64,
+    /// Each node's bytes per second, by node.
+    pub per_node: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// Sample times, ms.
+    pub policy_t_ms: Vec<f64>,
+    /// Per write, the fraction of running nodes holding it at each sample.
+    pub policy_fraction: Vec<Vec<f64>>,
+    pub liveness_t_ms: Vec<f64>,
+    pub running: Vec<usize>,
+    pub false_dead: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    pub wall_ms: f64,
+    pub peak_rss_mb: f64,
+    /// Bytes of pull responses, all nodes. Not repeatable to the byte: changes and certificates
+    /// carry ECDSA signatures (70 to 72 bytes in DER), signed with nonces ring reads from the
+    /// kernel directly, which the seeded entropy cannot reach.
+    pub pull_bytes: u64,
+}
+
+/// An observer that saw a killed node dead.
+pub struct Detection {
+    pub killed: usize,
+    pub observer: usize,
+}
+
+struct WriteTrack {
+    node: usize,
+    id: Option<u64>,
+    at: Duration,
+    reach_99: Option<Duration>,
+    reach_100: Option<Duration>,
+    fractions: Vec<f64>,
+}
+
+struct KillTrack {
+    node: usize,
+    at: Duration,
+    seen: BTreeMap<usize, Duration>,
+    all: Option<Duration>,
+    /// Restarted before everyone saw it dead: no longer timed.
+    cancelled: bool,
+}
+
+pub struct Recorder {
+    scenario: Scenario,
+    writes: Vec<WriteTrack>,
+    kills: Vec<KillTrack>,
+    membership: Option<Duration>,
+    /// (time, partitioned after it).
+    splits: Vec<(Duration, bool)>,
+    series: Series,
+    false_dead_max: usize,
+    first_up: BTreeMap<usize, Duration>,
+    traffic: BTreeMap<usize, Traffic>,
+    end: Duration,
+}
+
+impl Recorder {
+    pub fn new(scenario: &Scenario) -> Recorder {
+        Recorder {
+            scenario: scenario.clone(),
+            writes: Vec::new(),
+            kills: Vec::new(),
+            membership: None,
+            splits: Vec::new(),
+            series: Series::default(),
+            false_dead_max: 0,
+            first_up: BTreeMap::new(),
+            traffic: BTreeMap::new(),
+            end: Duration::ZERO,
+        }
+    }
+
+    pub fn node_up(&mut self, i: usize, at: Duration) {
+        self.first_up.entry(i).or_insert(at);
+        for kill in self
+            .kills
+            .iter_mut()
+            .filter(|k| k.node == i && k.all.is_none())
+        {
+            kill.cancelled = true;
+        }
+    }
+
+    pub fn killed(&mut self, i: usize, at: Duration) {
+        self.kills.push(KillTrack {
+            node: i,
+            at,
+            seen: BTreeMap::new(),
+            all: None,
+            cancelled: false,
+        });
+    }
+
+    pub fn partitioned(&mut self, at: Duration) {
+        self.splits.push((at, true));
+    }
+
+    pub fn healed(&mut self, at: Duration) {
+        self.splits.push((at, false));
+    }
+
+    pub fn writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn wrote(&mut self, node: usize, id: u64, at: Duration) {
+        self.writes.push(WriteTrack {
+            node,
+            id: Some(id),
+            at,
+            reach_99: None,
+            reach_100: None,
+            fractions: Vec::new(),
+        });
+    }
+
+    pub fn write_skipped(&mut self, node: usize, at: Duration) {
+        self.writes.push(WriteTrack {
+            node,
+            id: None,
+            at,
+            reach_99: None,
+            reach_100: None,
+            fractions: Vec::new(),
+        });
+    }
+
+    /// The ids of the writes made so far (0 for a skipped one, which no node holds).
+    pub fn write_ids(&self) -> Vec<u64> {
+        self.writes.iter().map(|w| w.id.unwrap_or(0)).collect()
+    }
+
+    pub fn policies(&mut self, at: Duration, running: usize, holding: &[usize]) {
+        self.series.policy_t_ms.push(ms(at));
+        for (k, write) in self.writes.iter_mut().enumerate() {
+            let fraction = if running == 0 {
+                0.0
+            } else {
+                holding[k] as f64 / running as f64
+            };
+            // Samples before the write are zero.
+            while write.fractions.len() + 1 < self.series.policy_t_ms.len() {
+                write.fractions.push(0.0);
+            }
+            write.fractions.push(fraction);
+            if write.id.is_none() {
+                continue;
+            }
+            if write.reach_99.is_none() && holding[k] * 100 >= running * 99 {
+                write.reach_99 = Some(at - write.at);
+            }
+            if write.reach_100.is_none() && holding[k] == running {
+                write.reach_100 = Some(at - write.at);
+            }
+        }
+    }
+
+    /// True while a figure needs liveness sampled finely (membership, a detection).
+    pub fn timing_liveness(&self) -> bool {
+        self.membership.is_none() || !self.pending_detections().is_empty()
+    }
+
+    /// Killed nodes not yet seen dead by every running node.
+    pub fn pending_detections(&self) -> Vec<usize> {
+        self.kills
+            .iter()
+            .filter(|k| k.all.is_none() && !k.cancelled)
+            .map(|k| k.node)
+            .collect()
+    }
+
+    pub fn liveness(
+        &mut self,
+        at: Duration,
+        running: &[usize],
+        all_see_all: bool,
+        false_dead: usize,
+        detections: &[Detection],
+    ) {
+        if all_see_all && self.membership.is_none() {
+            self.membership = Some(at);
+        }
+        self.series.liveness_t_ms.push(ms(at));
+        self.series.running.push(running.len());
+        self.series.false_dead.push(false_dead);
+        self.false_dead_max = self.false_dead_max.max(false_dead);
+        for kill in self
+            .kills
+            .iter_mut()
+            .filter(|k| k.all.is_none() && !k.cancelled)
+        {
+            for d in detections.iter().filter(|d| d.killed == kill.node) {
+                kill.seen.entry(d.observer).or_insert(at - kill.at);
+            }
+            if running.iter().all(|i| kill.seen.contains_key(i)) {
+                kill.all = Some(at - kill.at);
+            }
+        }
+    }
+
+    pub fn traffic(&mut self, i: usize, traffic: Traffic) {
+        self.traffic.insert(i, traffic);
+    }
+
+    pub fn ended(&mut self, at: Duration) {
+        self.end = at;
+    }
+
+    /// When the write at `at` could first reach everyone: then, or at the heal of a partition
+    /// in force then.
+    fn counted_from(&self, at: Duration) -> Duration {
+        let split_then = self
+            .splits
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .is_some_and(|(_, split)| *split);
+        if !split_then {
+            return at;
+        }
+        self.splits
+            .iter()
+            .find(|(t, split)| *t > at && !split)
+            .map_or(at, |(t, _)| *t)
+    }
+
+    /// Bytes of pull responses so far, all nodes (see [`Run::pull_bytes`]).
+    pub fn pull_bytes(&self) -> u64 {
+        self.traffic.values().map(|t| t.pull_bytes).sum()
+    }
+
+    pub fn finish(self, run: Run) -> Report {
+        let s = &self.scenario;
+        let writes: Vec<WriteFigures> = self
+            .writes
+            .iter()
+            .map(|w| {
+                let from = self.counted_from(w.at);
+                WriteFigures {
+                    node: w.node,
+                    at_ms: ms(w.at),
+                    counted_from_ms: ms(from),
+                    reach_99_ms: w.reach_99.map(|d| ms((w.at + d).saturating_sub(from))),
+                    reach_100_ms: w.reach_100.map(|d| ms((w.at + d).saturating_sub(from))),
+                    skipped: w.id.is_none(),
+                }
+            })
+            .collect();
+        let made: Vec<&WriteFigures> = writes.iter().filter(|w| !w.skipped).collect();
+        let figures = |pick: fn(&WriteFigures) -> Option<f64>| {
+            let values: Option<Vec<f64>> = made.iter().map(|w| pick(w)).collect();
+            values.filter(|v| !v.is_empty())
+        };
+        let r99 = figures(|w| w.reach_99_ms);
+        let r100 = figures(|w| w.reach_100_ms);
+        let rollout = Rollout {
+            reach_99_median_ms: r99.as_deref().map(median),
+            reach_99_max_ms: r99.as_deref().map(max),
+            reach_100_median_ms: r100.as_deref().map(median),
+            reach_100_max_ms: r100.as_deref().map(max),
+        };
+        let kills: Vec<KillFigures> = self
+            .kills
+            .iter()
+            .filter(|k| !k.cancelled || k.all.is_some())
+            .map(|k| {
+                let mut observers: Vec<f64> = k.seen.values().map(|d| ms(*d)).collect();
+                observers.sort_by(f64::total_cmp);
+                KillFigures {
+                    node: k.node,
+                    at_ms: ms(k.at),
+                    first_seen_ms: observers.first().copied(),
+                    all_seen_ms: k.all.map(ms),
+                    observers_ms: observers,
+                }
+            })
+            .collect();
+        let gossip = self.gossip();
+        let mut report = Report {
+            scenario: s.name.clone(),
+            description: s.description.clone(),
+            engine: format!("{:?}", s.engine).to_lowercase(),
+            nodes: s.nodes,
+            max_nodes: s.max_nodes(),
+            seed: s.seed,
+            gossip_interval_ms: s.gossip_interval_ms,
+            duration_sec: s.duration_sec,
+            membership_ms: self.membership.map(ms),
+            writes,
+            rollout,
+            kills,
+            false_dead_max: self.false_dead_max,
+            gossip,
+            series: self.series.clone(),
+            expectations: Vec::new(),
+            run,
+        };
+        report.expectations = expectations(s, &report);
+        report
+    }
+
+    fn gossip(&self) -> Gossip {
+        let mut g = Gossip::default();
+        for (i, t) in &self.traffic {
+            let up = self
+                .end
+                .saturating_sub(self.first_up.get(i).copied().unwrap_or_default());
+            let rate = if up.is_zero() {
+                0.0
+            } else {
+                t.gossip_bytes as f64 / up.as_secs_f64()
+            };
+            g.per_node.push(rate);
+            g.messages += t.gossip_messages;
+            g.messages_lost += t.gossip_lost;
+        }
+        if !g.per_node.is_empty() {
+            g.bytes_per_node_per_sec = g.per_node.iter().sum::<f64>() / g.per_node.len() as f64;
+            g.bytes_per_node_per_sec_max = max(&g.per_node);
+        }
+        g
+    }
+}
+
+fn expectations(s: &Scenario, r: &Report) -> Vec<Expectation> {
+    let mut out = Vec::new();
+    let e = &s.expect;
+    if let Some(limit) = e.converge_within_sec {
+        let limit_ms = limit * 1e3;
+        let late: Vec<String> = r
+            .writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.skipped && w.reach_100_ms.is_none_or(|t| t > limit_ms))
+            .map(|(k, w)| match w.reach_100_ms {
+                Some(t) => format!("write {k}: {t:.0} ms"),
+                None => format!("write {k}: never reached every node"),
+            })
+            .collect();
+        out.push(Expectation {
+            what: format!("every write reaches every node within {limit} s"),
+            ok: late.is_empty(),
+            detail: if late.is_empty() {
+                format!(
+                    "slowest {:.0} ms",
+                    r.rollout.reach_100_max_ms.unwrap_or_default()
+                )
+            } else {
+                late.join("; ")
+            },
+        });
+    }
+    if let Some(limit) = e.membership_within_sec {
+        let ok = r.membership_ms.is_some_and(|t| t <= limit * 1e3);
+        out.push(Expectation {
+            what: format!("every node sees every node live within {limit} s"),
+            ok,
+            detail: match r.membership_ms {
+                Some(t) => format!("{t:.0} ms"),
+                None => "never".into(),
+            },
+        });
+    }
+    if let Some(limit) = e.detect_within_sec {
+        let late: Vec<String> = r
+            .kills
+            .iter()
+            .filter(|k| k.all_seen_ms.is_none_or(|t| t > limit * 1e3))
+            .map(|k| match k.all_seen_ms {
+                Some(t) => format!("node {}: {t:.0} ms", k.node),
+                None => format!("node {}: not seen dead by all", k.node),
+            })
+            .collect();
+        out.push(Expectation {
+            what: format!("every killed node is seen dead by all within {limit} s"),
+            ok: late.is_empty() && !r.kills.is_empty(),
+            detail: if r.kills.is_empty() {
+                "no node was killed".into()
+            } else if late.is_empty() {
+                let slowest = r
+                    .kills
+                    .iter()
+                    .filter_map(|k| k.all_seen_ms)
+                    .fold(0.0, f64::max);
+                format!("slowest {slowest:.0} ms")
+            } else {
+                late.join("; ")
+            },
+        });
+    }
+    if e.no_false_dead {
+        out.push(Expectation {
+            what: "no node up and reachable is seen dead".into(),
+            ok: r.false_dead_max == 0,
+            detail: format!("at most {} pairs at once", r.false_dead_max),
+        });
+    }
+    out
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::MIN, f64::max)
+}

@@ -1,0 +1,427 @@
+//! A scenario file (`mesh-sim run SCENARIO.toml`): the mesh, the network, the faults, the
+//! workload, how long, the seed, and what must hold. Parsing checks every reference (a node
+//! index past `nodes`, a fault after the end) so a bad scenario fails before anything runs,
+//! naming the field.
+//!
+//! ```toml
+//! name = "partition-heal"
+//! engine = "fast"
+//! nodes = 100
+//! seed = 7
+//! duration_sec = 30
+//!
+//! [network]
+//! delay_ms = 1
+//!
+//! [[faults]]
+//! at_sec = 2
+//! kind = "partition"
+//! groups = ["0..50", "50..100"]
+//!
+//! [[writes]]
+//! at_sec = 4
+//! node = 0
+//!
+//! [expect]
+//! converge_within_sec = 3
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub engine: Engine,
+    /// Nodes at the start; `join` faults add more.
+    pub nodes: usize,
+    pub seed: u64,
+    /// Simulated (fast) or wall (real) seconds the scenario runs.
+    pub duration_sec: f64,
+    #[serde(default = "default_interval")]
+    pub gossip_interval_ms: u64,
+    /// The first `seeds` nodes are every node's seeds.
+    #[serde(default = "default_seeds")]
+    pub seeds: usize,
+    #[serde(default = "default_phi")]
+    pub phi_threshold: f64,
+    /// How often the figures are sampled.
+    #[serde(default = "default_sample")]
+    pub sample_ms: u64,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub writes: Vec<Write>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_interval() -> u64 {
+    200
+}
+fn default_seeds() -> usize {
+    3
+}
+fn default_phi() -> f64 {
+    8.0
+}
+fn default_sample() -> u64 {
+    50
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The agent's mesh code in one process, on a paused clock, over an in-memory network.
+    Fast,
+    /// Real `mesh-agent` processes in network namespaces.
+    Real,
+}
+
+/// Every link, one way, from the start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default)]
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "RawFault")]
+pub struct Fault {
+    pub at_sec: f64,
+    pub kind: FaultKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FaultKind {
+    /// Stops nodes without a word: the others must detect it.
+    Kill {
+        nodes: NodeSet,
+    },
+    /// Starts stopped nodes again on their data.
+    Restart {
+        nodes: NodeSet,
+    },
+    /// Splits the network; nodes in no group form one more.
+    Partition {
+        groups: Vec<NodeSet>,
+    },
+    Heal,
+    /// Loss and delay on the links of `nodes` (every link without `nodes`), from now on.
+    Degrade {
+        nodes: Option<NodeSet>,
+        loss: f64,
+        delay_ms: f64,
+    },
+    /// New, empty nodes join through the seeds.
+    Join {
+        count: usize,
+    },
+}
+
+/// A fault as written: one table, `kind` saying which other fields it takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at_sec: f64,
+    kind: String,
+    nodes: Option<NodeSet>,
+    groups: Option<Vec<NodeSet>>,
+    loss: Option<f64>,
+    delay_ms: Option<f64>,
+    count: Option<usize>,
+}
+
+impl TryFrom<RawFault> for Fault {
+    type Error = String;
+
+    fn try_from(raw: RawFault) -> Result<Fault, String> {
+        let kind = raw.kind.clone();
+        let allowed: &[&str] = match kind.as_str() {
+            "kill" | "restart" => &["nodes"],
+            "partition" => &["groups"],
+            "heal" => &[],
+            "degrade" => &["nodes", "loss", "delay_ms"],
+            "join" => &["count"],
+            other => {
+                return Err(format!(
+                    "unknown fault kind `{other}` (kill, restart, partition, heal, degrade, join)"
+                ));
+            }
+        };
+        let given = [
+            ("nodes", raw.nodes.is_some()),
+            ("groups", raw.groups.is_some()),
+            ("loss", raw.loss.is_some()),
+            ("delay_ms", raw.delay_ms.is_some()),
+            ("count", raw.count.is_some()),
+        ];
+        if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
+            return Err(format!("a `{kind}` fault takes no `{field}`"));
+        }
+        let need = |what: &str| format!("a `{kind}` fault needs `{what}`");
+        let fault = match kind.as_str() {
+            "kill" => FaultKind::Kill {
+                nodes: raw.nodes.ok_or_else(|| need("nodes"))?,
+            },
+            "restart" => FaultKind::Restart {
+                nodes: raw.nodes.ok_or_else(|| need("nodes"))?,
+            },
+            "partition" => FaultKind::Partition {
+                groups: raw.groups.ok_or_else(|| need("groups"))?,
+            },
+            "heal" => FaultKind::Heal,
+            "degrade" => FaultKind::Degrade {
+                nodes: raw.nodes,
+                loss: raw.loss.unwrap_or(0.0),
+                delay_ms: raw.delay_ms.unwrap_or(0.0),
+            },
+            _ => FaultKind::Join {
+                count: raw.count.ok_or_else(|| need("count"))?,
+            },
+        };
+        Ok(Fault {
+            at_sec: raw.at_sec,
+            kind: fault,
+        })
+    }
+}
+
+/// Nodes by index: `[1, 5, 9]`, `"10..20"` (half-open), or `"all"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NodeSet {
+    List(Vec<usize>),
+    Text(String),
+}
+
+impl NodeSet {
+    /// The indices, checked against `n` nodes.
+    pub fn resolve(&self, n: usize) -> anyhow::Result<Vec<usize>> {
+        let nodes: Vec<usize> = match self {
+            NodeSet::List(list) => list.clone(),
+            NodeSet::Text(text) if text == "all" => (0..n).collect(),
+            NodeSet::Text(text) => {
+                let (a, b) = text
+                    .split_once("..")
+                    .with_context(|| format!("`{text}` is not \"all\" or a range \"a..b\""))?;
+                let a: usize = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("`{text}`: start"))?;
+                let b: usize = b.trim().parse().with_context(|| format!("`{text}`: end"))?;
+                if a >= b {
+                    bail!("`{text}` is empty");
+                }
+                (a..b).collect()
+            }
+        };
+        if let Some(bad) = nodes.iter().find(|&&i| i >= n) {
+            bail!("node {bad} does not exist (there are {n} by then)");
+        }
+        Ok(nodes)
+    }
+}
+
+/// A policy created at `node` at `at_sec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Write {
+    pub at_sec: f64,
+    pub node: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Every write reaches every node running then within this long (for a write made during a
+    /// partition: of the heal).
+    pub converge_within_sec: Option<f64>,
+    /// Every node sees every other running node alive within this long of the start.
+    pub membership_within_sec: Option<f64>,
+    /// Every running node sees each killed node dead within this long.
+    pub detect_within_sec: Option<f64>,
+    /// No running, reachable node is ever seen dead by another.
+    #[serde(default)]
+    pub no_false_dead: bool,
+}
+
+impl Scenario {
+    pub fn read(path: &Path) -> anyhow::Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Scenario::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let scenario: Scenario = toml::from_str(text)?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Every index and time in range, every rate a rate.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.nodes == 0 || self.nodes > 10_000 {
+            bail!("nodes: {} (1 to 10,000)", self.nodes);
+        }
+        if !(self.duration_sec > 0.0 && self.duration_sec <= 3_600.0) {
+            bail!(
+                "duration_sec: {} (over 0, at most 3,600)",
+                self.duration_sec
+            );
+        }
+        if self.gossip_interval_ms < 10 {
+            bail!(
+                "gossip_interval_ms: {} (at least 10)",
+                self.gossip_interval_ms
+            );
+        }
+        if self.sample_ms < 10 {
+            bail!("sample_ms: {} (at least 10)", self.sample_ms);
+        }
+        if self.seeds == 0 {
+            bail!("seeds: 0 (at least 1)");
+        }
+        check_link("network", self.network.loss, self.network.delay_ms)?;
+        let mut nodes = self.nodes;
+        let mut last = 0.0;
+        for (i, fault) in self.faults.iter().enumerate() {
+            let at = fault.at_sec;
+            if !(0.0..=self.duration_sec).contains(&at) || at < last {
+                bail!(
+                    "faults[{i}].at_sec: {at} (faults in time order, within duration_sec {})",
+                    self.duration_sec
+                );
+            }
+            last = at;
+            let field = |what: &str| format!("faults[{i}].{what}");
+            match &fault.kind {
+                FaultKind::Kill { nodes: set } | FaultKind::Restart { nodes: set } => {
+                    set.resolve(nodes).with_context(|| field("nodes"))?;
+                }
+                FaultKind::Partition { groups } => {
+                    if groups.is_empty() {
+                        bail!("{}: at least one group", field("groups"));
+                    }
+                    for (g, set) in groups.iter().enumerate() {
+                        set.resolve(nodes)
+                            .with_context(|| field(&format!("groups[{g}]")))?;
+                    }
+                }
+                FaultKind::Heal => {}
+                FaultKind::Degrade {
+                    nodes: set,
+                    loss,
+                    delay_ms,
+                } => {
+                    if let Some(set) = set {
+                        set.resolve(nodes).with_context(|| field("nodes"))?;
+                    }
+                    check_link(&format!("faults[{i}]"), *loss, *delay_ms)?;
+                }
+                FaultKind::Join { count } => {
+                    if *count == 0 || nodes + count > 10_000 {
+                        bail!("{}: {count} (1 up to 10,000 nodes in all)", field("count"));
+                    }
+                    nodes += count;
+                }
+            }
+        }
+        for (i, write) in self.writes.iter().enumerate() {
+            if !(0.0..=self.duration_sec).contains(&write.at_sec) {
+                bail!("writes[{i}].at_sec: {} (within duration_sec)", write.at_sec);
+            }
+            if write.node >= nodes {
+                bail!("writes[{i}].node: {} does not exist", write.node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node there will ever be (`nodes` plus those that join).
+    pub fn max_nodes(&self) -> usize {
+        self.nodes
+            + self
+                .faults
+                .iter()
+                .map(|f| match f.kind {
+                    FaultKind::Join { count } => count,
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
+}
+
+fn check_link(field: &str, loss: f64, delay_ms: f64) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&loss) {
+        bail!("{field}.loss: {loss} (a fraction, 0 up to 1)");
+    }
+    if !(0.0..=10_000.0).contains(&delay_ms) {
+        bail!("{field}.delay_ms: {delay_ms} (0 to 10,000)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_reference_names_its_field() {
+        let text = r#"
+            name = "x"
+            engine = "fast"
+            nodes = 10
+            seed = 1
+            duration_sec = 5
+            [[faults]]
+            at_sec = 1
+            kind = "kill"
+            nodes = [3, 12]
+        "#;
+        let err = format!("{:#}", Scenario::parse(text).unwrap_err());
+        assert!(err.contains("faults[0].nodes"), "{err}");
+        assert!(err.contains("node 12 does not exist"), "{err}");
+    }
+
+    #[test]
+    fn ranges_and_joins() {
+        let text = r#"
+            name = "x"
+            engine = "fast"
+            nodes = 4
+            seed = 1
+            duration_sec = 5
+            [[faults]]
+            at_sec = 1
+            kind = "join"
+            count = 2
+            [[faults]]
+            at_sec = 2
+            kind = "partition"
+            groups = ["0..3", [3, 5]]
+            [[writes]]
+            at_sec = 3
+            node = 5
+        "#;
+        let scenario = Scenario::parse(text).unwrap();
+        assert_eq!(scenario.max_nodes(), 6);
+        assert_eq!(
+            NodeSet::Text("0..3".into()).resolve(6).unwrap(),
+            vec![0, 1, 2]
+        );
+        assert!(Scenario::parse(&text.replace("count = 2", "count = 1")).is_err());
+        assert!(Scenario::parse(&text.replace("at_sec = 2", "at_sec = 0.5")).is_err());
+    }
+}
