@@ -3,7 +3,7 @@
 //! Three things in a simulated node draw randomness the agent does not hand them: chitchat's
 //! peer selection (`rand`'s thread RNG, seeded from the OS), the order `tokio::select!` polls
 //! its branches in, and std's `HashMap`/`HashSet` iteration order (chitchat samples its gossip
-//! peers out of a `HashSet`); tokio seeds the first from std's `RandomState` too. All of them end
+//! peers out of a `HashSet`); tokio seeds the second from std's `RandomState`. All of them end
 //! in one C function, `getrandom`, which std and the `getrandom` crate look up with `dlsym` so
 //! that it can be interposed. This binary defines it (exported by `build.rs`): until
 //! [`seed`] is called it is the kernel's; after, it is a ChaCha stream from the seed. Nothing is

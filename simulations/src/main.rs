@@ -7,6 +7,11 @@
 mod entropy;
 mod quic;
 
+/// The daemon's allocator: regorus makes its mimalloc the global allocator of `mesh-agent`, and
+/// glibc's malloc spent a quarter of a 100-node simulation's CPU where mimalloc spends little.
+#[global_allocator]
+static GLOBAL: regorus_mimalloc::mimalloc::Mimalloc = regorus_mimalloc::mimalloc::Mimalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -281,17 +281,21 @@ impl Scenario {
                 self.duration_sec
             );
         }
-        if self.gossip_interval_ms < 10 {
+        if !(10..=60_000).contains(&self.gossip_interval_ms) {
             bail!(
-                "gossip_interval_ms: {} (at least 10)",
+                "gossip_interval_ms: {} (10 to 60,000)",
                 self.gossip_interval_ms
             );
+        }
+        let phi = self.phi_threshold;
+        if !(phi.is_finite() && phi > 0.0 && phi <= 100.0) {
+            bail!("phi_threshold: {phi} (over 0, at most 100)");
         }
         if self.sample_ms < 10 {
             bail!("sample_ms: {} (at least 10)", self.sample_ms);
         }
-        if self.seeds == 0 {
-            bail!("seeds: 0 (at least 1)");
+        if !(1..=100).contains(&self.seeds) {
+            bail!("seeds: {} (1 to 100)", self.seeds);
         }
         check_link("network", self.network.loss, self.network.delay_ms)?;
         let mut nodes = self.nodes;
@@ -338,12 +342,32 @@ impl Scenario {
                 }
             }
         }
+        let mut last = 0.0;
         for (i, write) in self.writes.iter().enumerate() {
-            if !(0.0..=self.duration_sec).contains(&write.at_sec) {
-                bail!("writes[{i}].at_sec: {} (within duration_sec)", write.at_sec);
+            let at = write.at_sec;
+            if !(0.0..=self.duration_sec).contains(&at) || at < last {
+                bail!(
+                    "writes[{i}].at_sec: {at} (writes in time order, within duration_sec {})",
+                    self.duration_sec
+                );
             }
-            if write.node >= nodes {
-                bail!("writes[{i}].node: {} does not exist", write.node);
+            last = at;
+            // Faults at the same instant come first, so a node that joins then can be written to.
+            let there = self.nodes
+                + self
+                    .faults
+                    .iter()
+                    .filter(|f| f.at_sec <= at)
+                    .map(|f| match f.kind {
+                        FaultKind::Join { count } => count,
+                        _ => 0,
+                    })
+                    .sum::<usize>();
+            if write.node >= there {
+                bail!(
+                    "writes[{i}].node: node {} does not exist at {at} s (there are {there} by then)",
+                    write.node
+                );
             }
         }
         Ok(())

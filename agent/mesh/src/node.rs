@@ -292,12 +292,17 @@ impl Mesh {
         members::members(&guard, &self.heartbeats, self.config.suspect_after())
     }
 
-    /// How many node ids `counted` accepts among the nodes chitchat's failure detector holds
-    /// live now (this node included). A cheap probe for simulations: no member views are built.
+    /// How many distinct node ids `counted` accepts among the nodes chitchat's failure detector
+    /// holds live now (this node included; a node just restarted, live in two generations, counts
+    /// once). A cheap probe for simulations: no member views are built.
     pub async fn count_live(&self, counted: impl Fn(&str) -> bool) -> usize {
         let chitchat = self.chitchat.chitchat();
         let guard = chitchat.lock().await;
-        guard.live_nodes().filter(|id| counted(&id.node_id)).count()
+        let mut seen = std::collections::HashSet::new();
+        guard
+            .live_nodes()
+            .filter(|id| counted(&id.node_id) && seen.insert(&*id.node_id))
+            .count()
     }
 
     /// This node's view in one object (`GET /mesh`).
@@ -408,7 +413,7 @@ async fn publish_revision(
     }
 }
 
-/// Each gossip round: pull from up to `PULLS_PER_ROUND` live peers that are ahead.
+/// Each gossip round: start pulls from live peers that are ahead, up to `PULLS_PER_ROUND` in flight.
 async fn pull_loop(
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     heartbeats: Arc<Heartbeats>,
@@ -464,6 +469,12 @@ async fn pull_loop(
                 .collect();
             (mine, peers)
         };
+        // A pull from a peer no longer seen live gives up its slot: it would hold it until its
+        // request timed out (10 s), and a node that had just seen peers die could not pull from
+        // the living meanwhile (the simulation's `churn` scenario found a write stuck at a fifth
+        // of the nodes for 5 s). It is not aborted: one that reached its merge must still call
+        // `on_merged`; the rest ends at the timeout.
+        pulling.retain(|_, node_id| peers.iter().any(|(id, _, _)| id == node_id));
         let Some(mine) = mine else { continue };
         let stale = puller.stale.load(Ordering::Acquire);
         if !stale
@@ -494,12 +505,17 @@ async fn pull_loop(
             ahead.rotate_left(turn);
         }
         let room = (if stale { 1 } else { PULLS_PER_ROUND }).saturating_sub(pulling.len());
-        let busy: Vec<String> = pulling.values().cloned().collect();
-        for (node_id, addr, revision) in ahead
-            .into_iter()
-            .filter(|(node_id, _, _)| !busy.contains(node_id))
-            .take(room)
-        {
+        // One pull per peer: not one already running, and one generation of a node that was
+        // just restarted (both are live for a while).
+        let mut busy: Vec<String> = pulling.values().cloned().collect();
+        ahead.retain(|(node_id, _, _)| {
+            let free = !busy.contains(node_id);
+            if free {
+                busy.push(node_id.clone());
+            }
+            free
+        });
+        for (node_id, addr, revision) in ahead.into_iter().take(room) {
             puller.metrics.pulls.inc();
             let puller = Arc::clone(&puller);
             let on_merged = Arc::clone(&on_merged);

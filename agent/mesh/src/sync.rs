@@ -25,7 +25,7 @@ use crate::error::MeshError;
 
 /// Changes per page of a pull.
 pub const PAGE: u32 = 512;
-/// Peers pulled from per gossip round at most.
+/// Pulls in flight at most (one per peer).
 pub const PULLS_PER_ROUND: usize = 2;
 
 /// What a peer says about itself in gossip.

@@ -551,8 +551,7 @@ impl Net {
 }
 
 /// Asks the kernel for [`SOCKET_BUFFER`] each way on `socket`. Linux grants at most
-/// `net.core.rmem_max` / `wmem_max` (208 KiB on a stock kernel) to a process without
-/// `CAP_NET_ADMIN`; the node still works with less, so a shortfall is a warning that says which
+/// `net.core.rmem_max` / `wmem_max` (208 KiB on a stock kernel); the node still works with less, so a shortfall is a warning that says which
 /// setting to raise (`deploy/sysctl/60-mesh-agent.conf` raises both).
 fn size_buffers(socket: &std::net::UdpSocket) {
     let state = match quinn::udp::UdpSocketState::new(socket.into()) {

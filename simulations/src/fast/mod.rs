@@ -20,6 +20,11 @@ use tokio::time::Instant;
 use crate::report::{Detection, Recorder, Report, Run};
 use crate::scenario::{FaultKind, Scenario};
 use network::{LinkQuality, SimNet};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Mixed into the seed for the start offsets, so they are not the network's loss draws.
+const START_JITTER_STREAM: u64 = 0x005e_ed0f_57a7;
 
 /// Liveness sampling while a figure depends on it (membership, a detection), and otherwise.
 const LIVENESS_FINE: Duration = Duration::from_millis(100);
@@ -73,8 +78,18 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         nodes: Vec::with_capacity(max_nodes),
         start,
         recorder: Recorder::new(scenario),
+        no_group: 0,
     };
-    for _ in 0..scenario.nodes {
+    // Nodes start at seeded moments within the first gossip interval, as real ones do not all
+    // start at once: started together, every node's rounds would tick at the same instants.
+    let mut rng = StdRng::seed_from_u64(scenario.seed ^ START_JITTER_STREAM);
+    let interval = Duration::from_millis(scenario.gossip_interval_ms);
+    let mut offsets: Vec<Duration> = (0..scenario.nodes)
+        .map(|_| interval.mul_f64(rng.random::<f64>()))
+        .collect();
+    offsets.sort();
+    for offset in offsets {
+        tokio::time::sleep_until(start + offset).await;
         sim.add_node().await?;
     }
 
@@ -98,8 +113,9 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         }
         if now >= next_liveness {
             sim.sample_liveness().await;
-            // Liveness costs O(nodes²): sampled finely only while something is to be timed.
-            next_liveness += if sim.recorder.timing_liveness() {
+            // Liveness costs O(nodes²): sampled finely only while something is to be timed, or
+            // when no false alarm may go unseen.
+            next_liveness += if sim.recorder.timing_liveness() || scenario.expect.no_false_dead {
                 sample.max(LIVENESS_FINE)
             } else {
                 sample.max(LIVENESS_COARSE)
@@ -155,6 +171,8 @@ struct Sim<'a> {
     nodes: Vec<SimNode>,
     start: Instant,
     recorder: Recorder,
+    /// The group of nodes in none of the partition's groups (0 when there is no partition).
+    no_group: usize,
 }
 
 impl Sim<'_> {
@@ -187,7 +205,8 @@ impl Sim<'_> {
             store,
             mesh: None,
             settled_from: Instant::now(),
-            group: 0,
+            // During a partition a node not in any group is in the one more group.
+            group: self.no_group,
         });
         self.start_node(i).await
     }
@@ -231,7 +250,8 @@ impl Sim<'_> {
                 for i in nodes.resolve(n)? {
                     if let Some(mesh) = self.nodes[i].mesh.take() {
                         mesh.shutdown().await;
-                        self.recorder.killed(i, self.elapsed());
+                        let observers = (0..n).filter(|&j| self.nodes[j].mesh.is_some()).collect();
+                        self.recorder.killed(i, self.elapsed(), observers);
                     }
                 }
             }
@@ -253,6 +273,7 @@ impl Sim<'_> {
                     addrs.push(members.iter().map(|&i| self.nodes[i].addr).collect());
                 }
                 self.net.partition(&addrs);
+                self.no_group = groups.len();
                 self.recorder.partitioned(self.elapsed());
                 for node in &mut self.nodes {
                     node.settled_from = now;
@@ -260,6 +281,7 @@ impl Sim<'_> {
             }
             FaultKind::Heal => {
                 self.net.heal();
+                self.no_group = 0;
                 for node in &mut self.nodes {
                     node.group = 0;
                     node.settled_from = now;
@@ -310,25 +332,32 @@ impl Sim<'_> {
             active: true,
             priority: k as i64,
         })?;
-        self.recorder.wrote(node, record.id, self.elapsed());
+        let cohort = self.running();
+        self.recorder.wrote(node, record.id, self.elapsed(), cohort);
         Ok(())
     }
 
     /// Which running nodes hold each write.
     fn sample_policies(&mut self) -> anyhow::Result<()> {
         let at = self.elapsed();
-        let running: Vec<&SimNode> = self.nodes.iter().filter(|n| n.mesh.is_some()).collect();
+        let running = self.running();
         let ids = self.recorder.write_ids();
-        let mut holding = vec![0usize; ids.len()];
-        for node in &running {
+        let mut holders = vec![Vec::new(); ids.len()];
+        for &i in &running {
             for (k, id) in ids.iter().enumerate() {
-                if node.store.get(*id)?.is_some() {
-                    holding[k] += 1;
+                if self.nodes[i].store.get(*id)?.is_some() {
+                    holders[k].push(i);
                 }
             }
         }
-        self.recorder.policies(at, running.len(), &holding);
+        self.recorder.policies(at, &running, &holders);
         Ok(())
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].mesh.is_some())
+            .collect()
     }
 
     /// What every running node's failure detector says of the others.

@@ -9,8 +9,9 @@
 //!
 //! Pull requests are answered by the receiving node's own handler (its store). Loss on a
 //! request is modelled as QUIC would live it: each lost transmission costs a retransmission
-//! timeout ([`retransmit_after`]); a request to a node that is down or cut off fails after
-//! [`agent_mesh::REQUEST_TIMEOUT`], as a request on a dead connection would.
+//! timeout ([`retransmit_after`]). A request reaching a node that is down or cut off when it
+//! arrives, or a response that cannot get back, fails at [`agent_mesh::REQUEST_TIMEOUT`], as a
+//! request on a dead connection would; so does an exchange slower than that.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -204,32 +205,43 @@ impl Links for SimLinks {
     }
 
     async fn request(&self, to: SocketAddr, request: &Request) -> Result<Response, NetError> {
-        let (there, handler) = {
-            let mut switch = self.net.switch();
-            let handler = switch
-                .endpoints
-                .get(&to)
-                .and_then(|e| e.handler.clone())
-                .filter(|_| switch.reachable(self.addr, to));
-            (switch.request_leg(self.addr, to), handler)
+        let timed_out = || NetError::Request {
+            addr: to,
+            message: "timed out".into(),
         };
-        let Some(handler) = handler else {
-            tokio::time::sleep(agent_mesh::REQUEST_TIMEOUT).await;
-            return Err(NetError::Request {
-                addr: to,
-                message: "timed out".into(),
-            });
+        // As the daemon's `Net::request`: the whole exchange within the request timeout.
+        let exchange = async {
+            let there = self.net.switch().request_leg(self.addr, to);
+            tokio::time::sleep(there).await;
+            // Whether the request arrives is decided when it does: the node may have stopped or
+            // been cut off on the way.
+            let handler = {
+                let switch = self.net.switch();
+                switch
+                    .endpoints
+                    .get(&to)
+                    .and_then(|e| e.handler.clone())
+                    .filter(|_| switch.reachable(self.addr, to))
+            };
+            let Some(handler) = handler else {
+                return std::future::pending().await;
+            };
+            let response = handler(request.clone());
+            let back = {
+                let mut switch = self.net.switch();
+                let bytes = mesh_proto::encode(&response).len() as u64;
+                switch.traffic.entry(to).or_default().pull_bytes += bytes;
+                switch.request_leg(to, self.addr)
+            };
+            tokio::time::sleep(back).await;
+            if !self.net.switch().reachable(to, self.addr) {
+                return std::future::pending().await;
+            }
+            Ok(response)
         };
-        tokio::time::sleep(there).await;
-        let response = handler(request.clone());
-        let back = {
-            let mut switch = self.net.switch();
-            let bytes = mesh_proto::encode(&response).len() as u64;
-            switch.traffic.entry(to).or_default().pull_bytes += bytes;
-            switch.request_leg(to, self.addr)
-        };
-        tokio::time::sleep(back).await;
-        Ok(response)
+        tokio::time::timeout(agent_mesh::REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
     }
 
     async fn close(&self) {
@@ -305,12 +317,20 @@ impl Socket for SimSocket {
                 envelope: copy.envelope,
                 num_bytes_received: num_bytes_sent,
             };
+            let (net, from) = (Arc::clone(&self.net), self.addr);
+            let deliver = move |outcome| {
+                // A full inbox drops it, as a full socket buffer would; a restarted node's inbox
+                // is another one, and this one is closed.
+                if inbox.try_send(outcome).is_err() {
+                    net.switch().traffic.entry(from).or_default().gossip_lost += 1;
+                }
+            };
             if delay.is_zero() {
-                let _ = inbox.try_send(outcome);
+                deliver(outcome);
             } else {
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = inbox.try_send(outcome);
+                    deliver(outcome);
                 });
             }
         }

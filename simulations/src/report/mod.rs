@@ -43,7 +43,9 @@ pub struct Report {
 pub struct WriteFigures {
     pub node: usize,
     pub at_ms: f64,
-    /// From the write, or from the heal when it was made during a partition.
+    /// From the write, or from the heal when it was made during a partition. Reach counts the
+    /// nodes running at the write that still run (one restarted or joined later is not waited
+    /// for).
     pub counted_from_ms: f64,
     pub reach_99_ms: Option<f64>,
     pub reach_100_ms: Option<f64>,
@@ -120,6 +122,9 @@ struct WriteTrack {
     node: usize,
     id: Option<u64>,
     at: Duration,
+    /// The nodes running when it was made: reach is counted among those still running (a node
+    /// restarted or joined later catches up on its own time).
+    cohort: Vec<usize>,
     reach_99: Option<Duration>,
     reach_100: Option<Duration>,
     fractions: Vec<f64>,
@@ -128,6 +133,9 @@ struct WriteTrack {
 struct KillTrack {
     node: usize,
     at: Duration,
+    /// The nodes running at the kill: only they are timed (a node that starts later never knew
+    /// the killed one live).
+    observers: Vec<usize>,
     seen: BTreeMap<usize, Duration>,
     all: Option<Duration>,
     /// Restarted before everyone saw it dead: no longer timed.
@@ -143,7 +151,8 @@ pub struct Recorder {
     splits: Vec<(Duration, bool)>,
     series: Series,
     false_dead_max: usize,
-    first_up: BTreeMap<usize, Duration>,
+    /// Per node: time up so far, and since when it runs (while it does).
+    up: BTreeMap<usize, (Duration, Option<Duration>)>,
     traffic: BTreeMap<usize, Traffic>,
     end: Duration,
 }
@@ -158,14 +167,15 @@ impl Recorder {
             splits: Vec::new(),
             series: Series::default(),
             false_dead_max: 0,
-            first_up: BTreeMap::new(),
+            up: BTreeMap::new(),
             traffic: BTreeMap::new(),
             end: Duration::ZERO,
         }
     }
 
     pub fn node_up(&mut self, i: usize, at: Duration) {
-        self.first_up.entry(i).or_insert(at);
+        let up = self.up.entry(i).or_default();
+        up.1.get_or_insert(at);
         for kill in self
             .kills
             .iter_mut()
@@ -175,10 +185,17 @@ impl Recorder {
         }
     }
 
-    pub fn killed(&mut self, i: usize, at: Duration) {
+    /// Node `i` stopped at `at`; `observers` are the nodes still running.
+    pub fn killed(&mut self, i: usize, at: Duration, observers: Vec<usize>) {
+        if let Some((total, since)) = self.up.get_mut(&i)
+            && let Some(since) = since.take()
+        {
+            *total += at.saturating_sub(since);
+        }
         self.kills.push(KillTrack {
             node: i,
             at,
+            observers,
             seen: BTreeMap::new(),
             all: None,
             cancelled: false,
@@ -197,11 +214,12 @@ impl Recorder {
         self.writes.len()
     }
 
-    pub fn wrote(&mut self, node: usize, id: u64, at: Duration) {
+    pub fn wrote(&mut self, node: usize, id: u64, at: Duration, cohort: Vec<usize>) {
         self.writes.push(WriteTrack {
             node,
             id: Some(id),
             at,
+            cohort,
             reach_99: None,
             reach_100: None,
             fractions: Vec::new(),
@@ -213,6 +231,7 @@ impl Recorder {
             node,
             id: None,
             at,
+            cohort: Vec::new(),
             reach_99: None,
             reach_100: None,
             fractions: Vec::new(),
@@ -224,26 +243,33 @@ impl Recorder {
         self.writes.iter().map(|w| w.id.unwrap_or(0)).collect()
     }
 
-    pub fn policies(&mut self, at: Duration, running: usize, holding: &[usize]) {
+    /// At `at`, `holders[k]` are the running nodes (of `running`) holding write `k`.
+    pub fn policies(&mut self, at: Duration, running: &[usize], holders: &[Vec<usize>]) {
         self.series.policy_t_ms.push(ms(at));
         for (k, write) in self.writes.iter_mut().enumerate() {
-            let fraction = if running == 0 {
+            let fraction = if running.is_empty() {
                 0.0
             } else {
-                holding[k] as f64 / running as f64
+                holders[k].len() as f64 / running.len() as f64
             };
             // Samples before the write are zero.
             while write.fractions.len() + 1 < self.series.policy_t_ms.len() {
                 write.fractions.push(0.0);
             }
             write.fractions.push(fraction);
-            if write.id.is_none() {
+            let expected = write.cohort.iter().filter(|i| running.contains(i)).count();
+            if write.id.is_none() || expected == 0 {
                 continue;
             }
-            if write.reach_99.is_none() && holding[k] * 100 >= running * 99 {
+            let holding = write
+                .cohort
+                .iter()
+                .filter(|i| holders[k].contains(i))
+                .count();
+            if write.reach_99.is_none() && holding * 100 >= expected * 99 {
                 write.reach_99 = Some(at - write.at);
             }
-            if write.reach_100.is_none() && holding[k] == running {
+            if write.reach_100.is_none() && holding == expected {
                 write.reach_100 = Some(at - write.at);
             }
         }
@@ -283,10 +309,19 @@ impl Recorder {
             .iter_mut()
             .filter(|k| k.all.is_none() && !k.cancelled)
         {
-            for d in detections.iter().filter(|d| d.killed == kill.node) {
+            for d in detections
+                .iter()
+                .filter(|d| d.killed == kill.node && kill.observers.contains(&d.observer))
+            {
                 kill.seen.entry(d.observer).or_insert(at - kill.at);
             }
-            if running.iter().all(|i| kill.seen.contains_key(i)) {
+            // Every observer still running has seen it (one that stopped since is not waited for).
+            let waiting = kill
+                .observers
+                .iter()
+                .filter(|i| running.contains(i))
+                .any(|i| !kill.seen.contains_key(i));
+            if !waiting && !kill.seen.is_empty() {
                 kill.all = Some(at - kill.at);
             }
         }
@@ -298,6 +333,11 @@ impl Recorder {
 
     pub fn ended(&mut self, at: Duration) {
         self.end = at;
+        for (total, since) in self.up.values_mut() {
+            if let Some(since) = since.take() {
+                *total += at.saturating_sub(since);
+            }
+        }
     }
 
     /// When the write at `at` could first reach everyone: then, or at the heal of a partition
@@ -370,6 +410,17 @@ impl Recorder {
             })
             .collect();
         let gossip = self.gossip();
+        let mut series = self.series.clone();
+        let samples = series.policy_t_ms.len();
+        series.policy_fraction = self
+            .writes
+            .iter()
+            .map(|w| {
+                let mut fractions = w.fractions.clone();
+                fractions.resize(samples, 0.0);
+                fractions
+            })
+            .collect();
         let mut report = Report {
             scenario: s.name.clone(),
             description: s.description.clone(),
@@ -385,7 +436,7 @@ impl Recorder {
             kills,
             false_dead_max: self.false_dead_max,
             gossip,
-            series: self.series.clone(),
+            series,
             expectations: Vec::new(),
             run,
         };
@@ -396,9 +447,7 @@ impl Recorder {
     fn gossip(&self) -> Gossip {
         let mut g = Gossip::default();
         for (i, t) in &self.traffic {
-            let up = self
-                .end
-                .saturating_sub(self.first_up.get(i).copied().unwrap_or_default());
+            let up = self.up.get(i).map_or(Duration::ZERO, |(total, _)| *total);
             let rate = if up.is_zero() {
                 0.0
             } else {
