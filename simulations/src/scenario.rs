@@ -31,6 +31,11 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+/// Largest scenario file read.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most faults, and most writes, in one scenario.
+const MAX_EVENTS: usize = 1_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
@@ -259,6 +264,15 @@ pub struct Expect {
 
 impl Scenario {
     pub fn read(path: &Path) -> anyhow::Result<Scenario> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            bail!(
+                "scenario {}: {size} bytes (at most {MAX_FILE_BYTES})",
+                path.display()
+            );
+        }
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Scenario::parse(&text).with_context(|| format!("scenario {}", path.display()))
@@ -298,6 +312,14 @@ impl Scenario {
             bail!("seeds: {} (1 to 100)", self.seeds);
         }
         check_link("network", self.network.loss, self.network.delay_ms)?;
+        // The report keeps a sample per write per `sample_ms`: both counts are bounded.
+        if self.faults.len() > MAX_EVENTS || self.writes.len() > MAX_EVENTS {
+            bail!(
+                "{} faults and {} writes (at most {MAX_EVENTS} each)",
+                self.faults.len(),
+                self.writes.len()
+            );
+        }
         let mut nodes = self.nodes;
         let mut last = 0.0;
         for (i, fault) in self.faults.iter().enumerate() {
@@ -417,6 +439,18 @@ mod tests {
         let err = format!("{:#}", Scenario::parse(text).unwrap_err());
         assert!(err.contains("faults[0].nodes"), "{err}");
         assert!(err.contains("node 12 does not exist"), "{err}");
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let mut text = String::from(
+            "name = \"x\"\nengine = \"fast\"\nnodes = 2\nseed = 1\nduration_sec = 5\n",
+        );
+        for _ in 0..=MAX_EVENTS {
+            text.push_str("[[writes]]\nat_sec = 1\nnode = 0\n");
+        }
+        let err = format!("{:#}", Scenario::parse(&text).unwrap_err());
+        assert!(err.contains("1001 writes (at most 1000 each)"), "{err}");
     }
 
     #[test]
