@@ -151,7 +151,7 @@ pub fn tally(
             let theirs = chitchat
                 .node_state(id)
                 .and_then(|s| s.get(KEY_REVISION))
-                .and_then(|text| text.rsplit(':').next());
+                .and_then(PeerRevision::digest_of);
             if theirs != digest {
                 converged = false;
             }
