@@ -320,17 +320,10 @@ impl Scenario {
                 self.writes.len()
             );
         }
+        self.check_times("faults", self.faults.iter().map(|f| f.at_sec))?;
+        self.check_times("writes", self.writes.iter().map(|w| w.at_sec))?;
         let mut nodes = self.nodes;
-        let mut last = 0.0;
         for (i, fault) in self.faults.iter().enumerate() {
-            let at = fault.at_sec;
-            if !(0.0..=self.duration_sec).contains(&at) || at < last {
-                bail!(
-                    "faults[{i}].at_sec: {at} (faults in time order, within duration_sec {})",
-                    self.duration_sec
-                );
-            }
-            last = at;
             let field = |what: &str| format!("faults[{i}].{what}");
             match &fault.kind {
                 FaultKind::Kill { nodes: set } | FaultKind::Restart { nodes: set } => {
@@ -364,27 +357,9 @@ impl Scenario {
                 }
             }
         }
-        let mut last = 0.0;
         for (i, write) in self.writes.iter().enumerate() {
             let at = write.at_sec;
-            if !(0.0..=self.duration_sec).contains(&at) || at < last {
-                bail!(
-                    "writes[{i}].at_sec: {at} (writes in time order, within duration_sec {})",
-                    self.duration_sec
-                );
-            }
-            last = at;
-            // Faults at the same instant come first, so a node that joins then can be written to.
-            let there = self.nodes
-                + self
-                    .faults
-                    .iter()
-                    .filter(|f| f.at_sec <= at)
-                    .map(|f| match f.kind {
-                        FaultKind::Join { count } => count,
-                        _ => 0,
-                    })
-                    .sum::<usize>();
+            let there = self.nodes_at(at);
             if write.node >= there {
                 bail!(
                     "writes[{i}].node: node {} does not exist at {at} s (there are {there} by then)",
@@ -397,15 +372,37 @@ impl Scenario {
 
     /// Every node there will ever be (`nodes` plus those that join).
     pub fn max_nodes(&self) -> usize {
+        self.nodes_at(f64::INFINITY)
+    }
+
+    /// The nodes there are at `at` seconds: faults at the same instant come first, so a node
+    /// that joins then can be written to.
+    fn nodes_at(&self, at: f64) -> usize {
         self.nodes
             + self
                 .faults
                 .iter()
+                .filter(|f| f.at_sec <= at)
                 .map(|f| match f.kind {
                     FaultKind::Join { count } => count,
                     _ => 0,
                 })
                 .sum::<usize>()
+    }
+
+    /// The `what` (faults or writes) happen in time order, within the run.
+    fn check_times(&self, what: &str, times: impl Iterator<Item = f64>) -> anyhow::Result<()> {
+        let mut last = 0.0;
+        for (i, at) in times.enumerate() {
+            if !(0.0..=self.duration_sec).contains(&at) || at < last {
+                bail!(
+                    "{what}[{i}].at_sec: {at} ({what} in time order, within duration_sec {})",
+                    self.duration_sec
+                );
+            }
+            last = at;
+        }
+        Ok(())
     }
 }
 

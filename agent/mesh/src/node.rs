@@ -37,6 +37,9 @@ use crate::transport::Net;
 /// 11.8 GB.
 const FAILURE_DETECTOR_WINDOW: usize = 100;
 
+/// Pull tasks alive at most, those that gave up their slot included.
+const MAX_PULL_TASKS: usize = 16;
+
 /// Called after changes from a peer were merged into the store.
 pub type OnMerged = Arc<dyn Fn(MergeOutcome) + Send + Sync>;
 
@@ -504,7 +507,13 @@ async fn pull_loop(
             let turn = round % ahead.len();
             ahead.rotate_left(turn);
         }
-        let room = (if stale { 1 } else { PULLS_PER_ROUND }).saturating_sub(pulling.len());
+        // Pulls that gave up their slot still run until their request times out; peers that
+        // flap between live and dead must not pile them up.
+        let room = if pulls.len() >= MAX_PULL_TASKS {
+            0
+        } else {
+            (if stale { 1 } else { PULLS_PER_ROUND }).saturating_sub(pulling.len())
+        };
         // One pull per peer: not one already running, and one generation of a node that was
         // just restarted (both are live for a while).
         let mut busy: Vec<String> = pulling.values().cloned().collect();

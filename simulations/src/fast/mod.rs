@@ -322,7 +322,8 @@ impl Sim<'_> {
     fn write(&mut self, node: usize) -> anyhow::Result<()> {
         let k = self.recorder.writes();
         let Some(target) = self.nodes.get(node).filter(|n| n.mesh.is_some()) else {
-            self.recorder.write_skipped(node, self.elapsed());
+            let at = self.elapsed();
+            self.recorder.wrote(node, None, at, Vec::new());
             return Ok(());
         };
         let record = target.store.create(PolicyFields {
@@ -333,7 +334,8 @@ impl Sim<'_> {
             priority: k as i64,
         })?;
         let cohort = self.running();
-        self.recorder.wrote(node, record.id, self.elapsed(), cohort);
+        self.recorder
+            .wrote(node, Some(record.id), self.elapsed(), cohort);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! `report.html`: one self-contained page (no scripts, no network) with the figures as tables
 //! and the series as SVG plots drawn with `plotters`.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::Report;
@@ -187,13 +188,9 @@ fn detection_plot(r: &Report) -> anyhow::Result<String> {
                     color.stroke_width(2),
                 ))?
                 .label(format!("node {}", kill.node))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                .legend(move |at| swatch(at, color));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart)?;
         Ok(())
     })
 }
@@ -228,7 +225,7 @@ fn liveness_plot(r: &Report) -> anyhow::Result<String> {
                     BLUE.stroke_width(2),
                 ))?
                 .label("running nodes")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+                .legend(|at| swatch(at, BLUE.to_rgba()));
             chart
                 .draw_series(LineSeries::new(
                     t.iter()
@@ -237,12 +234,8 @@ fn liveness_plot(r: &Report) -> anyhow::Result<String> {
                     RED.stroke_width(2),
                 ))?
                 .label("false dead pairs")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
+                .legend(|at| swatch(at, RED.to_rgba()));
+            legend(&mut chart)?;
             Ok(())
         },
     )
@@ -279,6 +272,23 @@ fn gossip_plot(r: &Report) -> anyhow::Result<String> {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The legend of a chart whose series have labels.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
+/// A series' mark in the legend: a short line in its colour.
+fn swatch((x, y): (i32, i32), color: RGBAColor) -> PathElement<(i32, i32)> {
+    PathElement::new(vec![(x, y), (x + 16, y)], color)
+}
 
 /// One plot as an inline `<figure>` with an SVG drawn by `draw`.
 fn figure(

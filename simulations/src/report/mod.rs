@@ -214,24 +214,14 @@ impl Recorder {
         self.writes.len()
     }
 
-    pub fn wrote(&mut self, node: usize, id: u64, at: Duration, cohort: Vec<usize>) {
+    /// A write made at `node` (`None`: the node was not running, nothing was written) with the
+    /// nodes running then.
+    pub fn wrote(&mut self, node: usize, id: Option<u64>, at: Duration, cohort: Vec<usize>) {
         self.writes.push(WriteTrack {
             node,
-            id: Some(id),
+            id,
             at,
             cohort,
-            reach_99: None,
-            reach_100: None,
-            fractions: Vec::new(),
-        });
-    }
-
-    pub fn write_skipped(&mut self, node: usize, at: Duration) {
-        self.writes.push(WriteTrack {
-            node,
-            id: None,
-            at,
-            cohort: Vec::new(),
             reach_99: None,
             reach_100: None,
             fractions: Vec::new(),
