@@ -174,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let mesh_link = mesh.as_ref().map(|mesh| {
-        crate::mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
+        agent_mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
     });
 
     let state = AppState {

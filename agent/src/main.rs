@@ -10,7 +10,6 @@ use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
 
 mod daemon;
-mod mesh_link;
 
 #[derive(Parser)]
 #[command(

@@ -7,10 +7,9 @@
 mod entropy;
 mod quic;
 
-/// The daemon's allocator: regorus makes its mimalloc the global allocator of `mesh-agent`, and
-/// glibc's malloc spent a quarter of a 100-node simulation's CPU where mimalloc spends little.
-#[global_allocator]
-static GLOBAL: regorus_mimalloc::mimalloc::Mimalloc = regorus_mimalloc::mimalloc::Mimalloc;
+// The daemon's allocator comes with the engine: regorus makes its mimalloc the global allocator
+// of every binary that links it (glibc's malloc spent a quarter of a 100-node simulation's CPU
+// where mimalloc spends little).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -190,6 +189,23 @@ fn print_summary(r: &Report) {
             opt(k.all_seen_ms)
         );
     }
+    let a = &r.actions;
+    if a.incidents > 0 {
+        println!(
+            "  incidents: {} decided ({} with a failed policy), engine latency median {} p99 {}",
+            a.incidents,
+            a.evaluation_errors,
+            bound(r.run.evaluation.p50_us),
+            bound(r.run.evaluation.p99_us)
+        );
+        println!(
+            "  actions: {} node, {} mesh ({} duplicates, {} takeovers)",
+            a.node_actions,
+            a.mesh.len(),
+            a.duplicates,
+            a.takeovers
+        );
+    }
     println!(
         "  gossip: {:.1} KB/s per node (max {:.1}), {} of {} messages lost; false dead pairs at most {}",
         r.gossip.bytes_per_node_per_sec / 1e3,
@@ -205,6 +221,15 @@ fn print_summary(r: &Report) {
             e.what,
             e.detail
         );
+    }
+}
+
+/// A latency bucket's upper bound.
+fn bound(us: Option<f64>) -> String {
+    match us {
+        Some(us) if us.is_finite() => format!("<= {us:.1} us"),
+        Some(_) => "over 100 ms".into(),
+        None => "none".into(),
     }
 }
 

@@ -22,8 +22,15 @@
 //! at_sec = 4
 //! node = 0
 //!
+//! [[incidents]]
+//! type = "cpu_spike"
+//! per_sec = 5
+//! nodes = "0..40"
+//! from_sec = 6
+//!
 //! [expect]
 //! converge_within_sec = 3
+//! no_duplicate_actions = true
 //! ```
 
 use std::path::Path;
@@ -35,6 +42,9 @@ use serde::{Deserialize, Serialize};
 const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most faults, and most writes, in one scenario.
 const MAX_EVENTS: usize = 1_000;
+/// Most incident streams, and most incidents per simulated second over all nodes.
+const MAX_STREAMS: usize = 100;
+const MAX_INCIDENTS_PER_SEC: f64 = 100_000.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +74,9 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     #[serde(default)]
     pub writes: Vec<Write>,
+    /// Incidents detected on the nodes, decided by each node's own decider.
+    #[serde(default)]
+    pub incidents: Vec<Incidents>,
     #[serde(default)]
     pub expect: Expect,
 }
@@ -133,6 +146,9 @@ pub enum FaultKind {
     Join {
         count: usize,
     },
+    /// Stops the node that sent the latest mesh action (none sent yet: nothing happens, and the
+    /// report says so).
+    KillActor,
 }
 
 /// A fault as written: one table, `kind` saying which other fields it takes.
@@ -159,9 +175,10 @@ impl TryFrom<RawFault> for Fault {
             "heal" => &[],
             "degrade" => &["nodes", "loss", "delay_ms"],
             "join" => &["count"],
+            "kill_actor" => &[],
             other => {
                 return Err(format!(
-                    "unknown fault kind `{other}` (kill, restart, partition, heal, degrade, join)"
+                    "unknown fault kind `{other}` (kill, restart, partition, heal, degrade, join, kill_actor)"
                 ));
             }
         };
@@ -187,6 +204,7 @@ impl TryFrom<RawFault> for Fault {
                 groups: raw.groups.ok_or_else(|| need("groups"))?,
             },
             "heal" => FaultKind::Heal,
+            "kill_actor" => FaultKind::KillActor,
             "degrade" => FaultKind::Degrade {
                 nodes: raw.nodes,
                 loss: raw.loss.unwrap_or(0.0),
@@ -239,12 +257,68 @@ impl NodeSet {
     }
 }
 
-/// A policy created at `node` at `at_sec`.
+/// A policy created at `node` at `at_sec`, through the node's policy service (as the API does).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Write {
     pub at_sec: f64,
     pub node: usize,
+    /// The policy, as `POST /policies` takes it. Without it: a node-scoped rule named `sim-K`
+    /// (`incident.severity > 1` restarts).
+    #[serde(default)]
+    pub policy: Option<serde_json::Value>,
+}
+
+impl Write {
+    /// The policy this write creates (its `policy`, checked when the scenario is read).
+    pub fn new_policy(&self, k: usize) -> anyhow::Result<agent_policy::NewPolicy> {
+        let value = self.policy.clone().unwrap_or_else(|| {
+            serde_json::json!({
+                "name": format!("sim-{k}"),
+                "definition": {"condition": "incident.severity > 1", "action": "restart"},
+                "priority": k,
+            })
+        });
+        Ok(serde_json::from_value(value)?)
+    }
+}
+
+/// A stream of incidents of one type on each of `nodes` (every node there by `from_sec`
+/// without it), `per_sec` per node, from `from_sec` to `to_sec` (the end without it). Each node's
+/// first incident comes at a seeded moment within the first period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incidents {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub per_sec: f64,
+    #[serde(default)]
+    pub nodes: Option<NodeSet>,
+    #[serde(default)]
+    pub from_sec: f64,
+    #[serde(default)]
+    pub to_sec: Option<f64>,
+    #[serde(default = "default_severity")]
+    pub severity: f64,
+}
+
+fn default_severity() -> f64 {
+    5.0
+}
+
+impl Incidents {
+    /// The nodes this stream runs on.
+    pub fn nodes(&self, scenario: &Scenario) -> anyhow::Result<Vec<usize>> {
+        let there = scenario.nodes_at(self.from_sec);
+        match &self.nodes {
+            Some(set) => set.resolve(there),
+            None => Ok((0..there).collect()),
+        }
+    }
+
+    pub fn until_sec(&self, scenario: &Scenario) -> f64 {
+        self.to_sec.unwrap_or(scenario.duration_sec)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -260,6 +334,12 @@ pub struct Expect {
     /// No running, reachable node is ever seen dead by another.
     #[serde(default)]
     pub no_false_dead: bool,
+    /// No action is sent twice, but for a takeover (the same id, sent again by the next-ranked
+    /// node once the actor was seen dead).
+    #[serde(default)]
+    pub no_duplicate_actions: bool,
+    /// Exactly this many mesh actions (distinct ids) are sent.
+    pub mesh_actions: Option<usize>,
 }
 
 impl Scenario {
@@ -338,7 +418,7 @@ impl Scenario {
                             .with_context(|| field(&format!("groups[{g}]")))?;
                     }
                 }
-                FaultKind::Heal => {}
+                FaultKind::Heal | FaultKind::KillActor => {}
                 FaultKind::Degrade {
                     nodes: set,
                     loss,
@@ -356,6 +436,48 @@ impl Scenario {
                     nodes += count;
                 }
             }
+        }
+        if self.incidents.len() > MAX_STREAMS {
+            bail!(
+                "incidents: {} streams (at most {MAX_STREAMS})",
+                self.incidents.len()
+            );
+        }
+        let mut rate = 0.0;
+        for (i, stream) in self.incidents.iter().enumerate() {
+            let field = |what: &str| format!("incidents[{i}].{what}");
+            if !(stream.per_sec > 0.0 && stream.per_sec <= 1_000.0) {
+                bail!(
+                    "{}: {} (over 0, at most 1,000)",
+                    field("per_sec"),
+                    stream.per_sec
+                );
+            }
+            let until = stream.until_sec(self);
+            if !(0.0 <= stream.from_sec && stream.from_sec < until && until <= self.duration_sec) {
+                bail!(
+                    "{}: {} to {until} s (from before to, within duration_sec {})",
+                    field("from_sec"),
+                    stream.from_sec,
+                    self.duration_sec
+                );
+            }
+            if stream.kind.is_empty() || stream.kind.len() > 256 {
+                bail!("{}: 1 to 256 bytes", field("type"));
+            }
+            if !stream.severity.is_finite() {
+                bail!("{}: {} (a number)", field("severity"), stream.severity);
+            }
+            rate +=
+                stream.per_sec * stream.nodes(self).with_context(|| field("nodes"))?.len() as f64;
+        }
+        if rate > MAX_INCIDENTS_PER_SEC {
+            bail!("incidents: {rate} per second over all nodes (at most {MAX_INCIDENTS_PER_SEC})");
+        }
+        for (i, write) in self.writes.iter().enumerate() {
+            write
+                .new_policy(i)
+                .with_context(|| format!("writes[{i}].policy"))?;
         }
         for (i, write) in self.writes.iter().enumerate() {
             let at = write.at_sec;
@@ -377,7 +499,7 @@ impl Scenario {
 
     /// The nodes there are at `at` seconds: faults at the same instant come first, so a node
     /// that joins then can be written to.
-    fn nodes_at(&self, at: f64) -> usize {
+    pub fn nodes_at(&self, at: f64) -> usize {
         self.nodes
             + self
                 .faults
@@ -436,6 +558,40 @@ mod tests {
         let err = format!("{:#}", Scenario::parse(text).unwrap_err());
         assert!(err.contains("faults[0].nodes"), "{err}");
         assert!(err.contains("node 12 does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_workload_names_its_field() {
+        let base = "name = \"x\"\nengine = \"fast\"\nnodes = 4\nseed = 1\nduration_sec = 5\n";
+        let cases = [
+            (
+                "[[incidents]]\ntype = \"a\"\nper_sec = 0\n",
+                "incidents[0].per_sec: 0",
+            ),
+            (
+                "[[incidents]]\ntype = \"a\"\nper_sec = 1\nfrom_sec = 4\nto_sec = 3\n",
+                "incidents[0].from_sec: 4 to 3 s",
+            ),
+            (
+                "[[incidents]]\ntype = \"a\"\nper_sec = 1\nnodes = [4]\n",
+                "node 4 does not exist",
+            ),
+            (
+                "[[writes]]\nat_sec = 1\nnode = 0\n[writes.policy]\nname = \"p\"\n",
+                "writes[0].policy",
+            ),
+            (
+                "[[faults]]\nat_sec = 1\nkind = \"kill_actor\"\nnodes = [1]\n",
+                "takes no `nodes`",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = format!(
+                "{:#}",
+                Scenario::parse(&format!("{base}{extra}")).unwrap_err()
+            );
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -59,6 +59,16 @@ loss = 0.02
 [[writes]]
 at_sec = 5
 node = 0
+[[writes]]
+at_sec = 5
+node = 3
+[writes.policy]
+name = "spike_scale_out"
+[writes.policy.definition]
+condition = "incident.type == 'cpu_spike' and mesh.fraction_with('cpu_spike') >= 0.3"
+action = "scale_horizontal"
+scope = "mesh"
+reversibility_sec = 600
 [[faults]]
 at_sec = 8
 kind = "kill"
@@ -66,11 +76,19 @@ nodes = [11]
 [[writes]]
 at_sec = 9
 node = 6
+[[incidents]]
+type = "cpu_spike"
+per_sec = 4
+severity = 7
+nodes = "0..5"
+from_sec = 10
 [expect]
 membership_within_sec = 5
 converge_within_sec = 2
 detect_within_sec = 8
 no_false_dead = true
+no_duplicate_actions = true
+mesh_actions = 1
 "#;
 
 /// The report without what depends on the machine.
@@ -89,9 +107,18 @@ fn a_seed_gives_the_same_report_and_another_seed_another() {
     assert_eq!(a.code, 0, "{}", a.stdout);
     assert_eq!(figures(&a.report), figures(&b.report));
     assert_ne!(figures(&a.report), figures(&c.report));
-    // What was measured is there: both writes reached every node, the kill was seen by all.
+    // What was measured is there: the writes reached every node, the kill was seen by all, the
+    // spikes on 5 of 11 nodes were decided and led to one mesh action from one node.
     let writes = a.report["writes"].as_array().unwrap();
-    assert_eq!(writes.len(), 2);
+    assert_eq!(writes.len(), 3);
+    let actions = &a.report["actions"];
+    assert_eq!(actions["incidents"], 5 * 4 * 10, "{actions}");
+    // Every spike matched both default rules (severity > 1): two node actions each.
+    assert_eq!(actions["node_actions"], 2 * 5 * 4 * 10, "{actions}");
+    assert_eq!(actions["mesh"].as_array().unwrap().len(), 1, "{actions}");
+    assert_eq!(actions["mesh"][0]["sends"].as_array().unwrap().len(), 1);
+    assert_eq!(actions["duplicates"], 0);
+    assert_eq!(a.report["run"]["evaluation"]["count"], 5 * 4 * 10);
     assert!(writes.iter().all(|w| w["reach_100_ms"].is_number()));
     assert_eq!(a.report["kills"][0]["node"], 11);
     assert_eq!(
@@ -223,6 +250,16 @@ fn scale(scenario: &mut toml::Table, from: usize, to: usize) {
             set(group);
         }
     }
+    for stream in scenario
+        .get_mut("incidents")
+        .and_then(|i| i.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(nodes) = stream.get_mut("nodes") {
+            set(nodes);
+        }
+    }
     for write in scenario
         .get_mut("writes")
         .and_then(|w| w.as_array_mut())
@@ -268,11 +305,19 @@ fn the_report_page_renders_its_plots_in_chromium() {
         output
     };
     let dom = String::from_utf8(headless(&["--dump-dom"]).stdout).unwrap();
-    assert_eq!(dom.matches("<svg").count(), 4, "four plots");
+    assert_eq!(dom.matches("<svg").count(), 7, "seven plots");
     // Two writes' rollout lines, the kill's detection line, and running / false dead.
     assert!(dom.matches("<polyline").count() >= 5, "lines drawn");
     assert!(dom.contains("<rect"), "bars drawn");
     assert!(dom.contains("small"), "the scenario's name");
+    assert!(
+        dom.contains("Mesh action sends per second"),
+        "the actions plot"
+    );
+    assert!(
+        dom.contains("Evaluations by engine latency"),
+        "the latency plot"
+    );
     let shot = dir.path().join("report.png");
     headless(&[
         &format!("--screenshot={}", shot.display()),

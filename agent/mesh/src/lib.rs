@@ -10,7 +10,6 @@
 //! it, which reloads the policy services, so the mesh never reaches up into the services above
 //! the store. It depends on no policy, decision or API crate.
 
-mod blocking;
 mod codec;
 mod config;
 mod error;

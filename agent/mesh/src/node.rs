@@ -18,7 +18,6 @@ use tracing::{debug, info, warn};
 use agent_identity::TlsFiles;
 use agent_store::{MergeOutcome, Store};
 
-use crate::blocking::blocking;
 use crate::config::MeshConfig;
 use crate::error::MeshError;
 use crate::gossip::QuicTransport;
@@ -149,7 +148,9 @@ impl Mesh {
         store.set_signer(signer);
         let signed = {
             let store = Arc::clone(&store);
-            blocking(move || store.sign_own_changes()).await??
+            agent_base::blocking::run(move || store.sign_own_changes())
+                .await
+                .map_err(MeshError::task)??
         };
         if signed > 0 {
             info!(signed, "signed changes made while this node ran alone");
@@ -312,7 +313,9 @@ impl Mesh {
     pub async fn summary(&self) -> Result<MeshSummary, MeshError> {
         let members = self.members().await;
         let store = Arc::clone(&self.store);
-        let revision = blocking(move || store.replica_revision()).await??;
+        let revision = agent_base::blocking::run(move || store.replica_revision())
+            .await
+            .map_err(MeshError::task)??;
         let mut counts = StateCounts::default();
         let mut converged = true;
         for member in &members {
@@ -393,7 +396,10 @@ async fn publish_revision(
     while changes.changed().await.is_ok() {
         let revision = {
             let store = Arc::clone(&store);
-            match blocking(move || store.replica_revision()).await {
+            match agent_base::blocking::run(move || store.replica_revision())
+                .await
+                .map_err(MeshError::task)
+            {
                 Ok(Ok(revision)) => revision,
                 Ok(Err(err)) => {
                     warn!(error = %err, "cannot read the policy revision");
@@ -485,7 +491,11 @@ async fn pull_loop(
             && last_marked.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
         {
             let store = Arc::clone(&puller.store);
-            if blocking(move || store.mark_synced()).await.is_ok() {
+            if agent_base::blocking::run(move || store.mark_synced())
+                .await
+                .map_err(MeshError::task)
+                .is_ok()
+            {
                 last_marked = Some(tokio::time::Instant::now());
             }
         }
@@ -567,7 +577,10 @@ async fn collect_tombstones(store: Arc<Store>, ttl: Duration) {
         ticker.tick().await;
         let horizon = agent_base::clock::now_ms().saturating_sub(ttl.as_millis() as u64);
         let store = Arc::clone(&store);
-        match blocking(move || store.drop_tombstones_before(horizon)).await {
+        match agent_base::blocking::run(move || store.drop_tombstones_before(horizon))
+            .await
+            .map_err(MeshError::task)
+        {
             Ok(Ok(0)) => {}
             Ok(Ok(dropped)) => info!(dropped, "expired tombstones dropped"),
             Ok(Err(err)) => warn!(error = %err, "cannot drop expired tombstones"),

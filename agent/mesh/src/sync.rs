@@ -20,7 +20,6 @@ use crate::links::Links;
 use agent_identity::Verifier;
 use agent_store::{MergeOutcome, Store};
 
-use crate::blocking::blocking;
 use crate::error::MeshError;
 
 /// Changes per page of a pull.
@@ -175,9 +174,11 @@ impl Puller {
             let store = Arc::clone(&self.store);
             let peer = node_id.to_owned();
             let incarnation = page.incarnation;
-            let merge =
-                blocking(move || store.merge_remote(&peer, incarnation, cursor, accepted, &certs))
-                    .await??;
+            let merge = agent_base::blocking::run(move || {
+                store.merge_remote(&peer, incarnation, cursor, accepted, &certs)
+            })
+            .await
+            .map_err(MeshError::task)??;
             self.metrics.changes_merged.inc_by(merge.applied as u64);
             self.metrics.changes_stale.inc_by(merge.stale as u64);
             total.merge.applied += merge.applied;

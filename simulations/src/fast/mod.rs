@@ -1,9 +1,12 @@
-//! The `fast` engine: every node is the agent's own mesh code (chitchat, the pull protocol, the
-//! merge, a store on redb's in-memory backend) on one current-thread tokio runtime whose clock
-//! is paused, over the in-memory network of [`network`]. Time moves only when every node is
+//! The `fast` engine: every node is the agent's own code (chitchat, the pull protocol, the merge,
+//! a store on redb's in-memory backend, the policy engine, decisions with mesh facts and mesh
+//! actions, see [`agent`]) on one current-thread tokio runtime whose clock is paused, over the
+//! in-memory network of [`network`]. Time moves only when every node is
 //! waiting, straight to the next timer, so 1,000 nodes run far faster than real time, and with
 //! the process's entropy seeded (see the binary's `entropy` module) a seed gives the same run.
 
+pub mod agent;
+mod incidents;
 pub mod network;
 
 use std::collections::{HashMap, HashSet};
@@ -12,13 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_identity::TlsFiles;
-use agent_mesh::{Identity, Mesh, MeshConfig, MeshMetrics, OnMerged};
-use agent_store::{PolicyFields, Store};
+use agent_mesh::{Identity, Mesh, MeshConfig, MeshMetrics};
+use agent_store::Store;
 use anyhow::Context;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
 use crate::report::{Detection, Recorder, Report, Run};
 use crate::scenario::{FaultKind, Scenario};
+use agent::{Agent, Delivery};
+use incidents::Workload;
 use network::{LinkQuality, SimNet};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -37,7 +43,8 @@ struct SimNode {
     id: String,
     addr: SocketAddr,
     store: Arc<Store>,
-    mesh: Option<Mesh>,
+    /// While it runs.
+    agent: Option<Agent>,
     /// Since when it has run and been reachable (start, restart, join, heal).
     settled_from: Instant,
     group: usize,
@@ -71,6 +78,7 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
             delay: ms(scenario.network.delay_ms),
         },
     );
+    let (deliveries, delivered) = unbounded_channel();
     let mut sim = Sim {
         scenario,
         tls,
@@ -79,6 +87,8 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         start,
         recorder: Recorder::new(scenario),
         no_group: 0,
+        deliveries,
+        delivered,
     };
     // Nodes start at seeded moments within the first gossip interval, as real ones do not all
     // start at once: started together, every node's rounds would tick at the same instants.
@@ -96,16 +106,23 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
     let end = start + secs(scenario.duration_sec);
     let sample = Duration::from_millis(scenario.sample_ms);
     let mut faults = scenario.faults.iter().peekable();
-    let mut writes = scenario.writes.iter().peekable();
+    let mut writes = scenario.writes.iter().enumerate().peekable();
+    let mut workload = Workload::new(scenario)?;
     let mut next_sample = start;
     let mut next_liveness = start;
     loop {
         let now = Instant::now();
+        sim.take_deliveries();
         while let Some(fault) = faults.next_if(|f| start + secs(f.at_sec) <= now) {
             sim.apply(&fault.kind).await?;
         }
-        while let Some(write) = writes.next_if(|w| start + secs(w.at_sec) <= now) {
-            sim.write(write.node)?;
+        while let Some((k, write)) = writes.next_if(|(_, w)| start + secs(w.at_sec) <= now) {
+            let policy = write.new_policy(k)?;
+            sim.write(write.node, policy)
+                .with_context(|| format!("writes[{k}]"))?;
+        }
+        while let Some(due) = workload.next_due(now - start) {
+            sim.incident(due).await?;
         }
         if now >= next_sample {
             sim.sample_policies()?;
@@ -127,7 +144,8 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         }
         let next_event = [
             faults.peek().map(|f| start + secs(f.at_sec)),
-            writes.peek().map(|w| start + secs(w.at_sec)),
+            writes.peek().map(|(_, w)| start + secs(w.at_sec)),
+            workload.next_at().map(|at| start + at),
             Some(next_sample),
             Some(next_liveness),
             Some(end),
@@ -138,6 +156,7 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         .unwrap_or(end);
         tokio::time::sleep_until(next_event.max(now)).await;
     }
+    sim.take_deliveries();
     let elapsed = sim.elapsed();
     sim.recorder.ended(elapsed);
     for i in 0..sim.nodes.len() {
@@ -149,8 +168,8 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
     };
     let report = sim.recorder.finish(run);
     for node in sim.nodes {
-        if let Some(mesh) = node.mesh {
-            mesh.shutdown().await;
+        if let Some(agent) = node.agent {
+            agent.stop().await;
         }
     }
     Ok(report)
@@ -173,6 +192,9 @@ struct Sim<'a> {
     recorder: Recorder,
     /// The group of nodes in none of the partition's groups (0 when there is no partition).
     no_group: usize,
+    /// Actions the nodes' upstreams took out of their outboxes, not yet recorded.
+    deliveries: UnboundedSender<Delivery>,
+    delivered: UnboundedReceiver<Delivery>,
 }
 
 impl Sim<'_> {
@@ -203,7 +225,7 @@ impl Sim<'_> {
             id,
             addr: node_addr(i),
             store,
-            mesh: None,
+            agent: None,
             settled_from: Instant::now(),
             // During a partition a node not in any group is in the one more group.
             group: self.no_group,
@@ -212,30 +234,43 @@ impl Sim<'_> {
     }
 
     async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        if self.nodes[i].mesh.is_some() {
+        if self.nodes[i].agent.is_some() {
             return Ok(());
         }
         let config = self.config(i);
+        let grace = config.dead_node_grace();
         let node = &self.nodes[i];
         let files = TlsFiles::read(&self.tls, &node.id)?;
         let identity = Identity::from_files(&node.id, &self.tls, &files)?;
-        let on_merged: OnMerged = Arc::new(|_| {});
         let net = Arc::clone(&self.net);
         let addr = node.addr;
-        let mesh = Mesh::start_on(
+        let store = Arc::clone(&node.store);
+        let start_mesh = async |on_merged| {
+            let mesh = Mesh::start_on(
+                &node.id,
+                config,
+                (addr, addr),
+                store,
+                identity,
+                MeshMetrics::default(),
+                on_merged,
+                move |handler| Ok(net.attach(addr, handler)),
+            )
+            .await?;
+            anyhow::Ok(mesh)
+        };
+        let agent = Agent::start(
+            i,
             &node.id,
-            config,
-            (addr, addr),
             Arc::clone(&node.store),
-            identity,
-            MeshMetrics::default(),
-            on_merged,
-            move |handler| Ok(net.attach(addr, handler)),
+            grace,
+            self.deliveries.clone(),
+            start_mesh,
         )
         .await
         .with_context(|| format!("starting {}", node.id))?;
         let node = &mut self.nodes[i];
-        node.mesh = Some(mesh);
+        node.agent = Some(agent);
         node.settled_from = Instant::now();
         let at = self.elapsed();
         self.recorder.node_up(i, at);
@@ -248,11 +283,14 @@ impl Sim<'_> {
         match fault {
             FaultKind::Kill { nodes } => {
                 for i in nodes.resolve(n)? {
-                    if let Some(mesh) = self.nodes[i].mesh.take() {
-                        mesh.shutdown().await;
-                        let observers = (0..n).filter(|&j| self.nodes[j].mesh.is_some()).collect();
-                        self.recorder.killed(i, self.elapsed(), observers);
-                    }
+                    self.kill(i).await;
+                }
+            }
+            FaultKind::KillActor => {
+                self.take_deliveries();
+                match self.recorder.latest_actor() {
+                    Some(i) => self.kill(i).await,
+                    None => self.recorder.no_actor(self.elapsed()),
                 }
             }
             FaultKind::Restart { nodes } => {
@@ -315,24 +353,48 @@ impl Sim<'_> {
         Ok(())
     }
 
+    async fn kill(&mut self, i: usize) {
+        if let Some(agent) = self.nodes[i].agent.take() {
+            agent.stop().await;
+            let n = self.nodes.len();
+            let observers = (0..n).filter(|&j| self.nodes[j].agent.is_some()).collect();
+            self.recorder.killed(i, self.elapsed(), observers);
+        }
+    }
+
     fn elapsed(&self) -> Duration {
         Instant::now() - self.start
     }
 
-    fn write(&mut self, node: usize) -> anyhow::Result<()> {
-        let k = self.recorder.writes();
-        let Some(target) = self.nodes.get(node).filter(|n| n.mesh.is_some()) else {
+    /// Records the actions the upstreams have taken so far.
+    fn take_deliveries(&mut self) {
+        let at = self.elapsed();
+        while let Ok(delivery) = self.delivered.try_recv() {
+            self.recorder.delivered(at, delivery);
+        }
+    }
+
+    /// Decides a due incident on its node, if that node runs.
+    async fn incident(&mut self, due: incidents::Due) -> anyhow::Result<()> {
+        let Some(agent) = self.nodes.get(due.node).and_then(|n| n.agent.as_ref()) else {
+            return Ok(());
+        };
+        let event_id = format!("{}-{}-{}", self.nodes[due.node].id, due.stream, due.seq);
+        let evaluated = agent
+            .decide(event_id, &due.kind, due.severity)
+            .await
+            .with_context(|| format!("an incident on node {}", due.node))?;
+        self.recorder.evaluated(due.at, evaluated);
+        Ok(())
+    }
+
+    fn write(&mut self, node: usize, policy: agent_policy::NewPolicy) -> anyhow::Result<()> {
+        let Some(agent) = self.nodes.get(node).and_then(|n| n.agent.as_ref()) else {
             let at = self.elapsed();
             self.recorder.wrote(node, None, at, Vec::new());
             return Ok(());
         };
-        let record = target.store.create(PolicyFields {
-            name: format!("sim-{k}"),
-            description: String::new(),
-            definition_json: r#"{"condition":"incident.severity > 1","action":"restart"}"#.into(),
-            active: true,
-            priority: k as i64,
-        })?;
+        let record = agent.policies.create(policy)?;
         let cohort = self.running();
         self.recorder
             .wrote(node, Some(record.id), self.elapsed(), cohort);
@@ -358,7 +420,7 @@ impl Sim<'_> {
 
     fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].mesh.is_some())
+            .filter(|&i| self.nodes[i].agent.is_some())
             .collect()
     }
 
@@ -366,9 +428,7 @@ impl Sim<'_> {
     async fn sample_liveness(&mut self) {
         let at = self.elapsed();
         let now = Instant::now();
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].mesh.is_some())
-            .collect();
+        let running = self.running();
         let running_ids: HashSet<&str> =
             running.iter().map(|&i| self.nodes[i].id.as_str()).collect();
         let pending: Vec<(usize, String)> = self
@@ -397,7 +457,9 @@ impl Sim<'_> {
         let nobody = HashSet::new();
         for &i in &running {
             let node = &self.nodes[i];
-            let Some(mesh) = &node.mesh else { continue };
+            let Some(mesh) = node.agent.as_ref().map(Agent::mesh) else {
+                continue;
+            };
             let settled = if settled_at(node) {
                 settled_by_group.get(&node.group).unwrap_or(&nobody)
             } else {

@@ -32,10 +32,16 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
     body.push_str(&liveness_plot(report)?);
     body.push_str("<h2>Gossip bytes per node</h2>\n");
     body.push_str(&gossip_plot(report)?);
-    body.push_str(
-        "<h2>Actions and evaluation latency</h2>\n<p>Not simulated by this engine yet: the \
-         scenario has no incident workload.</p>\n",
-    );
+    body.push_str("<h2>Incidents and actions</h2>\n");
+    if report.actions.incidents == 0 {
+        body.push_str("<p>The scenario has no incident workload.</p>\n");
+    } else {
+        body.push_str(&workload_plot(report)?);
+        body.push_str(&mesh_actions_plot(report)?);
+        body.push_str(&mesh_actions_table(report));
+        body.push_str("<h2>Evaluation latency</h2>\n");
+        body.push_str(&latency_plot(report)?);
+    }
     Ok(format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>mesh-sim: {}</title><style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n",
@@ -88,6 +94,28 @@ fn summary(r: &Report) -> String {
         (
             "gossip messages lost",
             format!("{} of {}", r.gossip.messages_lost, r.gossip.messages),
+        ),
+        (
+            "incidents decided (with a failed policy)",
+            format!("{} ({})", r.actions.incidents, r.actions.evaluation_errors),
+        ),
+        ("node actions sent", r.actions.node_actions.to_string()),
+        (
+            "mesh actions: sent / duplicates / takeovers",
+            format!(
+                "{} / {} / {}",
+                r.actions.mesh.len(),
+                r.actions.duplicates,
+                r.actions.takeovers
+            ),
+        ),
+        (
+            "evaluation latency, median / p99 (bucket bounds)",
+            format!(
+                "{} / {}",
+                us(r.run.evaluation.p50_us),
+                us(r.run.evaluation.p99_us)
+            ),
         ),
         ("wall time", format!("{:.1} s", r.run.wall_ms / 1e3)),
         ("peak memory", format!("{:.0} MB", r.run.peak_rss_mb)),
@@ -268,6 +296,175 @@ fn gossip_plot(r: &Report) -> anyhow::Result<String> {
             Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())
         }))?;
         Ok(())
+    })
+}
+
+/// Incidents decided and node actions sent, per simulated second.
+fn workload_plot(r: &Report) -> anyhow::Result<String> {
+    let per = &r.actions.per_sec;
+    let top = per
+        .incidents
+        .iter()
+        .chain(&per.node_actions)
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let end = per.incidents.len().max(1) as f64;
+    figure(
+        "Incidents decided and node actions sent, per second",
+        |root| {
+            let mut chart = ChartBuilder::on(&root)
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(0f64..end, 0f64..top * 1.05)?;
+            chart
+                .configure_mesh()
+                .x_desc("simulated seconds")
+                .y_desc("per second")
+                .draw()?;
+            for (series, name, color) in [
+                (&per.incidents, "incidents", BLUE.to_rgba()),
+                (&per.node_actions, "node actions", GREEN.to_rgba()),
+            ] {
+                chart
+                    .draw_series(LineSeries::new(
+                        series
+                            .iter()
+                            .enumerate()
+                            .map(|(t, n)| (t as f64, *n as f64)),
+                        color.stroke_width(2),
+                    ))?
+                    .label(name)
+                    .legend(move |at| swatch(at, color));
+            }
+            legend(&mut chart)?;
+            Ok(())
+        },
+    )
+}
+
+/// Mesh action sends and duplicates per simulated second, as bars.
+fn mesh_actions_plot(r: &Report) -> anyhow::Result<String> {
+    let per = &r.actions.per_sec;
+    let top = per.mesh_actions.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let end = per.mesh_actions.len().max(1) as f64;
+    figure(
+        "Mesh action sends per second (takeovers included) and duplicates",
+        |root| {
+            let mut chart = ChartBuilder::on(&root)
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(45)
+                .build_cartesian_2d(0f64..end, 0f64..top + 1.0)?;
+            chart
+                .configure_mesh()
+                .x_desc("simulated seconds")
+                .y_desc("sends")
+                .draw()?;
+            for (series, name, color, inset) in [
+                (&per.mesh_actions, "sends", BLUE.mix(0.6), 0.1),
+                (&per.duplicates, "duplicates", RED.mix(0.8), 0.3),
+            ] {
+                let rgba = color.to_rgba();
+                chart
+                    .draw_series(series.iter().enumerate().filter(|(_, n)| **n > 0).map(
+                        |(t, n)| {
+                            let x = t as f64;
+                            Rectangle::new(
+                                [(x + inset, 0.0), (x + 1.0 - inset, *n as f64)],
+                                color.filled(),
+                            )
+                        },
+                    ))?
+                    .label(name)
+                    .legend(move |at| swatch(at, rgba));
+            }
+            legend(&mut chart)?;
+            Ok(())
+        },
+    )
+}
+
+/// Every mesh action and who sent it when.
+fn mesh_actions_table(r: &Report) -> String {
+    if r.actions.mesh.is_empty() {
+        return "<p>No mesh action was sent.</p>\n".into();
+    }
+    let mut out = String::from(
+        "<table>\n<tr><th>mesh action</th><th>policy</th><th>incident</th><th>sends</th></tr>\n",
+    );
+    for action in &r.actions.mesh {
+        let sends: Vec<String> = action
+            .sends
+            .iter()
+            .map(|s| {
+                format!(
+                    "node {} at {:.2} s{}",
+                    s.node,
+                    s.at_ms / 1e3,
+                    if s.takeover { " (takeover)" } else { "" }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&action.action_id),
+            action.policy_id,
+            escape(&action.incident_key),
+            escape(&sends.join("; "))
+        ));
+    }
+    out.push_str("</table>\n");
+    out
+}
+
+/// The engine's evaluation latency over every incident, on a log scale.
+fn latency_plot(r: &Report) -> anyhow::Result<String> {
+    let buckets = &r.run.evaluation.buckets;
+    let finite: Vec<(f64, f64, u64)> = buckets
+        .iter()
+        .map(|&(upper, n)| {
+            let upper = if upper.is_finite() {
+                upper
+            } else {
+                r.run.evaluation.max_us.max(1.0)
+            };
+            (upper / 2f64.powf(0.25), upper, n)
+        })
+        .collect();
+    let lo = finite.first().map_or(0.1, |b| b.0).max(0.01);
+    let hi = finite.last().map_or(10.0, |b| b.1).max(lo * 2.0);
+    let top = finite.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
+    figure(
+        "Evaluations by engine latency (µs, wall time, log scale)",
+        |root| {
+            let mut chart = ChartBuilder::on(&root)
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d((lo..hi).log_scale(), 0f64..top * 1.05)?;
+            chart
+                .configure_mesh()
+                .x_desc("µs")
+                .y_desc("evaluations")
+                .draw()?;
+            chart.draw_series(finite.iter().map(|&(a, b, n)| {
+                Rectangle::new([(a, 0.0), (b, n as f64)], BLUE.mix(0.6).filled())
+            }))?;
+            Ok(())
+        },
+    )
+}
+
+fn us(value: Option<f64>) -> String {
+    value.map_or("—".to_owned(), |v| {
+        if v.is_finite() {
+            format!("≤ {v:.1} µs")
+        } else {
+            "over 100 ms".to_owned()
+        }
     })
 }
 

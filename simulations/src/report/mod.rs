@@ -4,6 +4,7 @@
 //! Every figure is in simulated time for the `fast` engine, so the same seed gives the same
 //! report; what depends on the machine (wall time, memory) is kept apart under `run`.
 
+mod actions;
 pub mod html;
 
 use std::collections::BTreeMap;
@@ -11,8 +12,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::fast::agent::{Delivery, Evaluated};
 use crate::fast::network::Traffic;
 use crate::scenario::Scenario;
+use actions::ActionTrack;
+pub use actions::{Actions, Latency, MeshAction, MeshSend, PerSec};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -33,6 +37,8 @@ pub struct Report {
     /// not seen live.
     pub false_dead_max: usize,
     pub gossip: Gossip,
+    /// The incident workload and the actions it led to.
+    pub actions: Actions,
     pub series: Series,
     pub expectations: Vec<Expectation>,
     /// Machine-dependent: left out when two runs are compared.
@@ -110,6 +116,8 @@ pub struct Run {
     /// carry ECDSA signatures (70 to 72 bytes in DER), signed with nonces ring reads from the
     /// kernel directly, which the seeded entropy cannot reach.
     pub pull_bytes: u64,
+    /// The engine's evaluation latency, wall time.
+    pub evaluation: Latency,
 }
 
 /// An observer that saw a killed node dead.
@@ -154,6 +162,7 @@ pub struct Recorder {
     /// Per node: time up so far, and since when it runs (while it does).
     up: BTreeMap<usize, (Duration, Option<Duration>)>,
     traffic: BTreeMap<usize, Traffic>,
+    actions: ActionTrack,
     end: Duration,
 }
 
@@ -169,6 +178,7 @@ impl Recorder {
             false_dead_max: 0,
             up: BTreeMap::new(),
             traffic: BTreeMap::new(),
+            actions: ActionTrack::new(),
             end: Duration::ZERO,
         }
     }
@@ -317,6 +327,24 @@ impl Recorder {
         }
     }
 
+    pub fn evaluated(&mut self, at: Duration, evaluated: Evaluated) {
+        self.actions.evaluated(at, evaluated);
+    }
+
+    pub fn delivered(&mut self, at: Duration, delivery: Delivery) {
+        self.actions.delivered(at, delivery);
+    }
+
+    /// The node that sent the latest mesh action.
+    pub fn latest_actor(&self) -> Option<usize> {
+        self.actions.latest_actor()
+    }
+
+    /// A `kill_actor` fault at `at` found no actor.
+    pub fn no_actor(&mut self, at: Duration) {
+        self.actions.no_actor(at);
+    }
+
     pub fn traffic(&mut self, i: usize, traffic: Traffic) {
         self.traffic.insert(i, traffic);
     }
@@ -355,6 +383,8 @@ impl Recorder {
 
     pub fn finish(self, run: Run) -> Report {
         let s = &self.scenario;
+        let (actions, evaluation) = self.actions.finish(s.duration_sec.ceil() as usize);
+        let run = Run { evaluation, ..run };
         let writes: Vec<WriteFigures> = self
             .writes
             .iter()
@@ -426,6 +456,7 @@ impl Recorder {
             kills,
             false_dead_max: self.false_dead_max,
             gossip,
+            actions,
             series,
             expectations: Vec::new(),
             run,
@@ -519,6 +550,32 @@ fn expectations(s: &Scenario, r: &Report) -> Vec<Expectation> {
             } else {
                 late.join("; ")
             },
+        });
+    }
+    if e.no_duplicate_actions {
+        let a = &r.actions;
+        out.push(Expectation {
+            what: "no action is sent twice (but for a takeover)".into(),
+            ok: a.duplicates == 0,
+            detail: format!(
+                "{} duplicates, {} takeovers, {} mesh actions, {} node actions",
+                a.duplicates,
+                a.takeovers,
+                a.mesh.len(),
+                a.node_actions
+            ),
+        });
+    }
+    if let Some(expected) = e.mesh_actions {
+        let sent = r.actions.mesh.len();
+        let mut detail = format!("{sent} sent");
+        for missed in &r.actions.kill_actor_missed_ms {
+            detail.push_str(&format!("; kill_actor at {missed:.0} ms found no actor"));
+        }
+        out.push(Expectation {
+            what: format!("exactly {expected} mesh actions are sent"),
+            ok: sent == expected,
+            detail,
         });
     }
     if e.no_false_dead {

@@ -413,7 +413,7 @@ impl Writer {
             let bounds = self.bounds;
             let outbox = self.outbox.clone();
             let started = Instant::now();
-            let joined = tokio::task::spawn_blocking(move || {
+            let joined = agent_base::blocking::run(move || {
                 commit_group(&db, &mut group, bounds, outbox.as_deref())
             })
             .await;

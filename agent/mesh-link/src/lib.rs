@@ -6,10 +6,13 @@
 //! claims change (at once), and every `decisions.publish_interval_ms` (the window moves on).
 //! Sending mesh actions runs in a task of its own: waiting for outbox room (a full outbox under
 //! `block`) never stops this node from gossiping.
+//!
+//! Time is tokio's (a simulation pauses it) and the store is reached through
+//! [`agent_base::blocking`], so the daemon and `mesh-sim`'s fast engine run this same code.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_base::clock::now_ms;
 use agent_decision::Decider;
@@ -18,6 +21,7 @@ use agent_mesh::{Mesh, SharedView};
 use agent_store::Store;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::warn;
 
 /// Distinct unreadable (peer, key) pairs logged at most; past it the set starts over.
@@ -94,8 +98,7 @@ pub fn spawn(mesh: Arc<Mesh>, decider: Arc<Decider>, store: Arc<Store>) -> MeshL
                 && persisted.is_none_or(|(n, at)| n != known && at.elapsed() >= PERSIST_EVERY)
             {
                 let store = Arc::clone(&store);
-                match tokio::task::spawn_blocking(move || store.note_members_seen(known as u64))
-                    .await
+                match agent_base::blocking::run(move || store.note_members_seen(known as u64)).await
                 {
                     Ok(Ok(())) => persisted = Some((known, Instant::now())),
                     Ok(Err(err)) => warn!(error = %err, "cannot note the mesh's membership"),
