@@ -153,6 +153,10 @@ struct RunArgs {
     /// MQTT broker for intake and upstream (mqtt://host:port or mqtts://host:port).
     #[arg(long, value_name = "URL")]
     mqtt_url: Option<String>,
+    /// Simulations only: loss and delay injected under the gossip socket, as FILE says
+    /// (`loss=0.1 delay_ms=50`, re-read when it changes). Set by `mesh-sim`'s real engine.
+    #[arg(long, value_name = "FILE", hide = true)]
+    sim_net_faults: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -262,6 +266,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(id) = args.cluster_id {
         config.mesh.cluster_id = id;
+    }
+    if let Some(file) = args.sim_net_faults {
+        config.mesh.sim_net_faults = Some(file);
     }
     if let Some(url) = args.mqtt_url {
         config.mqtt.url = Some(url);

@@ -103,6 +103,7 @@ impl Cluster {
             suspect_after_ms: interval_ms * 10,
             dead_node_grace_sec: 3600,
             tombstone_ttl_sec: 7 * 24 * 3600,
+            sim_net_faults: None,
         }
     }
 

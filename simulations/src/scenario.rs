@@ -146,8 +146,8 @@ pub enum FaultKind {
     Join {
         count: usize,
     },
-    /// Stops the node that sent the latest mesh action (none sent yet: nothing happens, and the
-    /// report says so).
+    /// Stops the node that sent the latest mesh action (none sent yet, or it has stopped
+    /// already: nothing happens, and the report says so).
     KillActor,
 }
 
@@ -270,16 +270,20 @@ pub struct Write {
 }
 
 impl Write {
-    /// The policy this write creates (its `policy`, checked when the scenario is read).
-    pub fn new_policy(&self, k: usize) -> anyhow::Result<agent_policy::NewPolicy> {
-        let value = self.policy.clone().unwrap_or_else(|| {
+    /// The policy write `k` creates, as `POST /policies` takes it.
+    pub fn policy_json(&self, k: usize) -> serde_json::Value {
+        self.policy.clone().unwrap_or_else(|| {
             serde_json::json!({
                 "name": format!("sim-{k}"),
                 "definition": {"condition": "incident.severity > 1", "action": "restart"},
                 "priority": k,
             })
-        });
-        Ok(serde_json::from_value(value)?)
+        })
+    }
+
+    /// The same, read as the API reads it (checked when the scenario is read).
+    pub fn new_policy(&self, k: usize) -> anyhow::Result<agent_policy::NewPolicy> {
+        Ok(serde_json::from_value(self.policy_json(k))?)
     }
 }
 
@@ -474,10 +478,20 @@ impl Scenario {
         if rate > MAX_INCIDENTS_PER_SEC {
             bail!("incidents: {rate} per second over all nodes (at most {MAX_INCIDENTS_PER_SEC})");
         }
+        let mut names = std::collections::HashSet::new();
         for (i, write) in self.writes.iter().enumerate() {
-            write
-                .new_policy(i)
-                .with_context(|| format!("writes[{i}].policy"))?;
+            let field = format!("writes[{i}].policy");
+            let policy = write.new_policy(i).with_context(|| field.clone())?;
+            policy
+                .definition
+                .validate()
+                .with_context(|| format!("{field}.definition"))?;
+            if !names.insert(policy.name.clone()) {
+                bail!(
+                    "{field}.name: `{}` is written twice (a name is unique in the mesh)",
+                    policy.name
+                );
+            }
         }
         for (i, write) in self.writes.iter().enumerate() {
             let at = write.at_sec;

@@ -7,7 +7,29 @@ use std::process::Command;
 use serde_json::Value;
 
 fn mesh_sim() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mesh-sim"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-sim"));
+    command.env("RUST_LOG", "error");
+    command
+}
+
+/// The `mesh-agent` binary the real engine runs: beside mesh-sim, built first if a run of this
+/// package alone has not built it (`cargo test --workspace` has).
+fn agent_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let sim = PathBuf::from(env!("CARGO_BIN_EXE_mesh-sim"));
+            let agent = sim.with_file_name("mesh-agent");
+            if !agent.is_file() {
+                let status = Command::new(env!("CARGO"))
+                    .args(["build", "-p", "mesh-agent"])
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "cargo build -p mesh-agent");
+            }
+            agent
+        })
+        .clone()
 }
 
 struct Outcome {
@@ -23,14 +45,17 @@ fn run(dir: &Path, text: &str, args: &[&str]) -> Outcome {
     let file = dir.join("scenario.toml");
     std::fs::write(&file, text).unwrap();
     let out = dir.join("out");
-    let output = mesh_sim()
+    let mut command = mesh_sim();
+    command
         .arg("run")
         .arg(&file)
         .arg("--out")
         .arg(&out)
-        .args(args)
-        .output()
-        .unwrap();
+        .args(args);
+    if text.contains("engine = \"real\"") {
+        command.arg("--agent").arg(agent_binary());
+    }
+    let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let code = output.status.code().unwrap_or(-1);
     assert!(
@@ -176,6 +201,84 @@ fn a_bad_scenario_is_refused_before_anything_runs() {
     assert!(stderr.contains("faults[0].nodes"), "{stderr}");
     assert!(stderr.contains("node 12 does not exist"), "{stderr}");
     assert!(!dir.path().join("out").exists());
+}
+
+const REAL: &str = r#"
+name = "real-small"
+engine = "real"
+nodes = 6
+seed = 1
+duration_sec = 24
+sample_ms = 100
+[network]
+delay_ms = 5
+loss = 0.05
+[[writes]]
+at_sec = 3
+node = 0
+[[faults]]
+at_sec = 6
+kind = "partition"
+groups = ["0..3", "3..6"]
+[[writes]]
+at_sec = 7
+node = 5
+[[faults]]
+at_sec = 11
+kind = "heal"
+[[faults]]
+at_sec = 14
+kind = "kill"
+nodes = [2]
+[[faults]]
+at_sec = 15
+kind = "join"
+count = 1
+[[writes]]
+at_sec = 17
+node = 6
+[expect]
+membership_within_sec = 10
+converge_within_sec = 5
+detect_within_sec = 8
+"#;
+
+/// Real processes, real faults: a write made on one side of a partition (blackhole routes
+/// between namespaces) stays on that side until the heal, then reaches everyone; a SIGKILLed
+/// node is seen dead; a node that joins later catches up; 5% loss and 5 ms delay under quinn.
+#[test]
+fn the_real_engine_runs_agents_in_namespaces_with_real_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = run(dir.path(), REAL, &[]);
+    assert_eq!(outcome.code, 0, "{}", outcome.stdout);
+    let r = &outcome.report;
+    assert_eq!(r["engine"], "real");
+    // The write made at 7 s on node 5's side: until the heal at 11 s, at most that half (3 of
+    // 6) holds it.
+    let t = r["series"]["policy_t_ms"].as_array().unwrap();
+    let fraction = r["series"]["policy_fraction"][1].as_array().unwrap();
+    let before_heal: Vec<f64> = t
+        .iter()
+        .zip(fraction)
+        .filter(|(t, _)| t.as_f64().unwrap() < 10_900.0)
+        .map(|(_, f)| f.as_f64().unwrap())
+        .collect();
+    assert!(
+        before_heal.iter().any(|&f| f > 0.0),
+        "written: {before_heal:?}"
+    );
+    assert!(
+        before_heal.iter().all(|&f| f <= 0.5),
+        "crossed the partition: {before_heal:?}"
+    );
+    // Its reach is counted from the heal.
+    assert!(r["writes"][1]["counted_from_ms"].as_f64().unwrap() >= 11_000.0);
+    assert!(r["writes"][1]["reach_100_ms"].is_number());
+    assert_eq!(r["kills"][0]["node"], 2);
+    assert!(r["kills"][0]["all_seen_ms"].is_number());
+    // The node that joined holds the write made on it and everyone else's.
+    assert!(r["writes"][2]["reach_100_ms"].is_number());
+    assert!(r["gossip"]["bytes_per_node_per_sec"].as_f64().unwrap() > 0.0);
 }
 
 /// Each shipped scenario, scaled down to `SCALE` nodes (node indices mapped proportionally),

@@ -32,6 +32,10 @@ pub struct MeshConfig {
     pub dead_node_grace_sec: u64,
     /// How long a delete is remembered (see ARCHITECTURE.md: a node away longer rejoins empty).
     pub tombstone_ttl_sec: u64,
+    /// Simulations only (`mesh-agent run --sim-net-faults FILE`, a hidden flag; no config key
+    /// or variable sets it): loss and delay injected under quinn, as the file says.
+    #[serde(skip)]
+    pub sim_net_faults: Option<PathBuf>,
 }
 
 impl Default for MeshConfig {
@@ -47,6 +51,7 @@ impl Default for MeshConfig {
             suspect_after_ms: 2_000,
             dead_node_grace_sec: 24 * 3600,
             tombstone_ttl_sec: 7 * 24 * 3600,
+            sim_net_faults: None,
         }
     }
 }

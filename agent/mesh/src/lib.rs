@@ -13,6 +13,7 @@
 mod codec;
 mod config;
 mod error;
+mod faults;
 mod gossip;
 mod identity;
 mod links;

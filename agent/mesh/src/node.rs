@@ -108,6 +108,7 @@ impl Mesh {
         let server = tls::server_config(&files)?;
         let client = tls::client_config(&files)?;
         let stats = metrics.clone();
+        let faults = config.sim_net_faults.clone().map(crate::faults::watch);
         let mut quic = None;
         let mesh = Mesh::start_on(
             node_id,
@@ -118,8 +119,9 @@ impl Mesh {
             metrics,
             on_merged,
             |handler| {
-                let (net, inbound) =
-                    Net::bind(socket, server, client, hello, verifier, handler, stats)?;
+                let (net, inbound) = Net::bind(
+                    socket, server, client, hello, verifier, handler, stats, faults,
+                )?;
                 quic = Some(Arc::clone(&net));
                 let transport = QuicTransport::new(Arc::clone(&net), inbound);
                 Ok(Arc::new(QuicLinks::new(net, transport)) as Arc<dyn Links>)

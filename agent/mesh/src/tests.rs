@@ -65,6 +65,7 @@ fn node_with(
         verifier,
         handler,
         super::metrics::MeshMetrics::default(),
+        None,
     )
     .unwrap();
     let addr = net.local_addr().unwrap();

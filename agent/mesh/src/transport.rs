@@ -99,7 +99,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Net {
     /// Runs the endpoint on `socket` (bound by the caller, so that it knows the port before it
     /// says hello) and starts accepting connections. Gossip messages that arrive come out of the
-    /// returned receiver, for the chitchat transport ([`crate::gossip::QuicTransport`]).
+    /// returned receiver, for the chitchat transport ([`crate::gossip::QuicTransport`]). With
+    /// `faults` (simulations only), what the socket sends is subject to them.
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         socket: std::net::UdpSocket,
         server: quinn::ServerConfig,
@@ -108,14 +110,30 @@ impl Net {
         verifier: Arc<Verifier>,
         handler: RequestHandler,
         stats: MeshMetrics,
+        faults: Option<Arc<crate::faults::NetFaults>>,
     ) -> Result<(Arc<Net>, Inbound), MeshError> {
         size_buffers(&socket);
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let mut endpoint = match faults {
+            None => quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                runtime,
+            ),
+            Some(faults) => {
+                use quinn::Runtime;
+                runtime.wrap_udp_socket(socket).and_then(|inner| {
+                    let faulty = crate::faults::FaultySocket::new(inner, faults);
+                    quinn::Endpoint::new_with_abstract_socket(
+                        quinn::EndpointConfig::default(),
+                        Some(server),
+                        Arc::new(faulty),
+                        runtime,
+                    )
+                })
+            }
+        }
         .map_err(MeshError::Endpoint)?;
         endpoint.set_default_client_config(client);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);

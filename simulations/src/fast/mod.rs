@@ -214,6 +214,7 @@ impl Sim<'_> {
             suspect_after_ms: interval * 10,
             dead_node_grace_sec: 3_600,
             tombstone_ttl_sec: 7 * 24 * 3_600,
+            sim_net_faults: None,
         }
     }
 
@@ -289,8 +290,8 @@ impl Sim<'_> {
             FaultKind::KillActor => {
                 self.take_deliveries();
                 match self.recorder.latest_actor() {
-                    Some(i) => self.kill(i).await,
-                    None => self.recorder.no_actor(self.elapsed()),
+                    Some(i) if self.nodes[i].agent.is_some() => self.kill(i).await,
+                    _ => self.recorder.no_actor(self.elapsed()),
                 }
             }
             FaultKind::Restart { nodes } => {

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::fast::agent::{Delivery, Evaluated};
 
-/// Latency buckets: 100 ns times 2^(k/4), up to about 105 ms, then one more for the rest.
-const BUCKETS: usize = 81;
+/// Latency buckets: 100 ns times 2^(k/4), up to about 105 ms (k = 80), then one more for the
+/// rest.
+const BUCKETS: usize = 82;
 const FIRST_BOUND_NS: f64 = 100.0;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -22,10 +23,12 @@ pub struct Actions {
     pub node_actions: u64,
     /// Mesh actions by id, in the order first sent.
     pub mesh: Vec<MeshAction>,
-    /// Sends of an id already sent, not as a takeover: two nodes acting for the mesh at once.
+    /// Sends of an id already sent, not as a takeover, or as a takeover while every node that
+    /// sent it before still runs and no partition is in force: two nodes acting for the mesh at
+    /// once.
     pub duplicates: u64,
-    /// Sends of an id already sent by the node ranked next, after the actor was seen dead (the
-    /// consumer sees one action: the id is the same).
+    /// Sends of an id already sent, by the node ranked next, once the node that sent it had
+    /// stopped (or a partition was in force): the consumer sees one action, the id is the same.
     pub takeovers: u64,
     /// `kill_actor` faults that found no actor yet (ms).
     pub kill_actor_missed_ms: Vec<f64>,
@@ -103,7 +106,14 @@ impl ActionTrack {
         self.max_ns = self.max_ns.max(evaluated.elapsed_ns);
     }
 
-    pub fn delivered(&mut self, at: Duration, delivery: Delivery) {
+    /// `justified` says whether a takeover from these earlier senders is one (they stopped, or
+    /// a partition is in force).
+    pub fn delivered(
+        &mut self,
+        at: Duration,
+        delivery: Delivery,
+        justified: impl Fn(&[usize]) -> bool,
+    ) {
         let a = &mut self.actions;
         let message = delivery.message;
         let Some(mesh) = message.mesh else {
@@ -121,7 +131,8 @@ impl ActionTrack {
         };
         match self.by_id.get(&message.action_id) {
             Some(&k) => {
-                if send.takeover {
+                let senders: Vec<usize> = a.mesh[k].sends.iter().map(|s| s.node).collect();
+                if send.takeover && justified(&senders) {
                     a.takeovers += 1;
                 } else {
                     a.duplicates += 1;

@@ -332,7 +332,12 @@ impl Recorder {
     }
 
     pub fn delivered(&mut self, at: Duration, delivery: Delivery) {
-        self.actions.delivered(at, delivery);
+        let up = &self.up;
+        let partitioned = self.splits.last().is_some_and(|(_, split)| *split);
+        let running = |i: &usize| up.get(i).is_some_and(|(_, since)| since.is_some());
+        self.actions.delivered(at, delivery, |senders| {
+            partitioned || !senders.iter().any(running)
+        });
     }
 
     /// The node that sent the latest mesh action.

@@ -47,8 +47,8 @@ struct Settling {
     members_seen: usize,
     /// How long the persisted membership counts at most (the mesh's dead-node grace: after it,
     /// members that left are forgotten by the mesh too).
-    floor_until: std::time::Instant,
-    first_view: Option<std::time::Instant>,
+    floor_until: tokio::time::Instant,
+    first_view: Option<tokio::time::Instant>,
 }
 
 /// How long after its first mesh view a node trusts its view without a persisted membership.
@@ -70,7 +70,7 @@ impl FactSources {
     /// which counts as the mesh's size for a majority until this node sees as many members, or
     /// for `floor_for` at most.
     pub fn expect_mesh(&self, members_seen: usize, floor_for: std::time::Duration) {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         *lock(&self.mesh) = Some(Settling {
             members_seen,
             floor_until: now.checked_add(floor_for).unwrap_or(now),
@@ -125,10 +125,10 @@ impl FactSources {
         if let Some(settling) = lock(&self.mesh).as_mut() {
             let first = *settling
                 .first_view
-                .get_or_insert_with(std::time::Instant::now);
+                .get_or_insert_with(tokio::time::Instant::now);
             let had_floor = settling.members_seen > 0;
             let reached = view.known >= settling.members_seen;
-            if reached || std::time::Instant::now() >= settling.floor_until {
+            if reached || tokio::time::Instant::now() >= settling.floor_until {
                 // The mesh's own view holds at least as much from here on.
                 settling.members_seen = 0;
             }
