@@ -143,6 +143,7 @@ fn every_key_has_an_env_var_that_works() {
             suspect_after_ms: 11,
             dead_node_grace_sec: 12,
             tombstone_ttl_sec: 3600,
+            sim_net_faults: None,
         },
         mqtt: MqttConfig {
             url: Some("mqtt://b:1884".into()),
