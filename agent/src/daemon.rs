@@ -202,10 +202,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http_metrics,
         Box::pin(shutdown_signal(fatal.clone(), outbox.clone())),
     );
+    // The store is open, the listener bound (connections queue until the server task runs), and
+    // with a mesh the gossip socket is bound: what depends on the agent may start.
+    crate::systemd::ready(if mesh.is_some() {
+        "serving, in a mesh"
+    } else {
+        "serving, alone"
+    });
+    let watchdog = crate::systemd::spawn_watchdog(fatal.clone());
     if let Err(err) = server.await {
         error!(error = %err, "the HTTP server task failed");
     }
 
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Some(link) = mesh_link {
         // The link holds the mesh: once it has let go, the mesh can be shut down.
         link.stop().await;
@@ -236,6 +247,7 @@ async fn shutdown_signal(fatal: Fatal, outbox: Option<Arc<Outbox>>) {
         _ = signal() => {}
         reason = fatal.raised() => info!(reason = %reason, "shutting down after a fatal fault"),
     }
+    crate::systemd::stopping();
     if let Some(outbox) = outbox {
         outbox.close();
     }

@@ -10,6 +10,7 @@ use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
 
 mod daemon;
+mod systemd;
 
 #[derive(Parser)]
 #[command(
