@@ -2,7 +2,8 @@
 //! machines, so the test plays the service manager's side of the notification protocol. It binds
 //! the datagram socket named by `NOTIFY_SOCKET` and checks that the agent says READY only once its
 //! API answers, pings the watchdog while it runs (`WATCHDOG_USEC`), and says STOPPING on SIGTERM
-//! before it exits cleanly. The unit file itself is checked by `systemd-analyze verify`.
+//! before it exits cleanly. The unit file itself is checked by `systemd-analyze verify` and
+//! `security`, and booted under a real systemd in a container.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -142,4 +143,148 @@ fn the_unit_verifies_and_keeps_its_exposure_score() {
         score <= stated,
         "systemd-analyze security scores the unit {score}, the README says {stated}:\n{text}"
     );
+}
+
+/// A Debian root with systemd, made once by `debootstrap` and kept (`MESH_TEST_DEBIAN_ROOT`, or
+/// under /var/tmp): the boot test copies this build's binary and unit into it each run.
+fn debian_root() -> Result<std::path::PathBuf, String> {
+    let root = std::env::var_os("MESH_TEST_DEBIAN_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/mesh-agent-debian-root".into());
+    if root.join("usr/lib/systemd/systemd").exists() {
+        return Ok(root);
+    }
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let output = Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus",
+            "bookworm",
+        ])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .map_err(|err| format!("debootstrap: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "debootstrap failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&partial, &root).map_err(|err| err.to_string())?;
+    Ok(root)
+}
+
+/// The shipped unit, hardening and all, boots under a real systemd (in `systemd-nspawn -b`): it
+/// reaches `active` with the agent's status, answers `/health`, restarts nothing, and stops with
+/// `Result=success`. Needs root, `systemd-nspawn` and a Debian root; where those cannot be had,
+/// the test says why and passes on the notification test above.
+#[test]
+fn the_unit_boots_under_systemd_in_a_container() {
+    // Safety: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        || Command::new("systemd-nspawn")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "skipped: needs root and systemd-nspawn (Debian: systemd-container); the NOTIFY_SOCKET test covers the protocol"
+        );
+        return;
+    }
+    let root = match debian_root() {
+        Ok(root) => root,
+        Err(why) => {
+            eprintln!(
+                "skipped: no Debian root ({why}); the NOTIFY_SOCKET test covers the protocol"
+            );
+            return;
+        }
+    };
+    let addr = free_addr();
+    let etc = root.join("etc");
+    std::fs::create_dir_all(etc.join("mesh-agent")).unwrap();
+    std::fs::write(
+        etc.join("mesh-agent/agent.toml"),
+        format!("http_listen = \"{addr}\"\n"),
+    )
+    .unwrap();
+    std::fs::copy(bin(), root.join("usr/local/bin/mesh-agent")).unwrap();
+    let units = etc.join("systemd/system");
+    let wants = units.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mesh-agent.service"),
+        units.join("mesh-agent.service"),
+    )
+    .unwrap();
+    // The probe waits for the test's word (a file it writes into the root), then stops the agent
+    // and powers the container off, writing what systemd said at each step.
+    std::fs::write(
+        units.join("probe.service"),
+        "[Unit]\nAfter=mesh-agent.service\n[Service]\nType=oneshot\nExecStart=/bin/sh -c '\
+         while [ ! -e /probe.go ]; do sleep 0.1; done; \
+         systemctl show -p ActiveState,StatusText,NRestarts mesh-agent > /probe.txt; \
+         systemctl stop mesh-agent; \
+         systemctl show -p ActiveState,Result mesh-agent >> /probe.txt; \
+         systemctl poweroff'\n",
+    )
+    .unwrap();
+    for unit in ["mesh-agent.service", "probe.service"] {
+        let link = wants.join(unit);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link).unwrap();
+    }
+    for stale in ["probe.go", "probe.txt"] {
+        let _ = std::fs::remove_file(root.join(stale));
+    }
+    let mut container = Command::new("systemd-nspawn")
+        .args(["-q", "-b", "--register=no", "--keep-unit", "-D"])
+        .arg(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let health = test_support::wait_until(PATIENCE, || {
+        http.get(format!("http://{addr}/health"))
+            .send()
+            .map_err(|err| err.to_string())
+            .and_then(|r| {
+                let status = r.status();
+                r.text()
+                    .map_err(|err| err.to_string())
+                    .map(|body| (status, body))
+            })
+    });
+    std::fs::write(root.join("probe.go"), "").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = container.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = container.kill();
+            panic!("the container did not power off");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let probe = std::fs::read_to_string(root.join("probe.txt")).unwrap_or_default();
+    assert_eq!(health.0, 200, "{}", health.1);
+    assert!(status.success(), "systemd-nspawn: {status}");
+    for line in [
+        "ActiveState=active",
+        "StatusText=serving, alone",
+        "NRestarts=0",
+        "ActiveState=inactive",
+        "Result=success",
+    ] {
+        assert!(probe.lines().any(|l| l == line), "no `{line}` in:\n{probe}");
+    }
 }
