@@ -288,8 +288,9 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "mesh-agent failed");
-            eprintln!("error: {err:#}");
+            let message = chain_text(&err);
+            tracing::error!(error = %message, "mesh-agent failed");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -357,7 +358,53 @@ fn policy_test(dir: &std::path::Path, verbose: bool) -> ExitCode {
     }
 }
 
+/// The error and its causes, as `{:#}` gives them, leaving out a cause whose text its error's own
+/// message already ends with (a typed error that names its cause and also returns it as its
+/// source would otherwise say it twice).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 fn fail(err: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("error: {err}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    /// Names its cause in its message, and returns it as its source.
+    #[derive(Debug)]
+    struct Read(std::io::Error);
+
+    impl std::fmt::Display for Read {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Read {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_names_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::from(Read(io)).context("starting");
+        assert_eq!(chain_text(&err), "starting: cannot read x: no such file");
+    }
 }
