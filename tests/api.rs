@@ -451,3 +451,54 @@ fn batch_evaluates_each_event_or_none() {
         "nothing else was recorded"
     );
 }
+
+/// `[limits]`: past its burst a client's evaluations are answered 429 with `Retry-After` and the
+/// API's error shape; other routes, and OPA's reads, are not limited; the refusals are counted.
+#[test]
+fn evaluations_past_a_clients_rate_are_refused_with_retry_after() {
+    let agent = Agent::start(
+        Options::default()
+            .env("MESH_AGENT_LIMITS_EVALUATE_PER_SECOND", "1")
+            .env("MESH_AGENT_LIMITS_EVALUATE_BURST", "3"),
+    );
+    let http = reqwest::blocking::Client::new();
+    let evaluate = || {
+        http.post(agent.url("/evaluate"))
+            .json(&event("cpu_spike", 5.0, json!({})))
+            .send()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(evaluate().status(), 200, "within the burst");
+    }
+    // One a second refills: of the next 50, sent back to back, most are refused.
+    let refused: Vec<reqwest::blocking::Response> = (0..50)
+        .map(|_| evaluate())
+        .filter(|r| r.status() == 429)
+        .collect();
+    assert!(!refused.is_empty(), "nothing refused");
+    let first = refused.into_iter().next().unwrap();
+    let retry: u64 = first.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body: Value = first.json().unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Not limited: the policy routes, OPA's data reads, health.
+    for _ in 0..10 {
+        assert_eq!(agent.get("/policies").0, 200);
+        assert_eq!(agent.get("/v1/data").0, 200);
+    }
+    let (status, _) = agent.post("/v1/data/x", &json!({"input": {}}));
+    assert_eq!(status, 429, "OPA's POST /v1/data is an evaluation route");
+    let metrics = agent.metrics();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("http_requests_rate_limited_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(counted >= 2.0, "{metrics}");
+}

@@ -197,7 +197,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_metrics = metrics.http.clone();
     let server = agent_http::spawn(
         listener,
-        api::router(state, config.max_body_bytes),
+        api::router(
+            state,
+            config.max_body_bytes,
+            config.limits.limiter(http_metrics.rate_limited.clone()),
+        ),
         config.http.limits(),
         http_metrics,
         Box::pin(shutdown_signal(fatal.clone(), outbox.clone())),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use agent_decision::Decider;
 use agent_decision::audit::AuditLog;
@@ -49,7 +49,20 @@ pub struct AppState {
 }
 
 /// All routes, with request bodies limited to `max_body_bytes`.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The API's routes; with `evaluate_limit`, the evaluation routes (`/evaluate`,
+/// `/evaluate/batch`, OPA's `POST /v1/data...` and `/v1/validate`) are rate limited per client.
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    evaluate_limit: Option<Arc<agent_http::ClientLimiter>>,
+) -> Router {
+    let limited = |route: MethodRouter<AppState>| match &evaluate_limit {
+        Some(limiter) => route.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(limiter),
+            agent_http::rate_limited,
+        )),
+        None => route,
+    };
     Router::new()
         .route("/policies", post(policies::create).get(policies::list))
         .route(
@@ -59,8 +72,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .delete(policies::delete),
         )
         .route("/policies/{id}/versions", get(policies::versions))
-        .route("/evaluate", post(evaluate::one))
-        .route("/evaluate/batch", post(evaluate::batch))
+        .route("/evaluate", limited(post(evaluate::one)))
+        .route("/evaluate/batch", limited(post(evaluate::batch)))
         .route("/audit", get(audit::read))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
@@ -79,23 +92,23 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/v1/data",
             get(opa::get_data_root)
-                .post(opa::post_data_root)
-                .put(opa::put_data_root),
+                .put(opa::put_data_root)
+                .merge(limited(post(opa::post_data_root))),
         )
         .route(
             "/v1/data/",
             get(opa::get_data_root)
-                .post(opa::post_data_root)
-                .put(opa::put_data_root),
+                .put(opa::put_data_root)
+                .merge(limited(post(opa::post_data_root))),
         )
         .route(
             "/v1/data/{*path}",
             get(opa::get_data)
-                .post(opa::post_data)
                 .put(opa::put_data)
-                .delete(opa::delete_data),
+                .delete(opa::delete_data)
+                .merge(limited(post(opa::post_data))),
         )
-        .route("/v1/validate", post(opa::validate))
+        .route("/v1/validate", limited(post(opa::validate)))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {

@@ -38,6 +38,9 @@ use tracing::{debug, warn};
 
 use agent_base::InvalidSetting;
 
+pub mod limit;
+pub use limit::{ClientLimiter, LimitsConfig, rate_limited};
+
 /// The `[http]` section of the config: limits on connections and requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,6 +110,8 @@ pub struct HttpMetrics {
     pub evicted: Counter,
     pub refused: Counter,
     pub timed_out: Counter,
+    /// Requests answered 429 by a per-client rate limit ([`limit`]).
+    pub rate_limited: Counter,
 }
 
 impl HttpMetrics {
@@ -131,6 +136,11 @@ impl HttpMetrics {
             "http_requests_timed_out",
             "HTTP requests answered 408 after http.request_timeout_ms",
             metrics.timed_out.clone(),
+        );
+        registry.register(
+            "http_requests_rate_limited",
+            "HTTP requests answered 429 by a per-client rate limit (limits.*)",
+            metrics.rate_limited.clone(),
         );
         metrics
     }
@@ -311,6 +321,7 @@ async fn connection(
     metrics: HttpMetrics,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let peer = stream.peer_addr().ok();
     let service = {
         let connections = Arc::clone(&connections);
         let metrics = metrics.clone();
@@ -320,11 +331,15 @@ async fn connection(
             let metrics = metrics.clone();
             async move {
                 connections.busy(id);
-                let answer = tokio::time::timeout(
-                    limits.request_timeout,
-                    router.oneshot(request.map(Body::new)),
-                )
-                .await;
+                let mut request = request.map(Body::new);
+                // Who asks, for per-client limits ([`limit`]).
+                if let Some(peer) = peer {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                let answer =
+                    tokio::time::timeout(limits.request_timeout, router.oneshot(request)).await;
                 connections.done(id);
                 let response: Response<Body> = match answer {
                     Ok(Ok(response)) => response,

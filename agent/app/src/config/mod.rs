@@ -19,7 +19,7 @@ pub use agent_decision::DecisionsConfig;
 pub use agent_decision::audit::AuditConfig;
 pub use agent_decision::outbox::OutboxConfig;
 pub use agent_decision::summary::SummaryConfig;
-pub use agent_http::HttpConfig;
+pub use agent_http::{HttpConfig, LimitsConfig};
 pub use agent_mesh::MeshConfig;
 pub use agent_mqtt::{MqttConfig, UpstreamConfig};
 pub use agent_policy::opa::{FailMode, RegoConfig};
@@ -82,6 +82,7 @@ pub struct Config {
     /// this many seconds are one incident (a retry or a redelivery); after it, a new one.
     pub dedup_window_sec: u64,
     pub http: HttpConfig,
+    pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
     pub mesh: MeshConfig,
@@ -103,6 +104,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             dedup_window_sec: 120,
             http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
             mesh: MeshConfig::default(),
@@ -140,6 +142,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("http.header_read_timeout_ms", Kind::Integer),
     ("http.idle_timeout_ms", Kind::Integer),
     ("http.request_timeout_ms", Kind::Integer),
+    ("limits.evaluate_per_second", Kind::Integer),
+    ("limits.evaluate_burst", Kind::Integer),
     ("audit.capacity", Kind::Integer),
     ("audit.max_bytes", Kind::Integer),
     ("audit.commit_interval_ms", Kind::Integer),
@@ -220,6 +224,7 @@ impl Config {
             })?;
         }
         self.http.validate()?;
+        self.limits.validate()?;
         self.audit.validate()?;
         self.rego.validate()?;
         self.mesh.validate()?;

@@ -57,6 +57,8 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_HTTP_HEADER_READ_TIMEOUT_MS", "13"),
             ("MESH_AGENT_HTTP_IDLE_TIMEOUT_MS", "14"),
             ("MESH_AGENT_HTTP_REQUEST_TIMEOUT_MS", "15"),
+            ("MESH_AGENT_LIMITS_EVALUATE_PER_SECOND", "20"),
+            ("MESH_AGENT_LIMITS_EVALUATE_BURST", "40"),
             ("MESH_AGENT_AUDIT_CAPACITY", "5"),
             ("MESH_AGENT_AUDIT_MAX_BYTES", "2000000"),
             ("MESH_AGENT_AUDIT_COMMIT_INTERVAL_MS", "7"),
@@ -118,6 +120,10 @@ fn every_key_has_an_env_var_that_works() {
             header_read_timeout_ms: 13,
             idle_timeout_ms: 14,
             request_timeout_ms: 15,
+        },
+        limits: agent_http::LimitsConfig {
+            evaluate_per_second: 20,
+            evaluate_burst: 40,
         },
         audit: AuditConfig {
             capacity: 5,
