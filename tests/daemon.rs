@@ -214,6 +214,18 @@ fn check_config_says_exactly_what_is_wrong() {
         stdout.contains("ok") && stdout.contains("capacity = 500"),
         "{stdout}"
     );
+    // The unit runs it before every start, into the journal: the broker password is not shown.
+    let secret = tmp.path().join("secret.toml");
+    std::fs::write(
+        &secret,
+        "[mqtt]\nurl = \"mqtt://b:1883\"\nusername = \"u\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let out = check_config(&secret);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("(set, not shown)"), "{stdout}");
 
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "node_id = \"edge-7\"\n\n[audit]\ncapacty = 500\n").unwrap();

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 
 use test_support::{PATIENCE, bin, free_addr};
 
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Reads notifications until one holds `wanted` (every line of every message is kept).
 fn wait_for(socket: &UnixDatagram, wanted: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + PATIENCE;
@@ -43,7 +52,8 @@ fn the_agent_says_ready_once_it_answers_pings_the_watchdog_and_says_stopping() {
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let addr = free_addr();
-    let mut child = Command::new(bin())
+    let mut command = Command::new(bin());
+    command
         .arg("run")
         .args([
             "--node-id",
@@ -59,9 +69,9 @@ fn the_agent_says_ready_once_it_answers_pings_the_watchdog_and_says_stopping() {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // Killed if the test fails part way, so no agent outlives it.
+    let mut child = KillOnDrop(command.spawn().unwrap());
     let http = reqwest::blocking::Client::builder()
         .timeout(PATIENCE)
         .build()
@@ -78,11 +88,11 @@ fn the_agent_says_ready_once_it_answers_pings_the_watchdog_and_says_stopping() {
     // Watchdog pings keep coming while it runs: two in a row, after READY.
     wait_for(&socket, "WATCHDOG=1", &mut seen);
     wait_for(&socket, "WATCHDOG=1", &mut seen);
-    let pid = child.id() as i32;
+    let pid = child.0.id() as i32;
     // Safety: kill has no memory-safety preconditions; pid is our child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     wait_for(&socket, "STOPPING=1", &mut seen);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(
         status.success(),
         "stopped cleanly: {status}; it sent {seen:?}"
@@ -112,8 +122,15 @@ fn the_unit_verifies_and_keeps_its_exposure_score() {
         .arg(&path)
         .output()
         .expect("systemd-analyze (Debian: systemd)");
+    // Only what it says of this unit: another host's units (what network-online.target wants)
+    // may have warnings of their own.
+    let own: Vec<&str> = std::str::from_utf8(&verify.stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("mesh-agent.service"))
+        .collect();
     assert!(
-        verify.status.success() && verify.stderr.is_empty(),
+        verify.status.success() && own.is_empty(),
         "systemd-analyze verify: {}{}",
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)

@@ -321,9 +321,13 @@ fn collector(args: CollectorArgs) -> ExitCode {
 
 fn check_config(file: PathBuf) -> ExitCode {
     match Config::load(Some(&file), std::env::vars()) {
-        Ok(config) => {
+        Ok(mut config) => {
             println!("{}: ok", file.display());
             println!("node_id (resolved) = {:?}", config.resolved_node_id());
+            // The unit runs this before every start, into the journal: no secret goes there.
+            if config.mqtt.password.is_some() {
+                config.mqtt.password = Some("(set, not shown)".into());
+            }
             match toml::to_string_pretty(&config) {
                 Ok(text) => print!("{text}"),
                 Err(err) => return fail(&err),

@@ -58,6 +58,14 @@ struct Sim<'a> {
     start: Instant,
     recorder: Recorder,
     no_group: usize,
+    /// The partition in force (node indices per group), re-applied when a node joins.
+    partition: Option<Vec<Vec<usize>>>,
+    /// Loss and delay for every node's links, and for some nodes', as the scenario set them: a
+    /// node's own is the worse of the two, as in the fast engine.
+    everyone: (f64, f64),
+    degraded: HashMap<usize, (f64, f64)>,
+    /// Whether any link is ever degraded: if not, the agents run on quinn's own socket.
+    faulty: bool,
 }
 
 /// Runs `scenario` with `agent` (the `mesh-agent` binary) as every node.
@@ -104,8 +112,22 @@ pub async fn run(
         start: Instant::now(),
         recorder: Recorder::new(scenario),
         no_group: 0,
+        partition: None,
+        everyone: (scenario.network.loss, scenario.network.delay_ms),
+        degraded: HashMap::new(),
+        faulty: scenario.network.loss > 0.0
+            || scenario.network.delay_ms > 0.0
+            || scenario
+                .faults
+                .iter()
+                .any(|f| matches!(f.kind, FaultKind::Degrade { .. })),
     };
-    let outcome = sim.drive(progress).await;
+    // Interrupted, the run still takes everything down (processes, namespaces, the bridge, the
+    // kernel settings it raised) before it ends.
+    let outcome = tokio::select! {
+        outcome = sim.drive(progress) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
     // Every process goes, whatever happened; the network goes when `sim` drops.
     for node in &mut sim.nodes {
         if let Some(mut child) = node.process.take() {
@@ -217,12 +239,17 @@ impl Sim<'_> {
             group: self.no_group,
             traffic: Traffic::default(),
         });
-        let network = &self.scenario.network;
-        self.set_faults(i, network.loss, network.delay_ms)?;
+        self.write_faults(i)?;
         self.spawn(i)
     }
 
-    fn set_faults(&self, i: usize, loss: f64, delay_ms: f64) -> anyhow::Result<()> {
+    /// Node `i`'s loss and delay: the worse of everyone's and its own.
+    fn write_faults(&self, i: usize) -> anyhow::Result<()> {
+        let (mut loss, mut delay_ms) = self.everyone;
+        if let Some(&(own_loss, own_delay)) = self.degraded.get(&i) {
+            loss = loss.max(own_loss);
+            delay_ms = delay_ms.max(own_delay);
+        }
         // Written whole, then renamed: the agent never reads half a file.
         let file = self.nodes[i].dir.join("net-faults");
         let tmp = file.with_extension("tmp");
@@ -255,8 +282,6 @@ impl Sim<'_> {
             .arg(&self.tls)
             .args(["--gossip-listen", &node.gossip.to_string()])
             .args(["--cluster-id", "sim"])
-            .arg("--sim-net-faults")
-            .arg(node.dir.join("net-faults"))
             .env(
                 "MESH_AGENT_MESH_GOSSIP_INTERVAL_MS",
                 s.gossip_interval_ms.to_string(),
@@ -272,6 +297,11 @@ impl Sim<'_> {
             .stderr(log);
         for seed in &seeds {
             command.args(["--seed", seed]);
+        }
+        if self.faulty {
+            command
+                .arg("--sim-net-faults")
+                .arg(node.dir.join("net-faults"));
         }
         let child = command
             .spawn()
@@ -348,6 +378,7 @@ impl Sim<'_> {
                     members.push(set);
                 }
                 self.net.partition(&members)?;
+                self.partition = Some(members);
                 self.no_group = groups.len();
                 self.recorder.partitioned(self.elapsed());
                 for node in &mut self.nodes {
@@ -356,6 +387,7 @@ impl Sim<'_> {
             }
             FaultKind::Heal => {
                 self.net.heal()?;
+                self.partition = None;
                 self.no_group = 0;
                 for node in &mut self.nodes {
                     node.group = 0;
@@ -368,19 +400,29 @@ impl Sim<'_> {
                 loss,
                 delay_ms,
             } => {
-                let targets = match nodes {
-                    Some(set) => set.resolve(n)?,
-                    None => (0..n).collect(),
-                };
-                for i in targets {
-                    self.set_faults(i, *loss, *delay_ms)?;
+                match nodes {
+                    Some(set) => {
+                        for i in set.resolve(n)? {
+                            self.degraded.insert(i, (*loss, *delay_ms));
+                        }
+                    }
+                    None => self.everyone = (*loss, *delay_ms),
+                }
+                for i in 0..n {
+                    self.write_faults(i)?;
                 }
             }
             FaultKind::Join { count } => {
                 for _ in 0..*count {
                     self.add_node()?;
                     let i = self.nodes.len() - 1;
+                    // A node that joins during a partition is in the one more group, cut off
+                    // from every listed group, as in the fast engine.
+                    if let Some(groups) = &self.partition {
+                        self.net.partition(groups)?;
+                    }
                     self.wait_ready(i).await?;
+                    self.nodes[i].settled_from = Instant::now();
                     self.recorder.node_up(i, self.elapsed());
                 }
             }
@@ -481,7 +523,8 @@ impl Sim<'_> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|m| m["state"] == "alive")
+                // Live as chitchat holds it (alive or suspect), as the fast engine counts.
+                .filter(|m| m["state"] != "dead")
                 .filter_map(|m| m["node_id"].as_str())
                 .collect();
             if running_ids.iter().any(|id| !alive.contains(id)) {
@@ -529,6 +572,21 @@ impl Sim<'_> {
             gossip_lost: earlier.gossip_lost + counter("mesh_gossip_dropped_messages"),
             pull_bytes: earlier.pull_bytes,
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

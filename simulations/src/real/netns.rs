@@ -55,14 +55,22 @@ impl Network {
             namespaces: Vec::new(),
         };
         let root = Ipv4Addr::new(10, subnet, 0, 1);
+        if let Err(err) = ip(&[], &format!("link add {} type bridge\n", network.bridge)) {
+            // Not ours (another run's, or one left behind): dropping must not delete it.
+            let mut network = network;
+            let bridge = std::mem::take(&mut network.bridge);
+            return Err(err.context(format!(
+                "creating bridge {bridge} (left by an earlier run? `ip link del {bridge}`)"
+            )));
+        }
         ip(
             &[],
             &format!(
-                "link add {b} type bridge\naddr add {root}/16 dev {b}\nlink set {b} up\n",
+                "addr add {root}/16 dev {b}\nlink set {b} up\n",
                 b = network.bridge
             ),
         )
-        .context("creating the bridge")?;
+        .context("configuring the bridge")?;
         Ok(network)
     }
 
@@ -82,12 +90,14 @@ impl Network {
         let ns = format!("msim-{}-{i}", self.run);
         let host = format!("ms{}h{i}", self.run);
         let peer = format!("ms{}p{i}", self.run);
+        // Recorded first, so that dropping removes it whatever part of the batch failed (removing
+        // a namespace removes its end of the veth pair, and with it the other).
+        self.namespaces.push(ns.clone());
         ip(&[], &format!(
             "netns add {ns}\nlink add {host} type veth peer name {peer}\nlink set {host} master {b}\nlink set {host} up\nlink set {peer} netns {ns}\n",
             b = self.bridge
         ))
         .with_context(|| format!("creating node {i}'s namespace"))?;
-        self.namespaces.push(ns.clone());
         ip(&["-n", &ns], &format!(
             "link set lo up\nlink set {peer} name eth0\naddr add {}/16 dev eth0\nlink set eth0 up\n",
             self.addr(i)
@@ -137,7 +147,9 @@ impl Drop for Network {
             .iter()
             .map(|ns| format!("netns del {ns}\n"))
             .collect();
-        batch.push_str(&format!("link del {}\n", self.bridge));
+        if !self.bridge.is_empty() {
+            batch.push_str(&format!("link del {}\n", self.bridge));
+        }
         if let Err(err) = ip(&["-force"], &batch) {
             eprintln!("mesh-sim: removing the simulated network: {err:#}");
         }
@@ -155,12 +167,26 @@ fn raise_neigh_thresholds(nodes: usize) -> anyhow::Result<Vec<(&'static str, Str
     let wanted = [pairs / 4, pairs, 2 * pairs];
     let mut before = Vec::new();
     for (path, want) in NEIGH_THRESH.iter().zip(wanted).rev() {
-        let now = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        // Only the host's own namespace has these (in a container's they are missing): then the
+        // host's settings hold, and a large run may find its neighbours refused.
+        let Ok(now) = std::fs::read_to_string(path) else {
+            eprintln!(
+                "mesh-sim: {path} is not there (a container?); the neighbour table keeps its size"
+            );
+            break;
+        };
         if now.trim().parse::<usize>().is_ok_and(|n| n < want) {
-            std::fs::write(path, want.to_string()).with_context(|| format!("raising {path}"))?;
+            if let Err(err) = std::fs::write(path, want.to_string()) {
+                // Put back what was raised already, then say why.
+                for (path, value) in before.iter().rev() {
+                    let _ = std::fs::write(path, value);
+                }
+                bail!("raising {path}: {err}");
+            }
             before.push((*path, now.trim().to_owned()));
         }
     }
+    // Restored lowest first: the kernel wants gc_thresh1 <= gc_thresh2 <= gc_thresh3.
     before.reverse();
     Ok(before)
 }
