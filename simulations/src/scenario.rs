@@ -34,6 +34,7 @@
 //! ```
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -540,6 +541,11 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// A scenario time (seconds, never negative) as a duration from the start.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
 }
 
 fn check_link(field: &str, loss: f64, delay_ms: f64) -> anyhow::Result<()> {

@@ -21,8 +21,8 @@ use anyhow::Context;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
-use crate::report::{Detection, Recorder, Report, Run};
-use crate::scenario::{FaultKind, Scenario};
+use crate::report::{Detection, Recorder, Report, Run, SETTLE};
+use crate::scenario::{FaultKind, Scenario, secs};
 use agent::{Agent, Delivery};
 use incidents::Workload;
 use network::{LinkQuality, SimNet};
@@ -35,9 +35,6 @@ const START_JITTER_STREAM: u64 = 0x005e_ed0f_57a7;
 /// Liveness sampling while a figure depends on it (membership, a detection), and otherwise.
 const LIVENESS_FINE: Duration = Duration::from_millis(100);
 const LIVENESS_COARSE: Duration = Duration::from_secs(1);
-
-/// How long a node must have been up and reachable before not seeing it live is a false alarm.
-const SETTLE: Duration = Duration::from_secs(10);
 
 struct SimNode {
     id: String,
@@ -173,10 +170,6 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         }
     }
     Ok(report)
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.0))
 }
 
 fn ms(ms: f64) -> Duration {

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::fast::network::Traffic;
 use crate::fast::node_id;
-use crate::report::{Detection, Recorder, Report, Run};
-use crate::scenario::{FaultKind, Scenario};
+use crate::report::{Detection, Recorder, Report, Run, SETTLE};
+use crate::scenario::{FaultKind, Scenario, secs};
 use netns::Network;
 
 const HTTP_PORT: u16 = 8080;
@@ -32,8 +32,6 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// at 100 nodes on 2 cores sampling every 250 ms took enough of the CPU the agents need to slow
 /// the rollout it measures (writes past 10 s instead of about 6 s).
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
-/// How long a node must have been up and reachable before not seeing it live is a false alarm.
-const SETTLE: Duration = Duration::from_secs(10);
 
 struct Node {
     id: String,
@@ -588,8 +586,4 @@ async fn interrupted() -> &'static str {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     }
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.0))
 }
