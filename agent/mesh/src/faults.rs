@@ -102,6 +102,26 @@ pub fn watch(path: PathBuf) -> Arc<NetFaults> {
     faults
 }
 
+/// The endpoint on `socket`: on quinn's own socket, or with `faults` (simulations only) on a
+/// [`FaultySocket`] around it.
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+    faults: Option<Arc<NetFaults>>,
+) -> io::Result<quinn::Endpoint> {
+    use quinn::Runtime;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let config = quinn::EndpointConfig::default();
+    match faults {
+        None => quinn::Endpoint::new(config, Some(server), socket, runtime),
+        Some(faults) => {
+            let inner = runtime.wrap_udp_socket(socket)?;
+            let faulty = Arc::new(FaultySocket::new(inner, faults));
+            quinn::Endpoint::new_with_abstract_socket(config, Some(server), faulty, runtime)
+        }
+    }
+}
+
 /// quinn's socket, with `faults` applied to what it sends.
 pub struct FaultySocket {
     inner: Arc<dyn AsyncUdpSocket>,

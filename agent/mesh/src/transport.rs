@@ -113,28 +113,8 @@ impl Net {
         faults: Option<Arc<crate::faults::NetFaults>>,
     ) -> Result<(Arc<Net>, Inbound), MeshError> {
         size_buffers(&socket);
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let mut endpoint = match faults {
-            None => quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(server),
-                socket,
-                runtime,
-            ),
-            Some(faults) => {
-                use quinn::Runtime;
-                runtime.wrap_udp_socket(socket).and_then(|inner| {
-                    let faulty = crate::faults::FaultySocket::new(inner, faults);
-                    quinn::Endpoint::new_with_abstract_socket(
-                        quinn::EndpointConfig::default(),
-                        Some(server),
-                        Arc::new(faulty),
-                        runtime,
-                    )
-                })
-            }
-        }
-        .map_err(MeshError::Endpoint)?;
+        let mut endpoint =
+            crate::faults::endpoint(socket, server, faults).map_err(MeshError::Endpoint)?;
         endpoint.set_default_client_config(client);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let net = Arc::new(Net {
