@@ -216,11 +216,18 @@ fn print_summary(r: &Report) {
     println!("  membership complete: {}", opt(r.membership_ms));
     if !r.writes.is_empty() {
         println!(
-            "  rollout: 99% median {} max {}; 100% median {} max {}",
+            "  rollout: 99% median {} max {}; 100% median {} max {}{}",
             opt(r.rollout.reach_99_median_ms),
             opt(r.rollout.reach_99_max_ms),
             opt(r.rollout.reach_100_median_ms),
-            opt(r.rollout.reach_100_max_ms)
+            opt(r.rollout.reach_100_max_ms),
+            match r.rollout.incomplete {
+                0 => String::new(),
+                n => format!(
+                    " ({n} of {} writes never reached every node)",
+                    r.writes.len()
+                ),
+            }
         );
     }
     for k in &r.kills {

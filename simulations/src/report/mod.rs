@@ -64,8 +64,11 @@ pub struct WriteFigures {
     pub skipped: bool,
 }
 
+/// Over the writes that reached 99% (100%) of the nodes.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Rollout {
+    /// Writes that never reached every node.
+    pub incomplete: usize,
     pub reach_99_median_ms: Option<f64>,
     pub reach_99_max_ms: Option<f64>,
     pub reach_100_median_ms: Option<f64>,
@@ -411,13 +414,16 @@ impl Recorder {
             })
             .collect();
         let made: Vec<&WriteFigures> = writes.iter().filter(|w| !w.skipped).collect();
+        // Over the writes that got there (one that never did is named by its expectation, and
+        // counted in `incomplete`).
         let figures = |pick: fn(&WriteFigures) -> Option<f64>| {
-            let values: Option<Vec<f64>> = made.iter().map(|w| pick(w)).collect();
-            values.filter(|v| !v.is_empty())
+            let values: Vec<f64> = made.iter().filter_map(|w| pick(w)).collect();
+            (!values.is_empty()).then_some(values)
         };
         let r99 = figures(|w| w.reach_99_ms);
         let r100 = figures(|w| w.reach_100_ms);
         let rollout = Rollout {
+            incomplete: made.iter().filter(|w| w.reach_100_ms.is_none()).count(),
             reach_99_median_ms: r99.as_deref().map(median),
             reach_99_max_ms: r99.as_deref().map(max),
             reach_100_median_ms: r100.as_deref().map(median),
