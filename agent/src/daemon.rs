@@ -214,9 +214,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "serving, alone"
     });
     let watchdog = crate::systemd::spawn_watchdog(fatal.clone());
-    if let Err(err) = server.await {
-        error!(error = %err, "the HTTP server task failed");
-    }
+    // The server task ends when the shutdown signal resolves, or if it panicked: then the agent
+    // stops all the same, and exits non-zero so that systemd starts it again.
+    let server_failed = server.await.err().map(|err| {
+        error!(error = %err, "the HTTP server task failed; stopping");
+        crate::systemd::stopping();
+        err.to_string()
+    });
 
     if let Some(watchdog) = watchdog {
         watchdog.abort();
@@ -238,6 +242,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(reason) = fatal.reason() {
         // Non-zero: systemd (Restart=on-failure) starts the agent again on a freshly opened file.
         anyhow::bail!("stopped after a fatal fault: {reason}");
+    }
+    if let Some(reason) = server_failed {
+        anyhow::bail!("stopped after the HTTP server task failed: {reason}");
     }
     info!("mesh-agent stopped");
     Ok(())
