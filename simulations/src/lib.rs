@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod fast;
+pub mod reach;
 pub mod real;
 pub mod report;
 pub mod scenario;

@@ -21,7 +21,8 @@ use anyhow::Context;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
-use crate::report::{Detection, Recorder, Report, Run, SETTLE};
+use crate::reach::Reach;
+use crate::report::{Detection, Recorder, Report, Run};
 use crate::scenario::{FaultKind, Scenario, secs};
 use agent::{Agent, Delivery};
 use incidents::Workload;
@@ -42,9 +43,6 @@ struct SimNode {
     store: Arc<Store>,
     /// While it runs.
     agent: Option<Agent>,
-    /// Since when it has run and been reachable (start, restart, join, heal).
-    settled_from: Instant,
-    group: usize,
 }
 
 /// Node `i`'s address: 10.x.y.z, port 7946 (IP seeds: no DNS in a simulation).
@@ -83,7 +81,7 @@ pub async fn run(scenario: &Scenario, progress: &dyn Fn(f64)) -> anyhow::Result<
         nodes: Vec::with_capacity(max_nodes),
         start,
         recorder: Recorder::new(scenario),
-        no_group: 0,
+        reach: Reach::default(),
         deliveries,
         delivered,
     };
@@ -183,8 +181,7 @@ struct Sim<'a> {
     nodes: Vec<SimNode>,
     start: Instant,
     recorder: Recorder,
-    /// The group of nodes in none of the partition's groups (0 when there is no partition).
-    no_group: usize,
+    reach: Reach,
     /// Actions the nodes' upstreams took out of their outboxes, not yet recorded.
     deliveries: UnboundedSender<Delivery>,
     delivered: UnboundedReceiver<Delivery>,
@@ -220,10 +217,8 @@ impl Sim<'_> {
             addr: node_addr(i),
             store,
             agent: None,
-            settled_from: Instant::now(),
-            // During a partition a node not in any group is in the one more group.
-            group: self.no_group,
         });
+        self.reach.add(i, Instant::now());
         self.start_node(i).await
     }
 
@@ -265,7 +260,7 @@ impl Sim<'_> {
         .with_context(|| format!("starting {}", node.id))?;
         let node = &mut self.nodes[i];
         node.agent = Some(agent);
-        node.settled_from = Instant::now();
+        self.reach.up(i, Instant::now());
         let at = self.elapsed();
         self.recorder.node_up(i, at);
         Ok(())
@@ -293,31 +288,18 @@ impl Sim<'_> {
                 }
             }
             FaultKind::Partition { groups } => {
-                let mut addrs = Vec::new();
-                for node in &mut self.nodes {
-                    node.group = groups.len();
-                }
-                for (g, set) in groups.iter().enumerate() {
-                    let members = set.resolve(n)?;
-                    for &i in &members {
-                        self.nodes[i].group = g;
-                    }
-                    addrs.push(members.iter().map(|&i| self.nodes[i].addr).collect());
-                }
+                let addrs: Vec<Vec<SocketAddr>> = self
+                    .reach
+                    .partition(groups, now)?
+                    .iter()
+                    .map(|members| members.iter().map(|&i| self.nodes[i].addr).collect())
+                    .collect();
                 self.net.partition(&addrs);
-                self.no_group = groups.len();
                 self.recorder.partitioned(self.elapsed());
-                for node in &mut self.nodes {
-                    node.settled_from = now;
-                }
             }
             FaultKind::Heal => {
                 self.net.heal();
-                self.no_group = 0;
-                for node in &mut self.nodes {
-                    node.group = 0;
-                    node.settled_from = now;
-                }
+                self.reach.heal(now);
                 self.recorder.healed(self.elapsed());
             }
             FaultKind::Degrade {
@@ -436,16 +418,13 @@ impl Sim<'_> {
         let mut detections = Vec::new();
         // A peer counts for an observer once both have been up and reachable from each other for
         // SETTLE: the same set for every settled observer of a partition group.
-        let settled_at =
-            |node: &SimNode| now.saturating_duration_since(node.settled_from) >= SETTLE;
         let mut settled_by_group: HashMap<usize, HashSet<&str>> = HashMap::new();
         for &j in &running {
-            let peer = &self.nodes[j];
-            if settled_at(peer) {
+            if self.reach.settled(j, now) {
                 settled_by_group
-                    .entry(peer.group)
+                    .entry(self.reach.group(j))
                     .or_default()
-                    .insert(peer.id.as_str());
+                    .insert(self.nodes[j].id.as_str());
             }
         }
         let nobody = HashSet::new();
@@ -454,8 +433,10 @@ impl Sim<'_> {
             let Some(mesh) = node.agent.as_ref().map(Agent::mesh) else {
                 continue;
             };
-            let settled = if settled_at(node) {
-                settled_by_group.get(&node.group).unwrap_or(&nobody)
+            let settled = if self.reach.settled(i, now) {
+                settled_by_group
+                    .get(&self.reach.group(i))
+                    .unwrap_or(&nobody)
             } else {
                 &nobody
             };

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use crate::fast::network::Traffic;
 use crate::fast::node_id;
-use crate::report::{Detection, Recorder, Report, Run, SETTLE};
+use crate::reach::Reach;
+use crate::report::{Detection, Recorder, Report, Run};
 use crate::scenario::{FaultKind, Scenario, secs};
 use netns::Network;
 
@@ -39,8 +40,6 @@ struct Node {
     api: SocketAddr,
     gossip: SocketAddr,
     process: Option<Child>,
-    settled_from: Instant,
-    group: usize,
     /// What its counters said when it was last stopped, added to what they say after.
     traffic: Traffic,
 }
@@ -55,9 +54,7 @@ struct Sim<'a> {
     http: reqwest::Client,
     start: Instant,
     recorder: Recorder,
-    no_group: usize,
-    /// The partition in force (node indices per group), re-applied when a node joins.
-    partition: Option<Vec<Vec<usize>>>,
+    reach: Reach,
     /// Loss and delay for every node's links, and for some nodes', as the scenario set them: a
     /// node's own is the worse of the two, as in the fast engine.
     everyone: (f64, f64),
@@ -109,8 +106,7 @@ pub async fn run(
             .build()?,
         start: Instant::now(),
         recorder: Recorder::new(scenario),
-        no_group: 0,
-        partition: None,
+        reach: Reach::default(),
         everyone: (scenario.network.loss, scenario.network.delay_ms),
         degraded: HashMap::new(),
         faulty: scenario.network.loss > 0.0
@@ -148,7 +144,7 @@ impl Sim<'_> {
         // Time counts from when every node answers: starting 100 processes takes a while.
         self.start = Instant::now();
         for i in 0..self.nodes.len() {
-            self.nodes[i].settled_from = self.start;
+            self.reach.up(i, self.start);
             self.recorder.node_up(i, Duration::ZERO);
         }
         let start = self.start;
@@ -233,10 +229,9 @@ impl Sim<'_> {
             api: SocketAddr::from((ip, HTTP_PORT)),
             gossip: SocketAddr::from((ip, GOSSIP_PORT)),
             process: None,
-            settled_from: Instant::now(),
-            group: self.no_group,
             traffic: Traffic::default(),
         });
+        self.reach.add(i, Instant::now());
         self.write_faults(i)?;
         self.spawn(i)
     }
@@ -358,39 +353,19 @@ impl Sim<'_> {
                     if self.nodes[i].process.is_none() {
                         self.spawn(i)?;
                         self.wait_ready(i).await?;
-                        self.nodes[i].settled_from = Instant::now();
+                        self.reach.up(i, Instant::now());
                         self.recorder.node_up(i, self.elapsed());
                     }
                 }
             }
             FaultKind::Partition { groups } => {
-                let mut members = Vec::new();
-                for node in &mut self.nodes {
-                    node.group = groups.len();
-                }
-                for (g, set) in groups.iter().enumerate() {
-                    let set = set.resolve(n)?;
-                    for &i in &set {
-                        self.nodes[i].group = g;
-                    }
-                    members.push(set);
-                }
-                self.net.partition(&members)?;
-                self.partition = Some(members);
-                self.no_group = groups.len();
+                let members = self.reach.partition(groups, now)?;
+                self.net.partition(members)?;
                 self.recorder.partitioned(self.elapsed());
-                for node in &mut self.nodes {
-                    node.settled_from = now;
-                }
             }
             FaultKind::Heal => {
                 self.net.heal()?;
-                self.partition = None;
-                self.no_group = 0;
-                for node in &mut self.nodes {
-                    node.group = 0;
-                    node.settled_from = now;
-                }
+                self.reach.heal(now);
                 self.recorder.healed(self.elapsed());
             }
             FaultKind::Degrade {
@@ -416,11 +391,11 @@ impl Sim<'_> {
                     let i = self.nodes.len() - 1;
                     // A node that joins during a partition is in the one more group, cut off
                     // from every listed group, as in the fast engine.
-                    if let Some(groups) = &self.partition {
+                    if let Some(groups) = self.reach.partition_in_force() {
                         self.net.partition(groups)?;
                     }
                     self.wait_ready(i).await?;
-                    self.nodes[i].settled_from = Instant::now();
+                    self.reach.up(i, Instant::now());
                     self.recorder.node_up(i, self.elapsed());
                 }
             }
@@ -507,7 +482,6 @@ impl Sim<'_> {
         let running_ids: HashSet<&str> =
             running.iter().map(|&i| self.nodes[i].id.as_str()).collect();
         let pending = self.recorder.pending_detections();
-        let settled = |node: &Node| now.saturating_duration_since(node.settled_from) >= SETTLE;
         let mut all_see_all = true;
         let mut false_dead = 0;
         let mut detections = Vec::new();
@@ -528,13 +502,12 @@ impl Sim<'_> {
             if running_ids.iter().any(|id| !alive.contains(id)) {
                 all_see_all = false;
             }
-            let observer = &self.nodes[i];
-            if settled(observer) {
+            let reach = &self.reach;
+            if reach.settled(i, now) {
                 false_dead += running
                     .iter()
-                    .map(|&j| &self.nodes[j])
-                    .filter(|peer| peer.group == observer.group && settled(peer))
-                    .filter(|peer| !alive.contains(peer.id.as_str()))
+                    .filter(|&&j| reach.group(j) == reach.group(i) && reach.settled(j, now))
+                    .filter(|&&j| !alive.contains(self.nodes[j].id.as_str()))
                     .count();
             }
             for &k in &pending {

@@ -19,10 +19,6 @@ use crate::scenario::Scenario;
 use actions::ActionTrack;
 pub use actions::{Actions, Latency, MeshAction, MeshSend, PerSec};
 
-/// How long a node must have been up and reachable (from its observer) before not seeing it live
-/// is a false alarm: both engines count false dead pairs by it.
-pub const SETTLE: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
