@@ -28,8 +28,35 @@ use agent_app::metrics::Metrics;
 /// The data file's name inside `data_dir`.
 pub const DATA_FILE: &str = "agent.redb";
 
-/// Runs the agent until a shutdown signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Imports the policy files in `dir`: every file is read and checked before anything is imported;
+/// Rego goes first, since incident rules may name Rego rules. A directory that does not compile
+/// changes nothing and says which file.
+pub async fn import_policies(
+    dir: std::path::PathBuf,
+    policies: Arc<PolicyService>,
+    rego: Arc<RegoService>,
+    rego_settings: agent_engine::rego::RegoSettings,
+) -> anyhow::Result<()> {
+    let (rego_changed, summary) = tokio::task::spawn_blocking(move || {
+        let rego_dir = files::rego::read_dir(&dir)?;
+        rego_dir.compile(&dir, rego_settings)?;
+        let rules = files::rules::read_dir(&dir)?;
+        let rego_changed = files::rego::import(&rego, rego_dir)?;
+        anyhow::Ok((rego_changed, files::rules::import(&policies, rules)?))
+    })
+    .await??;
+    info!(
+        created = summary.created,
+        updated = summary.updated,
+        unchanged = summary.unchanged,
+        rego_documents_changed = rego_changed,
+        "policy files imported"
+    );
+    Ok(())
+}
+
+/// Runs the agent until a shutdown signal; SIGHUP reloads what `reload` can.
+pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Result<()> {
     let node_id = config.resolved_node_id();
     info!(node_id = %node_id, version = env!("CARGO_PKG_VERSION"), "starting mesh-agent");
 
@@ -68,27 +95,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let policies = Arc::new(PolicyService::new(Arc::clone(&store), Arc::clone(&engine))?);
 
     if let Some(dir) = &config.policies_dir {
-        let dir = dir.clone();
-        let service = Arc::clone(&policies);
-        let rego = Arc::clone(&rego);
-        let (rego_changed, summary) = tokio::task::spawn_blocking(move || {
-            // Everything is read and checked before anything is imported; Rego goes first, since
-            // incident rules may name Rego rules.
-            let rego_dir = files::rego::read_dir(&dir)?;
-            // A directory that does not compile stops the start, saying which file.
-            rego_dir.compile(&dir, rego_settings)?;
-            let rules = files::rules::read_dir(&dir)?;
-            let rego_changed = files::rego::import(&rego, rego_dir)?;
-            anyhow::Ok((rego_changed, files::rules::import(&service, rules)?))
-        })
-        .await??;
-        info!(
-            created = summary.created,
-            updated = summary.updated,
-            unchanged = summary.unchanged,
-            rego_documents_changed = rego_changed,
-            "policy files imported"
-        );
+        // A directory that does not compile stops the start.
+        import_policies(
+            dir.clone(),
+            Arc::clone(&policies),
+            Arc::clone(&rego),
+            rego_settings,
+        )
+        .await?;
     }
 
     // MQTT (when configured): the outbox is written by the audit writer, in the decision's
@@ -177,6 +191,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         agent_mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
     });
 
+    let auth = agent_http::Auth::new(&config.auth, metrics.auth.clone())?;
+    let evaluate_limit =
+        agent_http::EvaluateLimit::new(&config.limits, metrics.http.rate_limited.clone());
+    let tls = config
+        .http
+        .tls_files()
+        .map(|files| agent_http::Tls::new(&files))
+        .transpose()?;
+    let upstream = mqtt.as_ref().map(|m| m.upstream());
+    let reloader = crate::reload::Reloader {
+        sources: reload,
+        current: config.clone(),
+        auth: Arc::clone(&auth),
+        evaluate_limit: Arc::clone(&evaluate_limit),
+        tls: tls.clone(),
+        upstream: upstream.clone(),
+        policies: Arc::clone(&policies),
+        rego: Arc::clone(&rego),
+        rego_settings,
+        reloads: metrics.reloads.clone(),
+    };
+
     let state = AppState {
         policies,
         rego,
@@ -187,12 +223,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id: Arc::from(node_id.as_str()),
         store: Arc::clone(&store),
         mesh: mesh.clone(),
-        upstream: mqtt.as_ref().map(|m| m.upstream()),
+        upstream,
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
-    info!(addr = %listener.local_addr()?, "HTTP API listening");
+    info!(
+        addr = %listener.local_addr()?,
+        https = tls.is_some(),
+        tokens = config.auth.enabled(),
+        "HTTP API listening"
+    );
+    if !config.auth.enabled() && !config.http_listen.ip().is_loopback() {
+        warn!(
+            addr = %config.http_listen,
+            "the API listens beyond loopback with no [auth] token files: anyone who can reach it may change policies"
+        );
+    }
 
     let http_metrics = metrics.http.clone();
     let server = agent_http::spawn(
@@ -200,10 +247,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api::router(
             state,
             config.max_body_bytes,
-            config.limits.limiter(http_metrics.rate_limited.clone()),
+            api::Guards {
+                auth,
+                evaluate_limit,
+            },
         ),
         config.http.limits(),
         http_metrics,
+        tls,
         Box::pin(shutdown_signal(fatal.clone(), outbox.clone())),
     );
     // The store is open, the listener bound (connections queue until the server task runs), and
@@ -214,6 +265,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "serving, alone"
     });
     let watchdog = crate::systemd::spawn_watchdog(fatal.clone());
+    let reloads = crate::reload::spawn(reloader);
     // The server task ends when the shutdown signal resolves, or if it panicked: then the agent
     // stops all the same, and exits non-zero so that systemd starts it again.
     let server_failed = server.await.err().map(|err| {
@@ -225,6 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    reloads.abort();
     if let Some(link) = mesh_link {
         // The link holds the mesh: once it has let go, the mesh can be shut down.
         link.stop().await;

@@ -10,6 +10,7 @@ use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
 
 mod daemon;
+mod reload;
 mod systemd;
 
 #[derive(Parser)]
@@ -114,9 +115,18 @@ struct CollectorArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Requests a second each client may make on average (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate_per_second: u32,
+    /// Requests a client may make at once (0: as many as --rate-per-second).
+    #[arg(long, default_value_t = 0)]
+    rate_burst: u32,
+    /// File of bearer tokens (one a line) a caller must present; without it, anyone may read.
+    #[arg(long, value_name = "FILE")]
+    read_token_file: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// TOML config file; MESH_AGENT_<KEY> variables and the flags below override it.
     #[arg(long, value_name = "FILE")]
@@ -233,11 +243,11 @@ fn cannot_open(path: &std::path::Path, err: &redb::DatabaseError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
-        Ok(config) => config,
-        Err(err) => return fail(&err),
-    };
+/// The config as `run` sees it: the file, then the environment, then the flags. SIGHUP reads it
+/// again the same way.
+fn load_config(args: &RunArgs) -> Result<Config, agent_app::config::ConfigError> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let args = args.clone();
     if let Some(node_id) = args.node_id {
         config.node_id = Some(node_id);
     }
@@ -274,15 +284,25 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(url) = args.mqtt_url {
         config.mqtt.url = Some(url);
     }
-    if let Err(err) = config.validate() {
-        return fail(&err);
-    }
-    telemetry::init(config.log_format);
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    let log_level = telemetry::init(config.log_format, &config.log_level);
+    let reload = reload::Sources {
+        load: Box::new(move || load_config(&args)),
+        log_level,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&err),
     };
-    let result = runtime.block_on(daemon::run(config));
+    let result = runtime.block_on(daemon::run(config, reload));
     // A blocking task still running (a store read, a compile) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -297,7 +317,7 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn collector(args: CollectorArgs) -> ExitCode {
-    telemetry::init(args.log_format);
+    telemetry::init(args.log_format, "info");
     let settings = agent_mqtt::collector::CollectorSettings {
         mqtt_url: args.mqtt_url,
         client_id: args.client_id,
@@ -305,7 +325,18 @@ fn collector(args: CollectorArgs) -> ExitCode {
         http_listen: args.http_listen,
         summaries_topic: args.summaries_topic,
         actions_topic: args.actions_topic,
+        limits: agent_app::config::LimitsConfig {
+            evaluate_per_second: args.rate_per_second,
+            evaluate_burst: args.rate_burst,
+        },
+        auth: agent_app::config::AuthConfig {
+            read_token_file: args.read_token_file,
+            admin_token_file: None,
+        },
     };
+    if let Err(err) = settings.limits.validate() {
+        return fail(&err);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&err),

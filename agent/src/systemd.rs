@@ -15,6 +15,14 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd a reload (SIGHUP) is under way; `ready` ends it.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
 /// Tells systemd the agent is stopping (so it does not count the wait as a hang).
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -7,6 +7,7 @@
 //! Architecture invariant: the API goes through the same services every other intake uses; the
 //! layers below never depend on it.
 
+mod access;
 mod audit;
 mod error;
 mod evaluate;
@@ -48,20 +49,21 @@ pub struct AppState {
     pub upstream: Option<Arc<agent_mqtt::Upstream>>,
 }
 
-/// All routes, with request bodies limited to `max_body_bytes`.
-/// The API's routes; with `evaluate_limit`, the evaluation routes (`/evaluate`,
-/// `/evaluate/batch`, OPA's `POST /v1/data...` and `/v1/validate`) are rate limited per client.
-pub fn router(
-    state: AppState,
-    max_body_bytes: usize,
-    evaluate_limit: Option<Arc<agent_http::ClientLimiter>>,
-) -> Router {
-    let limited = |route: MethodRouter<AppState>| match &evaluate_limit {
-        Some(limiter) => route.route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(limiter),
+/// What guards the routes: who may call which ([`access`]), and how often a client may evaluate.
+pub struct Guards {
+    pub auth: Arc<agent_http::Auth>,
+    /// On `/evaluate`, `/evaluate/batch`, OPA's `POST /v1/data...` and `/v1/validate`.
+    pub evaluate_limit: Arc<agent_http::EvaluateLimit>,
+}
+
+/// The API's routes, with request bodies limited to `max_body_bytes`; every request is checked
+/// by `guards.auth` first, and the evaluation routes are rate limited per client.
+pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router {
+    let limited = |route: MethodRouter<AppState>| {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&guards.evaluate_limit),
             agent_http::rate_limited,
-        )),
-        None => route,
+        ))
     };
     Router::new()
         .route("/policies", post(policies::create).get(policies::list))
@@ -120,5 +122,9 @@ pub fn router(
             },
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            (guards.auth, access::scope as agent_http::auth::Classify),
+            agent_http::auth::authorized,
+        ))
         .with_state(state)
 }

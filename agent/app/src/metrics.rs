@@ -2,11 +2,15 @@
 //! (`FooMetrics::register`), and the daemon hands each its handles. `/metrics` renders the
 //! registry.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use agent_decision::{AuditMetrics, OutboxMetrics};
 use agent_engine::EngineMetrics;
-use agent_http::HttpMetrics;
+use agent_http::{AuthMetrics, HttpMetrics};
 use agent_mesh::MeshMetrics;
 use agent_mqtt::UpstreamMetrics;
 use agent_policy::opa::OpaMetrics;
@@ -21,11 +25,47 @@ pub struct Metrics {
     pub upstream: UpstreamMetrics,
     pub mesh: MeshMetrics,
     pub http: HttpMetrics,
+    pub auth: AuthMetrics,
+    /// SIGHUP reloads, by outcome (`applied`, `failed`: the config did not load).
+    pub reloads: ReloadMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadOutcome {
+    outcome: &'static str,
+}
+
+/// Config reloads, by outcome.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadMetrics(Family<ReloadOutcome, Counter>);
+
+impl ReloadMetrics {
+    /// `applied`, `partial` (a part could not be applied) or `failed` (the config did not load).
+    pub fn count(&self, outcome: &'static str) {
+        self.0.get_or_create(&ReloadOutcome { outcome }).inc();
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    version: &'static str,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
+        // Always 1: the version as a label, the Prometheus way of exporting a build.
+        let build_info = Family::<BuildInfo, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "mesh_agent_build_info",
+            "The agent's build: its version as a label; the value is always 1",
+            build_info,
+        );
         Metrics {
             engine: EngineMetrics::register(&mut registry),
             audit: AuditMetrics::register(&mut registry),
@@ -34,6 +74,16 @@ impl Metrics {
             upstream: UpstreamMetrics::register(&mut registry),
             mesh: MeshMetrics::register(&mut registry),
             http: HttpMetrics::register(&mut registry),
+            auth: AuthMetrics::register(&mut registry),
+            reloads: {
+                let reloads = ReloadMetrics::default();
+                registry.register(
+                    "config_reloads",
+                    "Config reloads on SIGHUP, by outcome (applied, partial, failed)",
+                    reloads.0.clone(),
+                );
+                reloads
+            },
             registry,
         }
     }

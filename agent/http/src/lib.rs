@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,8 +39,12 @@ use tracing::{debug, warn};
 
 use agent_base::InvalidSetting;
 
+pub mod auth;
 pub mod limit;
-pub use limit::{ClientLimiter, LimitsConfig, rate_limited};
+pub mod tls;
+pub use auth::{Auth, AuthConfig, AuthMetrics, Scope};
+pub use limit::{ClientLimiter, EvaluateLimit, LimitsConfig, rate_limited};
+pub use tls::{Tls, TlsFiles};
 
 /// The `[http]` section of the config: limits on connections and requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +61,10 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Time a request may take, its body included; past it the answer is 408.
     pub request_timeout_ms: u64,
+    /// PEM certificate chain: with `tls_key_file`, the API speaks HTTPS only ([`tls`]).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +74,8 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -78,10 +89,28 @@ impl HttpConfig {
             ("http.idle_timeout_ms", self.idle_timeout_ms),
             ("http.request_timeout_ms", self.request_timeout_ms),
         ];
-        match positive.into_iter().find(|(_, value)| *value == 0) {
-            Some((key, _)) => Err(InvalidSetting::new(key, "must be at least 1")),
-            None => Ok(()),
+        if let Some((key, _)) = positive.into_iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidSetting::new(key, "must be at least 1"));
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => Err(InvalidSetting::new(
+                "http.tls_key_file",
+                "is needed with http.tls_cert_file",
+            )),
+            (None, Some(_)) => Err(InvalidSetting::new(
+                "http.tls_cert_file",
+                "is needed with http.tls_key_file",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The certificate files, when the API speaks HTTPS.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+        })
     }
 
     pub fn limits(&self) -> HttpLimits {
@@ -240,14 +269,16 @@ pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 
 /// Serves `router` on `listener` on a task of its own until `shutdown` resolves, then lets
 /// requests in flight finish (for at most [`DRAIN`]). The handle resolves when it has stopped.
+/// With `tls`, every connection is HTTPS; its handshake has `header_read_timeout` to finish.
 pub fn spawn(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     metrics: HttpMetrics,
+    tls: Option<Arc<Tls>>,
     shutdown: Shutdown,
 ) -> JoinHandle<()> {
-    tokio::spawn(serve(listener, router, limits, metrics, shutdown))
+    tokio::spawn(serve(listener, router, limits, metrics, tls, shutdown))
 }
 
 async fn serve(
@@ -255,6 +286,7 @@ async fn serve(
     router: Router,
     limits: HttpLimits,
     metrics: HttpMetrics,
+    tls: Option<Arc<Tls>>,
     shutdown: Shutdown,
 ) {
     let connections = Arc::new(Connections::default());
@@ -287,6 +319,7 @@ async fn serve(
         metrics.connections.inc();
         tasks.spawn(connection(
             stream,
+            tls.as_ref().map(|tls| tls.acceptor()),
             id,
             close,
             router.clone(),
@@ -313,17 +346,78 @@ async fn serve(
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     id: u64,
     close: Arc<Notify>,
     router: Router,
     limits: HttpLimits,
     connections: Arc<Connections>,
     metrics: HttpMetrics,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
+    match tls {
+        None => {
+            serve_connection(
+                stream,
+                peer,
+                id,
+                close,
+                router,
+                limits,
+                &connections,
+                &metrics,
+                stopped,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            // A client that never finishes its handshake is an idle socket: the same bound as
+            // a request's headers, and an eviction closes it as well.
+            let handshake = tokio::select! {
+                shaken = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => shaken,
+                _ = close.notified() => Ok(Err(std::io::Error::other("evicted during the handshake"))),
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(
+                        stream,
+                        peer,
+                        id,
+                        close,
+                        router,
+                        limits,
+                        &connections,
+                        &metrics,
+                        stopped,
+                    )
+                    .await
+                }
+                Ok(Err(err)) => debug!(?peer, error = %err, "TLS handshake failed"),
+                Err(_) => debug!(?peer, "TLS handshake timed out"),
+            }
+        }
+    }
+    connections.close(id);
+    metrics.connections.dec();
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S>(
+    stream: S,
+    peer: Option<std::net::SocketAddr>,
+    id: u64,
+    close: Arc<Notify>,
+    router: Router,
+    limits: HttpLimits,
+    connections: &Arc<Connections>,
+    metrics: &HttpMetrics,
+    mut stopped: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
-        let connections = Arc::clone(&connections);
+        let connections = Arc::clone(connections);
         let metrics = metrics.clone();
         hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let router = router.clone();
@@ -403,6 +497,4 @@ async fn connection(
             }
         }
     }
-    connections.close(id);
-    metrics.connections.dec();
 }

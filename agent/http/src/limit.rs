@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
@@ -81,13 +82,46 @@ impl ClientLimiter {
     }
 }
 
+/// The limit in force on the evaluation routes, or none; [`EvaluateLimit::reload`] replaces it
+/// (on SIGHUP) with what a new `[limits]` section says, every client starting afresh.
+pub struct EvaluateLimit {
+    current: ArcSwapOption<ClientLimiter>,
+    config: ArcSwap<LimitsConfig>,
+    rejected: Counter,
+}
+
+impl EvaluateLimit {
+    pub fn new(config: &LimitsConfig, rejected: Counter) -> Arc<EvaluateLimit> {
+        Arc::new(EvaluateLimit {
+            current: ArcSwapOption::new(config.limiter(rejected.clone())),
+            config: ArcSwap::from_pointee(config.clone()),
+            rejected,
+        })
+    }
+
+    /// Takes `config` in place of the limit in force; `false` when it is the same (the clients'
+    /// allowances are then kept).
+    pub fn reload(&self, config: &LimitsConfig) -> bool {
+        if **self.config.load() == *config {
+            return false;
+        }
+        self.current.store(config.limiter(self.rejected.clone()));
+        self.config.store(Arc::new(config.clone()));
+        true
+    }
+}
+
 /// Middleware: lets a request through, or answers 429 with `Retry-After` and the API's error
 /// shape. A request without a peer address (none the server accepted) is let through.
 pub async fn rate_limited(
-    State(limiter): State<Arc<ClientLimiter>>,
+    State(limit): State<Arc<EvaluateLimit>>,
     request: Request<Body>,
     next: Next,
 ) -> Response {
+    let limiter = limit.current.load();
+    let Some(limiter) = limiter.as_ref() else {
+        return next.run(request).await;
+    };
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -10,6 +10,9 @@
 pub mod mesh;
 pub mod mqtt;
 
+/// For tests that signal processes they started themselves.
+pub use nix;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,6 +59,8 @@ pub fn policies_dir() -> PathBuf {
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Variables taken out of the agent's environment (`RUST_LOG`, which the tests set).
+    pub unset: Vec<String>,
     /// `--node-id` (default: `test-node`).
     pub node_id: Option<String>,
     /// No file the agent writes may grow past this many bytes (RLIMIT_FSIZE, with SIGXFSZ
@@ -71,6 +76,11 @@ impl Options {
 
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Options {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn unset_env(mut self, key: &str) -> Options {
+        self.unset.push(key.into());
         self
     }
 
@@ -171,6 +181,9 @@ impl Agent {
         for (key, value) in &self.options.env {
             cmd.env(key, value);
         }
+        for key in &self.options.unset {
+            cmd.env_remove(key);
+        }
         self.child = Some(cmd.spawn().expect("start mesh-agent"));
         self.wait_ready();
     }
@@ -211,6 +224,11 @@ impl Agent {
 
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("agent running").id() as i32)
+    }
+
+    /// Sends SIGHUP: the agent reloads its config.
+    pub fn hangup(&self) {
+        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -19,7 +19,7 @@ pub use agent_decision::DecisionsConfig;
 pub use agent_decision::audit::AuditConfig;
 pub use agent_decision::outbox::OutboxConfig;
 pub use agent_decision::summary::SummaryConfig;
-pub use agent_http::{HttpConfig, LimitsConfig};
+pub use agent_http::{AuthConfig, HttpConfig, LimitsConfig};
 pub use agent_mesh::MeshConfig;
 pub use agent_mqtt::{MqttConfig, UpstreamConfig};
 pub use agent_policy::opa::{FailMode, RegoConfig};
@@ -76,12 +76,16 @@ pub struct Config {
     /// Policy files imported at start (idempotently).
     pub policies_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// What is logged, as `RUST_LOG` says it (`info`, `warn,agent_mesh=debug`); `RUST_LOG`, when
+    /// set, wins. SIGHUP applies a new value.
+    pub log_level: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Events without an `event_id` that are byte-for-byte the same (from the same source) within
     /// this many seconds are one incident (a retry or a redelivery); after it, a new one.
     pub dedup_window_sec: u64,
     pub http: HttpConfig,
+    pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
@@ -101,9 +105,11 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8004)),
             policies_dir: None,
             log_format: LogFormat::Human,
+            log_level: "info".into(),
             max_body_bytes: 1024 * 1024,
             dedup_window_sec: 120,
             http: HttpConfig::default(),
+            auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
@@ -136,12 +142,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("http_listen", Kind::Text),
     ("policies_dir", Kind::Text),
     ("log_format", Kind::Text),
+    ("log_level", Kind::Text),
     ("max_body_bytes", Kind::Integer),
     ("dedup_window_sec", Kind::Integer),
     ("http.max_connections", Kind::Integer),
     ("http.header_read_timeout_ms", Kind::Integer),
     ("http.idle_timeout_ms", Kind::Integer),
     ("http.request_timeout_ms", Kind::Integer),
+    ("http.tls_cert_file", Kind::Text),
+    ("http.tls_key_file", Kind::Text),
+    ("auth.read_token_file", Kind::Text),
+    ("auth.admin_token_file", Kind::Text),
     ("limits.evaluate_per_second", Kind::Integer),
     ("limits.evaluate_burst", Kind::Integer),
     ("audit.capacity", Kind::Integer),
@@ -222,6 +233,12 @@ impl Config {
                 key: "node_id",
                 message,
             })?;
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                message: format!("is not a log filter (`info`, `warn,agent_mesh=debug`): {err}"),
+            });
         }
         self.http.validate()?;
         self.limits.validate()?;

@@ -36,6 +36,10 @@ pub struct CollectorSettings {
     pub http_listen: SocketAddr,
     pub summaries_topic: String,
     pub actions_topic: String,
+    /// Per-client rate of its routes, as the agent's `[limits]` (0: no limit).
+    pub limits: agent_http::LimitsConfig,
+    /// Bearer tokens, as the agent's `[auth]`: every route is a read.
+    pub auth: agent_http::AuthConfig,
 }
 
 /// Why the collector could not start or stopped.
@@ -57,8 +61,10 @@ pub enum CollectorError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Auth(#[from] agent_http::auth::AuthError),
     #[error("collector HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(String),
     #[error("opening the collector's data file: {0}")]
     Task(String),
 }
@@ -93,14 +99,51 @@ pub async fn run(settings: CollectorSettings) -> Result<(), CollectorError> {
         .await
         .map_err(listen_err)?;
     info!(addr = %listener.local_addr().map_err(listen_err)?, broker = %settings.mqtt_url, "collector listening");
-    axum::serve(listener, http::router(store))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(CollectorError::Serve)?;
+    // The agent's server: connection cap, header, idle and request timeouts, the same limits.
+    let auth = agent_http::Auth::new(&settings.auth, agent_http::AuthMetrics::default())?;
+    let limit = agent_http::EvaluateLimit::new(&settings.limits, Default::default());
+    let router = http::router(store)
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            agent_http::rate_limited,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (auth, every_route_reads as agent_http::auth::Classify),
+            agent_http::auth::authorized,
+        ));
+    let server = agent_http::spawn(
+        listener,
+        router,
+        agent_http::HttpConfig::default().limits(),
+        agent_http::HttpMetrics::default(),
+        None,
+        Box::pin(stop_signal()),
+    );
+    let served = server.await;
     subscriber.abort();
+    served.map_err(|err| CollectorError::Serve(err.to_string()))?;
     Ok(())
+}
+
+fn every_route_reads(_: &axum::http::Method, _: &str) -> Option<agent_http::Scope> {
+    Some(agent_http::Scope::Read)
+}
+
+/// SIGTERM (systemd) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    info!("collector stopping");
 }
 
 async fn subscribe(

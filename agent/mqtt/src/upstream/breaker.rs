@@ -51,7 +51,8 @@ pub struct BreakerView {
 }
 
 pub struct Breaker {
-    settings: BreakerSettings,
+    /// Replaced by [`Breaker::set_settings`] (a reload); read under `inner`'s lock.
+    settings: Mutex<BreakerSettings>,
     inner: Mutex<Inner>,
     metrics: UpstreamMetrics,
 }
@@ -65,7 +66,7 @@ struct Inner {
 impl Breaker {
     pub fn new(settings: BreakerSettings, metrics: UpstreamMetrics) -> Breaker {
         let breaker = Breaker {
-            settings,
+            settings: Mutex::new(settings),
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 failures: 0,
@@ -81,7 +82,24 @@ impl Breaker {
         self.inner.lock().map_or(State::Closed, |i| i.state)
     }
 
+    fn settings(&self) -> BreakerSettings {
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes new thresholds: they count from the next failure or permit on (a breaker open now
+    /// stays open until the new reset timeout has passed since it opened).
+    pub fn set_settings(&self, settings: BreakerSettings) {
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
+    }
+
     pub fn view(&self) -> BreakerView {
+        let settings = self.settings();
         let (state, failure_count) = self
             .inner
             .lock()
@@ -89,8 +107,8 @@ impl Breaker {
         BreakerView {
             state,
             failure_count,
-            failure_threshold: self.settings.failure_threshold,
-            reset_timeout_sec: self.settings.reset_timeout.as_secs_f64(),
+            failure_threshold: settings.failure_threshold,
+            reset_timeout_sec: settings.reset_timeout.as_secs_f64(),
         }
     }
 
@@ -104,8 +122,9 @@ impl Breaker {
             return Ok(());
         }
         let waited = inner.opened_at.elapsed();
-        if waited < self.settings.reset_timeout {
-            return Err(self.settings.reset_timeout - waited);
+        let reset_timeout = self.settings().reset_timeout;
+        if waited < reset_timeout {
+            return Err(reset_timeout - waited);
         }
         self.change(&mut inner, State::HalfOpen, "reset timeout elapsed");
         Ok(())
@@ -128,7 +147,7 @@ impl Breaker {
         inner.failures = inner.failures.saturating_add(1);
         let trip = match inner.state {
             State::HalfOpen => true,
-            State::Closed => inner.failures >= self.settings.failure_threshold,
+            State::Closed => inner.failures >= self.settings().failure_threshold,
             State::Open => false,
         };
         if trip {

@@ -17,7 +17,8 @@ use super::*;
 
 pub(super) struct Driver {
     pub(super) connector: Connector,
-    pub(super) settings: UpstreamConfig,
+    /// The settings in force; a reload's take effect from the next connection.
+    pub(super) settings: watch::Receiver<UpstreamConfig>,
     pub(super) breaker: Arc<Breaker>,
     pub(super) reports: mpsc::UnboundedSender<Report>,
     pub(super) connected: watch::Sender<bool>,
@@ -29,16 +30,23 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(
-            Duration::from_millis(self.settings.reconnect_min_ms),
-            Duration::from_millis(self.settings.reconnect_max_ms),
-        );
-        let window = usize::from(self.settings.max_inflight) * 2;
+        let backoff_of = |settings: &UpstreamConfig| {
+            Backoff::new(
+                Duration::from_millis(settings.reconnect_min_ms),
+                Duration::from_millis(settings.reconnect_max_ms),
+            )
+        };
+        let mut backoff = backoff_of(&self.settings.borrow_and_update());
         let mut generation = 0u64;
         loop {
             if *stop.borrow() {
                 return;
             }
+            if self.settings.has_changed().unwrap_or(false) {
+                backoff = backoff_of(&self.settings.borrow_and_update());
+            }
+            let max_inflight = self.settings.borrow().max_inflight;
+            let window = usize::from(max_inflight) * 2;
             if let Err(wait) = self.breaker.permit() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
@@ -46,13 +54,9 @@ impl Driver {
                 }
             }
             generation += 1;
-            let (client, mut eventloop) = self.connector.pair(
-                "-out",
-                false,
-                self.settings.max_inflight,
-                window + 16,
-                MAX_INCOMING,
-            );
+            let (client, mut eventloop) =
+                self.connector
+                    .pair("-out", false, max_inflight, window + 16, MAX_INCOMING);
             let mut up = false;
             // Dropping the event loop mid-poll is fine: the whole connection is abandoned.
             let reason = loop {

@@ -77,11 +77,23 @@ pub struct UpstreamView {
 pub struct Upstream {
     outbox: Arc<Outbox>,
     breaker: Arc<Breaker>,
+    settings: watch::Sender<UpstreamConfig>,
     connected: watch::Receiver<bool>,
     broker: String,
 }
 
 impl Upstream {
+    /// Takes new `[upstream]` settings (a reload): the breaker's at once, the backoff, in-flight
+    /// window and ack timeout from the next connection. `false` when nothing changed.
+    pub fn reconfigure(&self, settings: &UpstreamConfig) -> bool {
+        if *self.settings.borrow() == *settings {
+            return false;
+        }
+        self.breaker.set_settings(breaker_settings(settings));
+        self.settings.send_replace(settings.clone());
+        true
+    }
+
     pub fn view(&self) -> UpstreamView {
         UpstreamView {
             broker: self.broker.clone(),
@@ -158,6 +170,13 @@ enum Report {
     },
 }
 
+fn breaker_settings(settings: &UpstreamConfig) -> BreakerSettings {
+    BreakerSettings {
+        failure_threshold: settings.failure_threshold,
+        reset_timeout: Duration::from_secs(settings.reset_timeout_sec),
+    }
+}
+
 /// Starts the driver and the publisher.
 pub fn start(
     connector: Connector,
@@ -167,13 +186,8 @@ pub fn start(
     max_message_bytes: usize,
     metrics: UpstreamMetrics,
 ) -> (Arc<Upstream>, UpstreamTasks) {
-    let breaker = Arc::new(Breaker::new(
-        BreakerSettings {
-            failure_threshold: settings.failure_threshold,
-            reset_timeout: Duration::from_secs(settings.reset_timeout_sec),
-        },
-        metrics.clone(),
-    ));
+    let breaker = Arc::new(Breaker::new(breaker_settings(&settings), metrics.clone()));
+    let (settings_tx, settings_rx) = watch::channel(settings.clone());
     let (stop, stopped) = watch::channel(false);
     let (disconnect, disconnected) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
@@ -188,7 +202,7 @@ pub fn start(
     );
     let driver = Driver {
         connector,
-        settings: settings.clone(),
+        settings: settings_rx.clone(),
         breaker: Arc::clone(&breaker),
         reports: reports_tx,
         connected: connected_tx,
@@ -202,6 +216,7 @@ pub fn start(
         breaker: Arc::clone(&breaker),
         window: usize::from(settings.max_inflight) * 2,
         ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
+        settings: settings_rx,
         renew,
         metrics,
         generation: 0,
@@ -219,6 +234,7 @@ pub fn start(
     let upstream = Arc::new(Upstream {
         outbox,
         breaker,
+        settings: settings_tx,
         connected,
         broker,
     });

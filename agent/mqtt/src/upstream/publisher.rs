@@ -24,6 +24,8 @@ pub(super) struct Publisher {
     /// Entries handed to the client and not yet acknowledged, at most.
     pub(super) window: usize,
     pub(super) ack_timeout: Duration,
+    /// Where `window` and `ack_timeout` come from: read again at every new connection.
+    pub(super) settings: watch::Receiver<UpstreamConfig>,
     pub(super) renew: watch::Sender<u64>,
     pub(super) metrics: UpstreamMetrics,
     pub(super) generation: u64,
@@ -107,6 +109,11 @@ impl Publisher {
                 // Everything not yet removed is sent again, from the oldest: so first wait until
                 // what was acknowledged is gone, or it would be sent again too.
                 self.remove_acked_now().await;
+                {
+                    let settings = self.settings.borrow_and_update();
+                    self.window = usize::from(settings.max_inflight) * 2;
+                    self.ack_timeout = Duration::from_millis(settings.ack_timeout_ms);
+                }
                 self.generation = generation;
                 self.client = Some(client);
                 self.handed.clear();
