@@ -128,7 +128,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         node_id.clone(),
         Dedup::new(config.dedup_window()),
         config.decisions,
-    );
+    )
+    .with_metrics(metrics.decisions.clone());
     if config.mesh.tls_dir.is_some() {
         let seen = store.members_seen()?.unwrap_or(0);
         decider = decider.with_mesh(seen as usize, config.mesh.dead_node_grace());

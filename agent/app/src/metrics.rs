@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use agent_decision::{AuditMetrics, OutboxMetrics};
+use agent_decision::{AuditMetrics, DecisionMetrics, OutboxMetrics};
 use agent_engine::EngineMetrics;
 use agent_http::{AuthMetrics, HttpMetrics};
 use agent_mesh::MeshMetrics;
@@ -21,6 +21,7 @@ pub struct Metrics {
     pub engine: EngineMetrics,
     pub opa: OpaMetrics,
     pub audit: AuditMetrics,
+    pub decisions: DecisionMetrics,
     pub outbox: OutboxMetrics,
     pub upstream: UpstreamMetrics,
     pub mesh: MeshMetrics,
@@ -69,6 +70,7 @@ impl Metrics {
         Metrics {
             engine: EngineMetrics::register(&mut registry),
             audit: AuditMetrics::register(&mut registry),
+            decisions: DecisionMetrics::register(&mut registry),
             opa: OpaMetrics::register(&mut registry),
             outbox: OutboxMetrics::register(&mut registry),
             upstream: UpstreamMetrics::register(&mut registry),
@@ -82,6 +84,9 @@ impl Metrics {
                     "Config reloads on SIGHUP, by outcome (applied, partial, failed)",
                     reloads.0.clone(),
                 );
+                for outcome in ["applied", "partial", "failed"] {
+                    drop(reloads.0.get_or_create(&ReloadOutcome { outcome }));
+                }
                 reloads
             },
             registry,

@@ -21,4 +21,4 @@ pub use decider::{
     PolicyExplanation, REJECTED, TooLarge, action_id,
 };
 pub use facts::DecisionsConfig;
-pub use metrics::{AuditMetrics, OutboxMetrics};
+pub use metrics::{AuditMetrics, DecisionMetrics, OutboxMetrics};

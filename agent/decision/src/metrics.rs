@@ -1,10 +1,60 @@
-//! The metrics of the audit writer and the outbox, registered into the agent's one registry by the
-//! daemon.
+//! The metrics of the decider, the audit writer and the outbox, registered into the agent's one
+//! registry by the daemon.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    /// `node` or `mesh`: the rule's scope.
+    scope: &'static str,
+    /// `sent` (to the outbox), `deferred` (to the mesh's first-ranked node), `suppressed`.
+    outcome: &'static str,
+}
+
+/// What the decider decided about matched rules' actions, counted once each is committed.
+#[derive(Clone, Default)]
+pub struct DecisionMetrics {
+    actions: Family<ActionLabels, Counter>,
+}
+
+impl DecisionMetrics {
+    pub fn register(registry: &mut Registry) -> DecisionMetrics {
+        let metrics = DecisionMetrics::default();
+        registry.register(
+            "decision_actions",
+            "Actions of matched rules, by the rule's scope (node, mesh) and outcome (sent, deferred to the mesh's first-ranked node, suppressed)",
+            metrics.actions.clone(),
+        );
+        // Every series from the start, so that a rate over it is 0 rather than absent.
+        for scope in ["node", "mesh"] {
+            for outcome in ["sent", "deferred", "suppressed"] {
+                drop(
+                    metrics
+                        .actions
+                        .get_or_create(&ActionLabels { scope, outcome }),
+                );
+            }
+        }
+        metrics
+    }
+
+    pub(crate) fn action(&self, mesh: bool, outcome: &mesh_proto::ActionOutcome) {
+        let outcome = match outcome {
+            mesh_proto::ActionOutcome::Sent { .. } => "sent",
+            mesh_proto::ActionOutcome::Deferred { .. } => "deferred",
+            mesh_proto::ActionOutcome::Suppressed { .. } => "suppressed",
+        };
+        let scope = if mesh { "mesh" } else { "node" };
+        self.actions
+            .get_or_create(&ActionLabels { scope, outcome })
+            .inc();
+    }
+}
 
 /// The audit writer's metrics. Cheap to clone: every clone counts into the same series.
 #[derive(Clone)]

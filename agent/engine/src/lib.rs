@@ -92,6 +92,9 @@ impl Engine {
 
     /// Makes `set` the one new evaluations use.
     pub fn replace(&self, set: PolicySet) {
+        self.metrics
+            .policy_revision
+            .set(set.revision().min(i64::MAX as u64) as i64);
         self.set.store(Arc::new(set));
     }
 

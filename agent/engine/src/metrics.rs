@@ -26,6 +26,9 @@ pub struct EngineMetrics {
     /// Events that could not be evaluated (rejected input, or a policy that failed to evaluate).
     pub evaluation_errors: Counter,
     pub policies_active: Gauge,
+    /// The store revision the policy set in force was built from: the same on every node once a
+    /// change has rolled out.
+    pub policy_revision: Gauge,
     /// Policies in the store whose definition this build could not compile (kept, but not evaluated).
     pub policies_invalid: Gauge,
 }
@@ -39,6 +42,7 @@ impl EngineMetrics {
             evaluation_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 15)),
             evaluation_errors: Counter::default(),
             policies_active: Gauge::default(),
+            policy_revision: Gauge::default(),
             policies_invalid: Gauge::default(),
         };
         registry.register(
@@ -65,6 +69,11 @@ impl EngineMetrics {
             "policies_active",
             "Active policies in the engine",
             metrics.policies_active.clone(),
+        );
+        registry.register(
+            "policy_revision",
+            "Store revision the policy set in force was built from (the same on every node once a change has rolled out)",
+            metrics.policy_revision.clone(),
         );
         registry.register(
             "policies_invalid",

@@ -193,6 +193,10 @@ impl AuthMetrics {
             "HTTP requests refused by [auth]: 401 (no valid token) or 403 (too small a scope)",
             metrics.refused.clone(),
         );
+        // Every outcome from the start, so that a rate over it is 0 rather than absent.
+        for outcome in ["unauthorized", "forbidden"] {
+            drop(metrics.refused.get_or_create(&Outcome { outcome }));
+        }
         metrics
     }
 

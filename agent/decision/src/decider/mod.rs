@@ -41,6 +41,7 @@ pub struct Decider {
     facts: FactSources,
     /// What becomes of matched rules' actions: throttling, and the mesh-scoped ones.
     mesh_actions: MeshActions,
+    metrics: crate::DecisionMetrics,
 }
 
 /// One policy's verdict on an incident, explained (`POST /evaluate?explain=true`).
@@ -149,7 +150,14 @@ impl Decider {
             upstream: None,
             stats: None,
             dedup,
+            metrics: crate::DecisionMetrics::default(),
         }
+    }
+
+    /// Counts actions into `metrics` (registered by the daemon).
+    pub fn with_metrics(mut self, metrics: crate::DecisionMetrics) -> Decider {
+        self.metrics = metrics;
+        self
     }
 
     /// The `[decisions]` section in force.
@@ -386,6 +394,35 @@ impl Decider {
     /// for the next group commit; with actions, committed at once when there is room for them
     /// (the returned receiver resolves at the commit).
     async fn record(
+        &self,
+        records: Vec<AuditRecord>,
+        actions: Vec<OutboxItem>,
+    ) -> Result<Option<Committed>, DecideError> {
+        // What the records say became of matched rules' actions, counted once they are accepted.
+        let mut outcomes: Vec<(bool, mesh_proto::ActionOutcome)> = Vec::new();
+        for record in &records {
+            for result in &record.results {
+                if let Some(outcome) = &result.action {
+                    let mesh = self
+                        .engine
+                        .current()
+                        .policies()
+                        .iter()
+                        .any(|p| p.id == result.policy_id && p.scope == Scope::Mesh);
+                    outcomes.push((mesh, outcome.clone()));
+                }
+            }
+        }
+        let recorded = self.record_now(records, actions).await;
+        if recorded.is_ok() {
+            for (mesh, outcome) in &outcomes {
+                self.metrics.action(*mesh, outcome);
+            }
+        }
+        recorded
+    }
+
+    async fn record_now(
         &self,
         records: Vec<AuditRecord>,
         actions: Vec<OutboxItem>,

@@ -1,0 +1,338 @@
+//! What operators read, checked against a busy agent: three real agents in a mesh with a real
+//! broker, node and mesh rules matching, Rego decisions, rejected events, a refused token. Then
+//! `promtool check metrics` accepts the scrape, `promtool check rules` the alert rules, and every
+//! query of the Grafana dashboard names only metrics the agent exports, with the panels the P0.4
+//! document asks for.
+//!
+//! Needs `promtool` (Debian: `prometheus`); `.ci/run` installs it.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::mesh::Ca;
+use test_support::mqtt::{self, Space};
+use test_support::{Agent, Options, event, free_udp_addr, wait_until};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn promtool() -> &'static str {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "promtool is not installed (Debian: apt-get install prometheus); .ci/run installs it"
+    );
+    "promtool"
+}
+
+/// Three nodes with the upstream of `space`; `n1` the seed.
+fn start_mesh(ca: &Ca, space: &Space) -> Vec<Agent> {
+    let mut seed: Option<SocketAddr> = None;
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let id = format!("n{i}");
+        ca.issue(&id);
+        let gossip = free_udp_addr();
+        let mut options = Options::default()
+            .node_id(&id)
+            .tls_dir(ca.path())
+            .gossip_listen(gossip)
+            .cluster_id("observability")
+            .env("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "150")
+            .env("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "200");
+        if let Some(seed) = seed {
+            options = options.seed(seed);
+        }
+        seed.get_or_insert(gossip);
+        nodes.push(Agent::start(space.agent(options, mqtt::broker(), &id)));
+    }
+    nodes
+}
+
+fn scrape(agent: &Agent) -> String {
+    reqwest::blocking::Client::new()
+        .get(agent.url("/metrics"))
+        .header("accept", "text/plain")
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics")
+}
+
+/// The metric names a scrape exports: each family, with the sample names its type has.
+fn exported(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The metric names a PromQL expression reads: identifiers followed by a selector or a range,
+/// leaving out functions, keywords, labels and durations.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    let mut depth_braces = 0;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if c == '{' {
+            depth_braces += 1;
+        } else if c == '}' {
+            depth_braces -= 1;
+        } else if c == '"' {
+            // Skip a string literal.
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += 1;
+            }
+        } else if (c.is_ascii_alphabetic() || c == '_') && depth_braces == 0 {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let before = expr[..start].trim_end();
+            let next = expr[i..].trim_start().chars().next();
+            let is_call = next == Some('(');
+            let is_label_list =
+                before.ends_with("by (") || before.ends_with("by(") || before.ends_with(',');
+            let keyword = matches!(
+                word,
+                "by" | "without"
+                    | "on"
+                    | "ignoring"
+                    | "group_left"
+                    | "group_right"
+                    | "and"
+                    | "or"
+                    | "unless"
+                    | "offset"
+                    | "bool"
+                    // Aggregations, which may come before their `by (...)`.
+                    | "sum"
+                    | "min"
+                    | "max"
+                    | "avg"
+                    | "count"
+                    | "group"
+                    | "stddev"
+                    | "stdvar"
+                    | "topk"
+                    | "bottomk"
+                    | "quantile"
+                    | "count_values"
+            );
+            let duration = start > 0 && bytes[start - 1].is_ascii_digit();
+            if !is_call && !keyword && !is_label_list && !duration {
+                names.push(word.to_string());
+            }
+            continue;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn a_busy_agents_metrics_pass_promtool_and_feed_every_dashboard_panel() {
+    let promtool = promtool();
+    let ca = Ca::new();
+    let space = Space::new();
+    let nodes = start_mesh(&ca, &space);
+    wait_until(PATIENCE, || {
+        let (_, body) = nodes[0].get("/mesh/members");
+        let alive = body["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        (alive == 3).then_some(()).ok_or(format!("{alive} alive"))
+    });
+    for node in &nodes {
+        mqtt::wait_health(node, "connected", |h| h["upstream"]["connected"] == true);
+    }
+    let busy = &nodes[0];
+    let node_rule = json!({
+        "name": "restart_on_leak",
+        "definition": {
+            "condition": "incident.type == 'memory_leak' and incident.severity >= 5",
+            "action": "restart_service", "modifiers": {}, "reversibility_sec": 60
+        },
+        "active": true, "priority": 5
+    });
+    let mesh_rule = json!({
+        "name": "scale_out_mesh",
+        "definition": {
+            "condition": "incident.type == 'cpu_spike' and mesh.fraction_with('cpu_spike') >= 0.3",
+            "action": "scale_horizontal", "modifiers": {}, "reversibility_sec": 600,
+            "scope": "mesh"
+        },
+        "active": true, "priority": 10
+    });
+    for rule in [&node_rule, &mesh_rule] {
+        let (status, body) = busy.post("/policies", rule);
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = busy.put_text(
+        "/v1/policies/authz",
+        "package authz\nimport rego.v1\ndefault allow := false\nallow if input.user == \"ops\"\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until(PATIENCE, || {
+        let revisions: Vec<Value> = nodes
+            .iter()
+            .map(|n| n.get("/policies").1.as_array().map_or(0, Vec::len).into())
+            .collect();
+        revisions
+            .iter()
+            .all(|t| t == &json!(2))
+            .then_some(())
+            .ok_or(format!("policies per node: {revisions:?}"))
+    });
+    for i in 0..50 {
+        let (status, _) = busy.post("/evaluate", &event("memory_leak", 7.0, json!({"i": i})));
+        assert_eq!(status, 200);
+        busy.post("/v1/data/authz/allow", &json!({"input": {"user": "ops"}}));
+    }
+    let (status, _) = busy.post("/evaluate", &event("cpu_spike", 9.0, json!({})));
+    assert_eq!(status, 200);
+    let (status, _) = busy.post_raw("/evaluate", "{\"event_type\": 3}");
+    assert_eq!(status, 422);
+    // The mesh rule matched on the busy node: it sent the action, or left it to the node ranked
+    // first.
+    wait_until(PATIENCE, || {
+        let text = scrape(busy);
+        text.lines()
+            .filter(|l| l.starts_with("decision_actions_total{scope=\"mesh\""))
+            .any(|l| !l.ends_with(" 0"))
+            .then_some(())
+            .ok_or(text)
+    });
+
+    let text = scrape(busy);
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\nscrape:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mesh_agent_build_info{version=")),
+        "{text}"
+    );
+
+    let rules = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(repo().join("deploy/alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        rules.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&rules.stdout),
+        String::from_utf8_lossy(&rules.stderr)
+    );
+
+    // The dashboard: every query reads metrics the agent exports, and P0.4's panels are there.
+    let names = exported(&text);
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut titles = Vec::new();
+    let mut exprs = vec![
+        dashboard["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap()
+            .replace("label_values(", "")
+            .replace(", instance)", ""),
+    ];
+    for panel in dashboard["panels"].as_array().unwrap() {
+        titles.push(panel["title"].as_str().unwrap().to_lowercase());
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for expr in &exprs {
+        let read = metric_names(expr);
+        assert!(!read.is_empty(), "no metric found in `{expr}`");
+        for name in read {
+            assert!(
+                names.contains(&name),
+                "the dashboard reads `{name}` (in `{expr}`), which the agent does not export; it exports {names:?}"
+            );
+        }
+    }
+    for wanted in [
+        "evaluations per minute",
+        "average",
+        "p95",
+        "match rate",
+        "action rate",
+        "error rate",
+        "members by state",
+        "revision per node",
+        "outbox depth",
+        "mesh actions",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "no dashboard panel for {wanted}: {titles:?}"
+        );
+    }
+}
+
+#[test]
+fn metric_names_are_read_out_of_promql() {
+    assert_eq!(
+        metric_names(
+            "sum by (policy_name) (rate(policy_evaluations_total{instance=~\"$instance\"}[1m])) / max(up)"
+        ),
+        vec!["policy_evaluations_total", "up"]
+    );
+    assert_eq!(
+        metric_names("histogram_quantile(0.95, sum by (le) (rate(x_bucket[5m])))"),
+        vec!["x_bucket"]
+    );
+}
