@@ -336,3 +336,109 @@ fn metric_names_are_read_out_of_promql() {
         vec!["x_bucket"]
     );
 }
+
+/// Each decision log line of `text` (standard output, mixed with the agent's own log lines).
+fn decision_logs(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| line.starts_with('{'))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|doc| doc.get("decision_id").is_some())
+        .collect()
+}
+
+#[test]
+fn decisions_are_logged_in_opas_shape_with_masked_fields_to_the_journal_and_to_mqtt() {
+    let space = Space::new();
+    let topic = format!("{}decision_logs", space.prefix);
+    let consumer = test_support::mqtt::Consumer::subscribe(&space.client_id("logs"), &topic);
+    let journal = Agent::start(
+        Options::default()
+            .node_id("journal-node")
+            .env("MESH_AGENT_DECISION_LOGS_SINK", "journal")
+            .env(
+                "MESH_AGENT_DECISION_LOGS_MASK",
+                "/input/password,/input/user/ssn",
+            ),
+    );
+    let mqtt_node = Agent::start(
+        space.agent(
+            Options::default()
+                .node_id("mqtt-node")
+                .env("MESH_AGENT_DECISION_LOGS_SINK", "mqtt")
+                .env("MESH_AGENT_DECISION_LOGS_TOPIC", &topic)
+                .env("MESH_AGENT_DECISION_LOGS_MASK", "/input/password"),
+            mqtt::broker(),
+            "mqtt-node",
+        ),
+    );
+    for agent in [&journal, &mqtt_node] {
+        let (status, body) = agent.put_text(
+            "/v1/policies/authz",
+            "package authz\nimport rego.v1\ndefault allow := false\nallow if input.user.name == \"ops\"\n",
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let input = json!({"input": {"user": {"name": "ops", "ssn": "123-45"}, "password": "hunter2"}});
+    let (status, answer) = journal.post("/v1/data/authz/allow", &input);
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = journal.post(
+        "/evaluate",
+        &event("memory_leak", 7.0, json!({"host": "a"})),
+    );
+    assert_eq!(status, 200);
+
+    let logs = wait_until(PATIENCE, || {
+        let logs = decision_logs(&journal.log_text());
+        (logs.len() >= 2)
+            .then(|| logs.clone())
+            .ok_or(journal.log_text())
+    });
+    let opa = logs
+        .iter()
+        .find(|l| l["path"] == "authz/allow")
+        .expect("the OPA decision is logged");
+    assert_eq!(opa["decision_id"], answer["decision_id"], "{opa}");
+    assert_eq!(opa["result"], json!(true));
+    assert_eq!(
+        opa["input"],
+        json!({"user": {"name": "ops"}}),
+        "masked: {opa}"
+    );
+    assert_eq!(opa["erased"], json!(["/input/password", "/input/user/ssn"]));
+    assert_eq!(opa["labels"]["id"], "journal-node");
+    for key in ["timestamp", "metrics", "revision", "bundles"] {
+        assert!(opa.get(key).is_some(), "{key} missing: {opa}");
+    }
+    assert!(!journal.log_text().contains("hunter2"));
+    let incident = logs
+        .iter()
+        .find(|l| l["path"] == "mesh_agent/incidents")
+        .expect("the incident decision is logged");
+    assert_eq!(incident["input"]["event_type"], "memory_leak", "{incident}");
+
+    // Through the outbox to the broker.
+    let (status, answer) = mqtt_node.post("/v1/data/authz/allow", &input);
+    assert_eq!(status, 200, "{answer}");
+    let received = consumer.wait_until("the decision log", |messages| {
+        messages
+            .iter()
+            .any(|m| m["decision_id"] == answer["decision_id"])
+    });
+    let log = received
+        .iter()
+        .find(|m| m["decision_id"] == answer["decision_id"])
+        .unwrap();
+    assert_eq!(log["path"], "authz/allow");
+    assert!(log["input"].get("password").is_none(), "{log}");
+    assert_eq!(
+        log["input"]["user"]["ssn"], "123-45",
+        "only what is masked goes"
+    );
+    let metrics = mqtt_node.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("decision_logs_total{sink=\"mqtt\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

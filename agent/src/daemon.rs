@@ -112,6 +112,7 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         outbox: &config.outbox,
         upstream: &config.upstream,
         summary: &config.summary,
+        decision_logs_keep: config.decision_logs.keep,
     };
     let outbox = agent_mqtt::open_outbox(sections, store.database(), metrics.outbox.clone())?;
     let fatal = Fatal::new();
@@ -122,6 +123,16 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         fatal.clone(),
         outbox.clone(),
     )?;
+    let decision_log = agent_decision::decision_log::DecisionLog::start(
+        &config.decision_logs,
+        &node_id,
+        outbox.is_some().then(|| audit.clone()),
+        metrics.decision_logs.clone(),
+    );
+    let (decision_log, decision_log_task) = match decision_log {
+        Some((log, task)) => (Some(log), task),
+        None => (None, None),
+    };
     let mut decider = Decider::with_config(
         engine,
         audit.clone(),
@@ -129,7 +140,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         Dedup::new(config.dedup_window()),
         config.decisions,
     )
-    .with_metrics(metrics.decisions.clone());
+    .with_metrics(metrics.decisions.clone())
+    .with_decision_log(decision_log.clone());
     if config.mesh.tls_dir.is_some() {
         let seen = store.members_seen()?.unwrap_or(0);
         decider = decider.with_mesh(seen as usize, config.mesh.dead_node_grace());
@@ -225,6 +237,7 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         store: Arc::clone(&store),
         mesh: mesh.clone(),
         upstream,
+        decision_log: decision_log.clone(),
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -290,6 +303,12 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     // publisher's last removals are committed by it.
     if let Some(mqtt) = mqtt {
         mqtt.stop().await;
+    }
+    if let Some(log) = &decision_log {
+        log.stop();
+    }
+    if let Some(task) = decision_log_task {
+        let _ = task.await;
     }
     info!("HTTP API stopped; flushing the audit ring");
     audit_writer.close().await;

@@ -47,6 +47,8 @@ pub struct AppState {
     pub mesh: Option<Arc<agent_mesh::Mesh>>,
     /// `None` without MQTT.
     pub upstream: Option<Arc<agent_mqtt::Upstream>>,
+    /// `None` unless `[decision_logs]` has a sink.
+    pub decision_log: Option<Arc<agent_decision::decision_log::DecisionLog>>,
 }
 
 /// What guards the routes: who may call which ([`access`]), and how often a client may evaluate.

@@ -289,10 +289,21 @@ fn decide(
             Some(json!({"code": err.kind(), "message": err.to_string()})),
         ),
     };
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    if let Some(log) = &state.decision_log {
+        log.log(agent_decision::decision_log::Entry {
+            decision_id: decision_id.clone(),
+            path: path.trim_matches('/').to_string(),
+            input: input.cloned().unwrap_or(Value::Null),
+            result: result.as_deref().cloned().unwrap_or(Value::Null),
+            revision: decision.revision,
+            eval_ns: decision.eval_ns,
+        });
+    }
     DecisionBody {
         result,
         error,
-        decision_id: uuid::Uuid::new_v4().to_string(),
+        decision_id,
         metrics: metrics.then(|| {
             json!({
                 "timer_rego_query_eval_ns": decision.eval_ns,

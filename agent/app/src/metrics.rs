@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use agent_decision::decision_log::DecisionLogMetrics;
 use agent_decision::{AuditMetrics, DecisionMetrics, OutboxMetrics};
 use agent_engine::EngineMetrics;
 use agent_http::{AuthMetrics, HttpMetrics};
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub opa: OpaMetrics,
     pub audit: AuditMetrics,
     pub decisions: DecisionMetrics,
+    pub decision_logs: DecisionLogMetrics,
     pub outbox: OutboxMetrics,
     pub upstream: UpstreamMetrics,
     pub mesh: MeshMetrics,
@@ -71,6 +73,7 @@ impl Metrics {
             engine: EngineMetrics::register(&mut registry),
             audit: AuditMetrics::register(&mut registry),
             decisions: DecisionMetrics::register(&mut registry),
+            decision_logs: DecisionLogMetrics::register(&mut registry),
             opa: OpaMetrics::register(&mut registry),
             outbox: OutboxMetrics::register(&mut registry),
             upstream: UpstreamMetrics::register(&mut registry),

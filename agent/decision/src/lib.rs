@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod decider;
+pub mod decision_log;
 pub mod event;
 pub mod facts;
 pub mod mesh_actions;

@@ -27,6 +27,8 @@ pub struct MqttSections<'a> {
     pub outbox: &'a OutboxConfig,
     pub upstream: &'a UpstreamConfig,
     pub summary: &'a SummaryConfig,
+    /// Decision logs held in the outbox at most (`decision_logs.keep`).
+    pub decision_logs_keep: u64,
 }
 
 /// Why the MQTT side could not start.
@@ -52,6 +54,7 @@ pub fn open_outbox(
         capacity: config.outbox.capacity,
         when_full: config.outbox.when_full,
         summary_capacity: config.summary.keep,
+        log_capacity: config.decision_logs_keep,
     };
     let outbox = Outbox::open(db, bounds, metrics)?;
     if outbox.depth() > 0 {

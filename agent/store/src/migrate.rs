@@ -74,6 +74,8 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
     txn.open_table(schema::OUTBOX).ctx("create outbox")?;
     txn.open_table(schema::OUTBOX_SUMMARIES)
         .ctx("create outbox summaries")?;
+    txn.open_table(schema::OUTBOX_DECISION_LOGS)
+        .ctx("create outbox decision logs")?;
     if found.is_none_or(|v| v < 4) {
         // Drawn once per data file: peers key their cursors by it (see `store::replica`).
         let incarnation = u64::from_le_bytes(

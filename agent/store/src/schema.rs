@@ -21,11 +21,13 @@
 //!   chain covers their bytes) and are read as format 3 with no outcome; nothing is rewritten (a
 //!   file migrated from before 7 now gets format 3 entries from the 6 -> 7 step). A build of
 //!   schema 8 could not read the new entries.
+//! - 10: adds `outbox_decision_logs` (`OUTBOX_DECISION_LOGS`), the outbox's lane of decision logs
+//!   (`[decision_logs] sink = "mqtt"`). A build of schema 9 would never send the new lane.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 9;
+pub const SCHEMA_VERSION: u64 = 10;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -90,3 +92,6 @@ pub const META_MEMBERS_SEEN: &str = "mesh_members_seen";
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// The summary lane: sequence number -> encoded `OutboxEntry`.
 pub const OUTBOX_SUMMARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_summaries");
+/// The decision-log lane: sequence number -> encoded `OutboxEntry`.
+pub const OUTBOX_DECISION_LOGS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("outbox_decision_logs");

@@ -89,6 +89,7 @@ impl Agent {
                 capacity: 100_000,
                 when_full: WhenFull::Block,
                 summary_capacity: 1,
+                log_capacity: 100,
             },
             OutboxMetrics::register(&mut registry),
         )?;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent_decision::DecisionsConfig;
 pub use agent_decision::audit::AuditConfig;
+pub use agent_decision::decision_log::DecisionLogsConfig;
 pub use agent_decision::outbox::OutboxConfig;
 pub use agent_decision::summary::SummaryConfig;
 pub use agent_http::{AuthConfig, HttpConfig, LimitsConfig};
@@ -95,6 +96,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub summary: SummaryConfig,
     pub decisions: DecisionsConfig,
+    pub decision_logs: DecisionLogsConfig,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             summary: SummaryConfig::default(),
             decisions: DecisionsConfig::default(),
+            decision_logs: DecisionLogsConfig::default(),
         }
     }
 }
@@ -202,6 +205,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("decisions.gossip_max_bytes", Kind::Integer),
     ("decisions.publish_interval_ms", Kind::Integer),
     ("decisions.share_incidents", Kind::Bool),
+    ("decision_logs.sink", Kind::Text),
+    ("decision_logs.topic", Kind::Text),
+    ("decision_logs.mask", Kind::List),
+    ("decision_logs.keep", Kind::Integer),
 ];
 
 impl Config {
@@ -250,6 +257,7 @@ impl Config {
         self.outbox.validate()?;
         self.upstream.validate()?;
         self.decisions.validate()?;
+        self.decision_logs.validate()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "max_body_bytes",

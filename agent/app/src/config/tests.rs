@@ -109,6 +109,10 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_DECISIONS_GOSSIP_MAX_BYTES", "256"),
             ("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "500"),
             ("MESH_AGENT_DECISIONS_SHARE_INCIDENTS", "false"),
+            ("MESH_AGENT_DECISION_LOGS_SINK", "mqtt"),
+            ("MESH_AGENT_DECISION_LOGS_TOPIC", "logs"),
+            ("MESH_AGENT_DECISION_LOGS_MASK", "/input/a, /input/b"),
+            ("MESH_AGENT_DECISION_LOGS_KEEP", "7"),
         ]),
     )
     .unwrap();
@@ -200,6 +204,12 @@ fn every_key_has_an_env_var_that_works() {
             gossip_max_bytes: 256,
             publish_interval_ms: 500,
             share_incidents: false,
+        },
+        decision_logs: DecisionLogsConfig {
+            sink: agent_decision::decision_log::Sink::Mqtt,
+            topic: "logs".into(),
+            mask: vec!["/input/a".into(), "/input/b".into()],
+            keep: 7,
         },
     };
     assert_eq!(config, expected);

@@ -92,6 +92,7 @@ fn writer(capacity: u64) -> (tempfile::TempDir, AuditLog, AuditWriter, Arc<Outbo
         capacity,
         when_full: WhenFull::Block,
         summary_capacity: 100,
+        log_capacity: 100,
     };
     let outbox = Outbox::open(
         store.database(),
@@ -176,6 +177,7 @@ async fn a_failed_commit_is_fatal_and_nothing_after_it_is_committed() {
         capacity: 4,
         when_full: WhenFull::Block,
         summary_capacity: 4,
+        log_capacity: 100,
     };
     let outbox = Outbox::open(
         Arc::clone(&db),

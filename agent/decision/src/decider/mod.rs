@@ -42,6 +42,8 @@ pub struct Decider {
     /// What becomes of matched rules' actions: throttling, and the mesh-scoped ones.
     mesh_actions: MeshActions,
     metrics: crate::DecisionMetrics,
+    /// `[decision_logs]`, when it has a sink.
+    decision_log: Option<Arc<crate::decision_log::DecisionLog>>,
 }
 
 /// One policy's verdict on an incident, explained (`POST /evaluate?explain=true`).
@@ -151,7 +153,46 @@ impl Decider {
             stats: None,
             dedup,
             metrics: crate::DecisionMetrics::default(),
+            decision_log: None,
         }
+    }
+
+    /// Logs every recorded decision to `log` (`[decision_logs]`).
+    pub fn with_decision_log(
+        mut self,
+        log: Option<Arc<crate::decision_log::DecisionLog>>,
+    ) -> Decider {
+        self.decision_log = log;
+        self
+    }
+
+    /// The decision log entry of an incident decision: the matched rules are the result.
+    fn log_decision(&self, incident: &Incident, input_json: &str, evaluation: &Evaluation) {
+        let Some(log) = &self.decision_log else {
+            return;
+        };
+        let matched: Vec<serde_json::Value> = evaluation
+            .matched()
+            .map(|policy| {
+                serde_json::json!({
+                    "policy_id": policy.id,
+                    "policy_name": &*policy.name,
+                    "policy_version": policy.version,
+                    "action": &*policy.action,
+                })
+            })
+            .collect();
+        log.log(crate::decision_log::Entry {
+            decision_id: incident.id.clone(),
+            path: "mesh_agent/incidents".into(),
+            input: serde_json::from_str(input_json).unwrap_or(serde_json::Value::Null),
+            result: serde_json::json!({
+                "matched": matched,
+                "policies_evaluated": evaluation.verdicts.len(),
+            }),
+            revision: evaluation.set.revision(),
+            eval_ns: evaluation.elapsed_ns,
+        });
     }
 
     /// Counts actions into `metrics` (registered by the daemon).
@@ -287,6 +328,7 @@ impl Decider {
         };
         let mut committed = None;
         if !options.dry_run {
+            let logged = self.decision_log.as_ref().map(|_| input_json.clone());
             let mut tentative = self.mesh_actions.tentative();
             let (record, actions) =
                 self.prepare(&incident, input_json, &evaluation, now_ms, &mut tentative)?;
@@ -295,6 +337,9 @@ impl Decider {
             tentative.commit();
             self.remember(&incident, &evaluation, now_ms);
             self.count(&evaluation);
+            if let Some(input_json) = logged {
+                self.log_decision(&incident, &input_json, &evaluation);
+            }
         }
         Ok(Pending {
             decision: Decision {
@@ -321,7 +366,11 @@ impl Decider {
         // Events of the batch before this one, not recorded yet: facts count them.
         let mut earlier = crate::facts::Unrecorded::default();
         let now_ms = agent_base::clock::now_ms();
+        let mut logged = Vec::new();
         for (incident, input_json) in events {
+            if self.decision_log.is_some() && !dry_run {
+                logged.push(input_json.clone());
+            }
             let evaluation = {
                 let facts = self.facts.view(&incident, Some(&earlier), now_ms);
                 self.engine.evaluate(&incident, &facts)
@@ -346,6 +395,9 @@ impl Decider {
         tentative.commit();
         for decision in &decisions {
             self.remember(&decision.incident, &decision.evaluation, now_ms);
+        }
+        for (decision, input_json) in decisions.iter().zip(&logged) {
+            self.log_decision(&decision.incident, input_json, &decision.evaluation);
         }
         if let Some(committed) = committed {
             committed.await.map_err(|_| NotCommitted)??;

@@ -1,13 +1,14 @@
 //! The durable outbox: every message for the broker (actions for P0.3, audit summaries), kept in
 //! redb from the transaction that records its decision until the broker's PUBACK for it arrives.
 //!
-//! Entries are keyed by one sequence number across two lanes (tables): actions in `outbox`,
-//! summaries in `outbox_summaries`. The publisher reads both merged by key, so it sends in the
-//! order things were decided, and after a restart sends again, in order, whatever is still here.
-//! Each lane has its own bound, so summaries piling up during a long outage never take an action's
-//! place: actions are bounded by `capacity` under the `when_full` policy (`block` makes intake
-//! wait for [`Room`], `drop_oldest` evicts the oldest actions), summaries by `summary_capacity`
-//! (the oldest summaries are dropped). Drops are counted and logged.
+//! Entries are keyed by one sequence number across three lanes (tables): actions in `outbox`,
+//! summaries in `outbox_summaries`, decision logs in `outbox_decision_logs`. The publisher reads
+//! them merged by key, so it sends in the order things were decided, and after a restart sends
+//! again, in order, whatever is still here. Each lane has its own bound, so summaries or logs
+//! piling up during a long outage never take an action's place: actions are bounded by `capacity`
+//! under the `when_full` policy (`block` makes intake wait for [`Room`], `drop_oldest` evicts the
+//! oldest actions), summaries by `summary_capacity` and decision logs by `log_capacity` (the
+//! oldest are dropped). Drops are counted and logged.
 //!
 //! All writes happen in the audit writer's transactions: [`Outbox::insert`] beside the decision's
 //! audit entry, so a decision and its actions are committed together or not at all, and
@@ -31,7 +32,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::warn;
 
 use agent_base::clock::now_us;
-use agent_store::schema::{OUTBOX, OUTBOX_SUMMARIES};
+use agent_store::schema::{OUTBOX, OUTBOX_DECISION_LOGS, OUTBOX_SUMMARIES};
 use agent_store::{DbContext, StoreError};
 
 use crate::metrics::OutboxMetrics;
@@ -59,13 +60,17 @@ pub enum WhenFull {
 pub enum Lane {
     Action,
     Summary,
+    DecisionLog,
 }
 
 impl Lane {
+    const ALL: [Lane; 3] = [Lane::Action, Lane::Summary, Lane::DecisionLog];
+
     fn table(self) -> TableDefinition<'static, u64, &'static [u8]> {
         match self {
             Lane::Action => OUTBOX,
             Lane::Summary => OUTBOX_SUMMARIES,
+            Lane::DecisionLog => OUTBOX_DECISION_LOGS,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct OutboxBounds {
     pub when_full: WhenFull,
     /// Summaries held at most (the oldest are dropped).
     pub summary_capacity: u64,
+    /// Decision logs held at most (the oldest are dropped).
+    pub log_capacity: u64,
 }
 
 /// What one transaction did to the outbox; [`Outbox::committed`] applies it after the commit.
@@ -103,7 +110,7 @@ pub struct OutboxChange {
 pub struct Outbox {
     db: Arc<Database>,
     bounds: OutboxBounds,
-    /// Entries committed and not yet removed (both lanes).
+    /// Entries committed and not yet removed (every lane).
     depth: AtomicU64,
     /// The key the next inserted entry gets.
     next_key: AtomicU64,
@@ -137,7 +144,9 @@ impl Outbox {
         };
         let (actions, last_action) = lane(Lane::Action)?;
         let (summaries, last_summary) = lane(Lane::Summary)?;
-        let last = last_action.max(last_summary);
+        let (logs, last_log) = lane(Lane::DecisionLog)?;
+        let last = last_action.max(last_summary).max(last_log);
+        let summaries = summaries + logs;
         drop(txn);
         let room = match bounds.when_full {
             WhenFull::Block => bounds.capacity.saturating_sub(actions),
@@ -208,7 +217,7 @@ impl Outbox {
             return Ok(change);
         }
         let at = now_us();
-        for lane in [Lane::Action, Lane::Summary] {
+        for lane in Lane::ALL {
             let mut lane_items = items.iter().filter(|i| i.lane == lane).peekable();
             if lane_items.peek().is_none() {
                 continue;
@@ -233,6 +242,7 @@ impl Outbox {
                 }
                 Lane::Action => None,
                 Lane::Summary => Some(self.bounds.summary_capacity),
+                Lane::DecisionLog => Some(self.bounds.log_capacity),
             };
             if let Some(bound) = bound {
                 change.dropped += drop_oldest(&mut table, bound)?;
@@ -249,11 +259,14 @@ impl Outbox {
         }
         let mut actions = txn.open_table(OUTBOX).ctx("open outbox")?;
         let mut summaries = txn.open_table(OUTBOX_SUMMARIES).ctx("open outbox")?;
+        let mut logs = txn.open_table(OUTBOX_DECISION_LOGS).ctx("open outbox")?;
         for key in keys {
             if actions.remove(key).ctx("remove outbox entry")?.is_some() {
                 change.removed += 1;
                 change.removed_actions += 1;
-            } else if summaries.remove(key).ctx("remove outbox entry")?.is_some() {
+            } else if summaries.remove(key).ctx("remove outbox entry")?.is_some()
+                || logs.remove(key).ctx("remove outbox entry")?.is_some()
+            {
                 change.removed += 1;
             }
         }
@@ -312,34 +325,49 @@ impl Outbox {
         self.committed.notified().await;
     }
 
-    /// Up to `limit` entries of both lanes with keys above `after`, in key order.
+    /// Up to `limit` entries of every lane with keys above `after`, in key order.
     pub fn read_after(
         &self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
-        let actions = txn.open_table(OUTBOX).ctx("open outbox")?;
-        let summaries = txn.open_table(OUTBOX_SUMMARIES).ctx("open outbox")?;
         let from = after.saturating_add(1)..;
-        let mut a = actions.range(from.clone()).ctx("scan outbox")?.peekable();
-        let mut s = summaries.range(from).ctx("scan outbox")?.peekable();
+        let tables = Lane::ALL
+            .map(|lane| txn.open_table(lane.table()).ctx("open outbox"))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ranges = tables
+            .iter()
+            .map(|table| {
+                table
+                    .range(from.clone())
+                    .ctx("scan outbox")
+                    .map(Iterator::peekable)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
-            let take_summary = match (peeked_key(a.peek()), peeked_key(s.peek())) {
-                (Some(ka), Some(ks)) => ks < ka,
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            let next = if take_summary { s.next() } else { a.next() };
-            let Some(next) = next else { break };
+            // The lane whose next key is lowest; a lane whose next item is an error goes first,
+            // so the error is returned.
+            let lowest = ranges
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, range)| {
+                    range
+                        .peek()
+                        .map(|item| (peeked_key(Some(item)).unwrap_or(0), i))
+                })
+                .min();
+            let Some((_, i)) = lowest else { break };
+            let Some(next) = ranges[i].next() else { break };
             let (key, bytes) = next.ctx("scan outbox")?;
             out.push((key.value(), decode_entry(bytes.value())?));
         }
         Ok(out)
     }
 
-    /// Entries committed and not yet acknowledged by the broker (both lanes).
+    /// Entries committed and not yet acknowledged by the broker (every lane).
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Acquire)
     }
@@ -356,7 +384,7 @@ impl Outbox {
     pub fn oldest_age(&self) -> Result<Option<Duration>, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let mut oldest: Option<i64> = None;
-        for lane in [Lane::Action, Lane::Summary] {
+        for lane in Lane::ALL {
             let table = txn.open_table(lane.table()).ctx("open outbox")?;
             if let Some((_, bytes)) = table.first().ctx("read oldest outbox entry")? {
                 let at = decode_entry(bytes.value())?.enqueued_at_us;

@@ -27,6 +27,7 @@ fn outbox(capacity: u64, when_full: WhenFull, summary_capacity: u64) -> Fixture 
         capacity,
         when_full,
         summary_capacity,
+        log_capacity: 3,
     };
     let mut registry = Registry::default();
     let outbox = Outbox::open(
@@ -195,6 +196,7 @@ fn a_reopened_outbox_counts_what_it_holds() {
         capacity: 1,
         when_full: WhenFull::Block,
         summary_capacity: 10,
+        log_capacity: 100,
     };
     let again = Outbox::open(
         Arc::clone(&f.db),
