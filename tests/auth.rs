@@ -357,6 +357,64 @@ fn https_serves_the_configured_certificate_and_a_sighup_renews_it() {
         None,
         "the old certificate is still served"
     );
+    // The operator's view speaks HTTPS with the CA given.
+    let shown = Command::new(test_support::bin())
+        .args(["status", "--once", "--url"])
+        .arg(format!("https://localhost:{}", addr.port()))
+        .arg("--cacert")
+        .arg(&second_ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && text.contains("node tls-node"),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
     kill(pid, Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+/// `mesh-agent status --once`: what an operator sees, read with a read token; without one, a
+/// clear refusal and a non-zero exit.
+#[test]
+fn status_shows_the_local_agent_with_a_read_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let read_file = dir.path().join("read.tokens");
+    write(&read_file, READ);
+    let agent = Agent::start(Options::default().node_id("status-node").env(
+        "MESH_AGENT_AUTH_READ_TOKEN_FILE",
+        read_file.display().to_string(),
+    ));
+    let http = reqwest::blocking::Client::new();
+    let evaluated = http
+        .post(agent.url("/evaluate"))
+        .bearer_auth(READ)
+        .json(&event("disk_full", 6.0, json!({})))
+        .send()
+        .unwrap();
+    assert_eq!(evaluated.status(), 200);
+    let status = |token: Option<&Path>| {
+        let mut cmd = Command::new(test_support::bin());
+        cmd.args(["status", "--once", "--url"])
+            .arg(format!("http://{}", agent.addr));
+        if let Some(token) = token {
+            cmd.arg("--token-file").arg(token);
+        }
+        cmd.output().unwrap()
+    };
+    let shown = wait_until(PATIENCE, || {
+        let out = status(Some(&read_file));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("disk_full"))
+            .then_some(text.clone())
+            .ok_or(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    });
+    assert!(shown.contains("node status-node"), "{shown}");
+    assert!(shown.contains("members: 1 alive"), "{shown}");
+    assert!(shown.contains("upstream: none"), "{shown}");
+    let refused = status(None);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("401"), "{said}");
 }

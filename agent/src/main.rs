@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod daemon;
 mod reload;
+mod status;
 mod systemd;
 
 #[derive(Parser)]
@@ -45,6 +46,25 @@ enum Command {
     /// Inspect a stopped agent's audit ring.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show the local agent (node, revision, members, outbox, breaker, recent decisions and mesh
+    /// actions), redrawn in place; printed once when not on a terminal.
+    Status {
+        /// The agent's API.
+        #[arg(long, default_value = "http://127.0.0.1:8004")]
+        url: String,
+        /// A file holding a read token (the agent's [auth] read_token_file will do).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// CA certificate (PEM) of the API's HTTPS certificate.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2)]
+        interval_sec: u64,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +198,24 @@ fn main() -> ExitCode {
         Command::Collector(args) => collector(args),
         Command::Policy(PolicyCommand::Test { dir, verbose }) => policy_test(&dir, verbose),
         Command::Audit(AuditCommand::Verify { data_dir }) => audit_verify(&data_dir),
+        Command::Status {
+            url,
+            token_file,
+            cacert,
+            interval_sec,
+            once,
+        } => {
+            let target = status::Target {
+                url,
+                token_file,
+                cacert,
+            };
+            let interval = std::time::Duration::from_secs(interval_sec.max(1));
+            match status::run(&target, interval, once) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&format!("{err:#}")),
+            }
+        }
         Command::Certs(CertsCommand::Init { dir, force }) => match certs::init(&dir, force) {
             Ok((cert, key)) => {
                 println!("created {} and {}", cert.display(), key.display());
