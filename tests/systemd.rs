@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::{PATIENCE, bin, free_addr};
+use test_support::{PATIENCE, bin, container, free_addr};
 
 struct KillOnDrop(std::process::Child);
 
@@ -104,7 +104,7 @@ fn the_agent_says_ready_once_it_answers_pings_the_watchdog_and_says_stopping() {
 }
 
 /// `systemd-analyze verify` accepts the shipped unit (with this build's binary in place of
-/// /usr/local/bin/mesh-agent, which verify checks is executable), and `systemd-analyze security`
+/// /usr/bin/mesh-agent, which verify checks is executable), and `systemd-analyze security`
 /// scores it at the exposure the README gives, or better.
 #[test]
 fn the_unit_verifies_and_keeps_its_exposure_score() {
@@ -116,7 +116,7 @@ fn the_unit_verifies_and_keeps_its_exposure_score() {
     assert!(unit.contains("ExecStartPre="), "{unit}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mesh-agent.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/mesh-agent", bin())).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/mesh-agent", bin())).unwrap();
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -162,56 +162,17 @@ fn the_unit_verifies_and_keeps_its_exposure_score() {
     );
 }
 
-/// A Debian root with systemd, made once by `debootstrap` and kept (`MESH_TEST_DEBIAN_ROOT`, or
-/// under /var/tmp): the boot test copies this build's binary and unit into it each run.
-fn debian_root() -> Result<std::path::PathBuf, String> {
-    let root = std::env::var_os("MESH_TEST_DEBIAN_ROOT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/mesh-agent-debian-root".into());
-    if root.join("usr/lib/systemd/systemd").exists() {
-        return Ok(root);
-    }
-    let partial = root.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    let output = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
-            "bookworm",
-        ])
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .output()
-        .map_err(|err| format!("debootstrap: {err}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "debootstrap failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    std::fs::rename(&partial, &root).map_err(|err| err.to_string())?;
-    Ok(root)
-}
-
 /// The shipped unit, hardening and all, boots under a real systemd (in `systemd-nspawn -b`): it
 /// reaches `active` with the agent's status, answers `/health`, restarts nothing, and stops with
 /// `Result=success`. Needs root, `systemd-nspawn` and a Debian root; where those cannot be had,
 /// the test says why and passes on the notification test above.
 #[test]
 fn the_unit_boots_under_systemd_in_a_container() {
-    // Safety: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0
-        || Command::new("systemd-nspawn")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!(
-            "skipped: needs root and systemd-nspawn (Debian: systemd-container); the NOTIFY_SOCKET test covers the protocol"
-        );
+    if let Some(why) = container::unavailable() {
+        eprintln!("skipped: {why}; the NOTIFY_SOCKET test covers the protocol");
         return;
     }
-    let root = match debian_root() {
+    let root = match container::debian_root() {
         Ok(root) => root,
         Err(why) => {
             eprintln!(
@@ -228,7 +189,7 @@ fn the_unit_boots_under_systemd_in_a_container() {
         format!("http_listen = \"{addr}\"\n"),
     )
     .unwrap();
-    std::fs::copy(bin(), root.join("usr/local/bin/mesh-agent")).unwrap();
+    std::fs::copy(bin(), root.join("usr/bin/mesh-agent")).unwrap();
     let units = etc.join("systemd/system");
     let wants = units.join("multi-user.target.wants");
     std::fs::create_dir_all(&wants).unwrap();
@@ -237,64 +198,17 @@ fn the_unit_boots_under_systemd_in_a_container() {
         units.join("mesh-agent.service"),
     )
     .unwrap();
-    // The probe waits for the test's word (a file it writes into the root), then stops the agent
-    // and powers the container off, writing what systemd said at each step.
-    std::fs::write(
-        units.join("probe.service"),
-        "[Unit]\nAfter=mesh-agent.service\n[Service]\nType=oneshot\nExecStart=/bin/sh -c '\
-         while [ ! -e /probe.go ]; do sleep 0.1; done; \
-         systemctl show -p ActiveState,StatusText,NRestarts mesh-agent > /probe.txt; \
+    let link = wants.join("mesh-agent.service");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/etc/systemd/system/mesh-agent.service", &link).unwrap();
+    let booted = container::boot(
+        &root,
+        addr,
+        "systemctl show -p ActiveState,StatusText,NRestarts mesh-agent; \
          systemctl stop mesh-agent; \
-         systemctl show -p ActiveState,Result mesh-agent >> /probe.txt; \
-         systemctl poweroff'\n",
-    )
-    .unwrap();
-    for unit in ["mesh-agent.service", "probe.service"] {
-        let link = wants.join(unit);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link).unwrap();
-    }
-    for stale in ["probe.go", "probe.txt"] {
-        let _ = std::fs::remove_file(root.join(stale));
-    }
-    let mut container = Command::new("systemd-nspawn")
-        .args(["-q", "-b", "--register=no", "--keep-unit", "-D"])
-        .arg(&root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let health = test_support::wait_until(PATIENCE, || {
-        http.get(format!("http://{addr}/health"))
-            .send()
-            .map_err(|err| err.to_string())
-            .and_then(|r| {
-                let status = r.status();
-                r.text()
-                    .map_err(|err| err.to_string())
-                    .map(|body| (status, body))
-            })
-    });
-    std::fs::write(root.join("probe.go"), "").unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = container.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = container.kill();
-            panic!("the container did not power off");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let probe = std::fs::read_to_string(root.join("probe.txt")).unwrap_or_default();
-    assert_eq!(health.0, 200, "{}", health.1);
-    assert!(status.success(), "systemd-nspawn: {status}");
+         systemctl show -p ActiveState,Result mesh-agent",
+    );
+    assert_eq!(booted.health_status, 200, "{}", booted.health_body);
     for line in [
         "ActiveState=active",
         "StatusText=serving, alone",
@@ -302,6 +216,10 @@ fn the_unit_boots_under_systemd_in_a_container() {
         "ActiveState=inactive",
         "Result=success",
     ] {
-        assert!(probe.lines().any(|l| l == line), "no `{line}` in:\n{probe}");
+        assert!(
+            booted.probe.lines().any(|l| l == line),
+            "no `{line}` in:\n{}",
+            booted.probe
+        );
     }
 }
