@@ -51,6 +51,7 @@ else
 fi
 install -m 0644 "$here/agent.example.toml" "$here/alerts.yml" "$here/grafana-dashboard.json" \
     "$DESTDIR$PREFIX/share/mesh-agent/"
+rm -rf "$DESTDIR$PREFIX/share/mesh-agent/policies"
 cp -R "$repo/policies" "$DESTDIR$PREFIX/share/mesh-agent/policies"
 install -m 0644 "$here/sysctl/60-mesh-agent.conf" "$DESTDIR/etc/sysctl.d/"
 
@@ -71,8 +72,10 @@ fi
 if systemd_running; then
     sysctl -q -p /etc/sysctl.d/60-mesh-agent.conf || say "could not apply the sysctl limits now"
     systemctl daemon-reload
-    systemctl enable --now mesh-agent.service
-    say "mesh-agent installed and started: systemctl status mesh-agent; mesh-agent status"
+    systemctl enable mesh-agent.service
+    # restart, not start: an upgrade must replace the running binary.
+    systemctl restart mesh-agent.service
+    say "mesh-agent installed and (re)started: systemctl status mesh-agent; mesh-agent status"
 else
     say "mesh-agent installed into ${DESTDIR:-/}; enable it with: systemctl enable --now mesh-agent"
 fi

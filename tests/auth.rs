@@ -245,7 +245,7 @@ fn sighup_applies_log_level_and_limits_and_names_what_needs_a_restart() {
     agent.hangup();
     wait_until(PATIENCE, || {
         let log = agent.log_text();
-        log.contains("nothing was reloaded")
+        log.contains("the config does not load")
             .then_some(())
             .ok_or(log)
     });
@@ -313,18 +313,20 @@ fn https_serves_the_configured_certificate_and_a_sighup_renews_it() {
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(test_support::bin())
-        .args(["run", "--node-id", "tls-node", "--http-listen"])
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data.path().join("data"))
-        .env("MESH_AGENT_HTTP_TLS_CERT_FILE", &cert)
-        .env("MESH_AGENT_HTTP_TLS_KEY_FILE", &key)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = test_support::nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut child = test_support::KillOnDrop(
+        Command::new(test_support::bin())
+            .args(["run", "--node-id", "tls-node", "--http-listen"])
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .env("MESH_AGENT_HTTP_TLS_CERT_FILE", &cert)
+            .env("MESH_AGENT_HTTP_TLS_KEY_FILE", &key)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = test_support::nix::unistd::Pid::from_raw(child.0.id() as i32);
     let url = format!("https://localhost:{}/health", addr.port());
     let first_ca = first.path().join("ca.pem");
     let second_ca = second.path().join("ca.pem");
@@ -372,7 +374,7 @@ fn https_serves_the_configured_certificate_and_a_sighup_renews_it() {
         String::from_utf8_lossy(&shown.stderr)
     );
     kill(pid, Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
 }
 
 /// `mesh-agent status --once`: what an operator sees, read with a read token; without one, a
@@ -417,4 +419,45 @@ fn status_shows_the_local_agent_with_a_read_token() {
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("401"), "{said}");
+}
+
+/// The collector takes the same locks: a read token, and a per-client rate.
+#[test]
+fn the_collector_needs_a_token_and_rate_limits_each_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let read_file = dir.path().join("read.tokens");
+    write(&read_file, READ);
+    let space = test_support::mqtt::Space::new();
+    let collector = test_support::mqtt::Collector::start_with(
+        test_support::mqtt::broker(),
+        &space.client_id("collector"),
+        &space.summaries_topic(),
+        &space.actions_topic(),
+        &[
+            "--rate-per-second".into(),
+            "1".into(),
+            "--rate-burst".into(),
+            "3".into(),
+            "--read-token-file".into(),
+            read_file.display().to_string(),
+        ],
+    );
+    let http = reqwest::blocking::Client::new();
+    let get = |token: Option<&str>| {
+        let mut request = http.get(collector.url("/collector/nodes"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().unwrap()
+    };
+    assert_eq!(get(None).status(), 401);
+    assert_eq!(get(Some(WRONG)).status(), 401);
+    let answers: Vec<reqwest::blocking::Response> = (0..20).map(|_| get(Some(READ))).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    let limited = answers
+        .iter()
+        .find(|r| r.status() == 429)
+        .unwrap_or_else(|| panic!("nothing limited: {statuses:?}"));
+    assert!(limited.headers().contains_key("retry-after"));
 }

@@ -434,11 +434,13 @@ fn decisions_are_logged_in_opas_shape_with_masked_fields_to_the_journal_and_to_m
         log["input"]["user"]["ssn"], "123-45",
         "only what is masked goes"
     );
-    let metrics = mqtt_node.metrics();
-    assert!(
+    // Counted once committed to the outbox, which may be a moment after the broker has it.
+    wait_until(PATIENCE, || {
+        let metrics = mqtt_node.metrics();
         metrics
             .lines()
-            .any(|l| l.starts_with("decision_logs_total{sink=\"mqtt\"}") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("decision_logs_total{sink=\"mqtt\"}") && !l.ends_with(" 0"))
+            .then_some(())
+            .ok_or(metrics)
+    });
 }

@@ -34,19 +34,11 @@ fn static_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// The package of this version, as `cargo deb` names it.
 fn package() -> Option<PathBuf> {
-    let dir = target_dir().join(MUSL).join("debian");
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("mesh-agent_") && n.ends_with(".deb"))
-        })
-        .collect();
-    debs.sort();
-    debs.pop()
+    let name = format!("mesh-agent_{}-1_amd64.deb", env!("CARGO_PKG_VERSION"));
+    let path = target_dir().join(MUSL).join("debian").join(name);
+    path.exists().then_some(path)
 }
 
 #[test]
@@ -66,13 +58,15 @@ fn the_static_build_has_no_dynamic_dependencies_and_serves() {
     );
     let data = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let mut child = Command::new(&binary)
-        .args(["run", "--node-id", "static-node", "--http-listen"])
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data.path())
-        .spawn()
-        .unwrap();
+    let mut child = test_support::KillOnDrop(
+        Command::new(&binary)
+            .args(["run", "--node-id", "static-node", "--http-listen"])
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data.path())
+            .spawn()
+            .unwrap(),
+    );
     let http = reqwest::blocking::Client::new();
     let health = wait_until(PATIENCE, || {
         http.get(format!("http://{addr}/health"))
@@ -81,8 +75,8 @@ fn the_static_build_has_no_dynamic_dependencies_and_serves() {
             .map_err(|err| err.to_string())
     });
     assert_eq!(health["node_id"], "static-node", "{health}");
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]

@@ -57,8 +57,17 @@ pub async fn import_policies(
 
 /// Runs the agent until a shutdown signal; SIGHUP reloads what `reload` can.
 pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Result<()> {
+    let hangups = crate::reload::hangups();
     let node_id = config.resolved_node_id();
     info!(node_id = %node_id, version = env!("CARGO_PKG_VERSION"), "starting mesh-agent");
+    let metrics = Metrics::new();
+    // Files the API needs, read before anything starts: a bad one stops the start at once.
+    let auth = agent_http::Auth::new(&config.auth, metrics.auth.clone())?;
+    let tls = config
+        .http
+        .tls_files()
+        .map(|files| agent_http::Tls::new(&files))
+        .transpose()?;
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -71,7 +80,6 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     let store = Arc::new(store);
     info!(path = %data_file.display(), "data file open");
 
-    let metrics = Metrics::new();
     let rego_settings = config.rego.settings();
     agent_engine::rego::set_memory_limit(config.rego.max_memory_bytes);
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
@@ -126,6 +134,7 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     let decision_log = agent_decision::decision_log::DecisionLog::start(
         &config.decision_logs,
         &node_id,
+        config.mqtt.max_message_bytes,
         outbox.is_some().then(|| audit.clone()),
         metrics.decision_logs.clone(),
     );
@@ -204,14 +213,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         agent_mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
     });
 
-    let auth = agent_http::Auth::new(&config.auth, metrics.auth.clone())?;
     let evaluate_limit =
         agent_http::EvaluateLimit::new(&config.limits, metrics.http.rate_limited.clone());
-    let tls = config
-        .http
-        .tls_files()
-        .map(|files| agent_http::Tls::new(&files))
-        .transpose()?;
     let upstream = mqtt.as_ref().map(|m| m.upstream());
     let reloader = crate::reload::Reloader {
         sources: reload,
@@ -279,7 +282,7 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         "serving, alone"
     });
     let watchdog = crate::systemd::spawn_watchdog(fatal.clone());
-    let reloads = crate::reload::spawn(reloader);
+    let reloads = crate::reload::spawn(reloader, hangups);
     // The server task ends when the shutdown signal resolves, or if it panicked: then the agent
     // stops all the same, and exits non-zero so that systemd starts it again.
     let server_failed = server.await.err().map(|err| {

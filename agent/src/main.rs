@@ -391,6 +391,15 @@ fn collector(args: CollectorArgs) -> ExitCode {
 fn check_config(file: PathBuf) -> ExitCode {
     match Config::load(Some(&file), std::env::vars()) {
         Ok(mut config) => {
+            // The files the config names are read as the agent would read them.
+            if let Err(err) = agent_http::Auth::new(&config.auth, Default::default()) {
+                return fail(&err);
+            }
+            if let Some(files) = config.http.tls_files()
+                && let Err(err) = agent_http::Tls::new(&files)
+            {
+                return fail(&err);
+            }
             println!("{}: ok", file.display());
             println!("node_id (resolved) = {:?}", config.resolved_node_id());
             // The unit runs this before every start, into the journal: no secret goes there.

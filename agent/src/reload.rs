@@ -56,16 +56,27 @@ pub struct Reloader {
     pub reloads: ReloadMetrics,
 }
 
+/// SIGHUP, listened for from the first moment of `run`: its default action would end the agent
+/// (a reload asked for while it starts). Hangups before [`spawn`] wait in the stream.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(err) => {
+            warn!(error = %err, "cannot listen for SIGHUP: the config is read only at start");
+            None
+        }
+    }
+}
+
 /// Reloads on every SIGHUP until aborted.
-pub fn spawn(mut reloader: Reloader) -> JoinHandle<()> {
+pub fn spawn(
+    mut reloader: Reloader,
+    hangups: Option<tokio::signal::unix::Signal>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(err) => {
-                warn!(error = %err, "cannot listen for SIGHUP: the config is read only at start");
-                return;
-            }
+        let Some(mut hangups) = hangups else {
+            return;
         };
         while hangups.recv().await.is_some() {
             info!("SIGHUP received: reloading the config");
@@ -81,7 +92,12 @@ impl Reloader {
         let new = match (self.sources.load)() {
             Ok(config) => config,
             Err(err) => {
-                error!(error = %err, "the config does not load; nothing was reloaded");
+                error!(error = %err, "the config does not load; nothing else was reloaded");
+                // Token files are still read again: a token taken out of its file must stop
+                // working even while an unrelated key has a typo.
+                if let Err(err) = self.auth.reload(&self.current.auth) {
+                    error!(error = %err, "cannot read a token file; its scope has no token until it can be read");
+                }
                 self.count("failed");
                 return;
             }
@@ -147,6 +163,12 @@ impl Reloader {
             }
         }
 
+        if !new.auth.enabled() && !self.current.http_listen.ip().is_loopback() {
+            warn!(
+                addr = %self.current.http_listen,
+                "the API listens beyond loopback with no [auth] token files: anyone who can reach it may change policies"
+            );
+        }
         let restart: Vec<&String> = changed
             .iter()
             .filter(|key| !RELOADABLE.iter().any(|prefix| key.starts_with(prefix)))

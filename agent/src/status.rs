@@ -114,11 +114,18 @@ pub fn run(target: &Target, interval: Duration, once: bool) -> anyhow::Result<()
     }
 }
 
+/// A value as the view shows it. Strings come from callers and peers (event types, node ids): a
+/// control character is written escaped, so none reaches the terminal as a command.
 fn text(value: &Value) -> String {
-    match value {
+    let shown = match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
+    };
+    if shown.chars().any(char::is_control) {
+        shown.chars().flat_map(char::escape_default).collect()
+    } else {
+        shown
     }
 }
 

@@ -2,11 +2,11 @@
 //!
 //! - none: `/health`, so that a probe (systemd, Kubernetes, a load balancer) needs no secret;
 //! - `read`: every `GET`, and the routes that evaluate without changing anything (`/evaluate`,
-//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`);
+//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`);
 //! - `admin`: every other write (policies, Rego modules, data documents).
 //!
-//! The table goes by method and path, not by the router's routes, so that a route added later is
-//! `admin` unless it is said here to be less.
+//! The table goes by method and path, not by the router's routes: a `GET` added later is `read`,
+//! any other method `admin` unless it is said here to be less.
 
 use axum::http::Method;
 
@@ -25,9 +25,7 @@ pub(crate) fn scope(method: &Method, path: &str) -> Option<Scope> {
             || path == "/evaluate/batch"
             || path == "/v1/data"
             || path.starts_with("/v1/data/")
-            || path == "/v1/validate"
-            || path == "/v1/query"
-            || (path.starts_with("/policies/") && path.ends_with("/replay")));
+            || path == "/v1/validate");
     Some(if evaluates { Scope::Read } else { Scope::Admin })
 }
 

@@ -76,6 +76,7 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
                 .delete(policies::delete),
         )
         .route("/policies/{id}/versions", get(policies::versions))
+        .route("/policies/{id}/rollback", post(policies::rollback))
         .route("/evaluate", limited(post(evaluate::one)))
         .route("/evaluate/batch", limited(post(evaluate::batch)))
         .route("/audit", get(audit::read))
@@ -113,6 +114,8 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
                 .merge(limited(post(opa::post_data))),
         )
         .route("/v1/validate", limited(post(opa::validate)))
+        .route("/rego/versions", get(opa::document_versions))
+        .route("/rego/rollback", post(opa::rollback_document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {

@@ -74,3 +74,23 @@ pub async fn versions(
     let history = state.policies.history(id)?;
     Ok(Json(history.into_iter().map(ChangeView::from).collect()))
 }
+
+/// `POST /policies/{id}/rollback` with `{"version": N}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub version: u64,
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let Path(id) = id?;
+    let request: RollbackRequest = json::parse(&body?)?;
+    let service = state.policies.clone();
+    let record =
+        tokio::task::spawn_blocking(move || service.rollback(id, request.version)).await??;
+    Ok(Json(record.into()))
+}

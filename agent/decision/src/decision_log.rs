@@ -127,13 +127,19 @@ impl DecisionLogMetrics {
         );
         registry.register(
             "decision_logs_dropped",
-            "Decision logs dropped, by reason (queue_full, write_failed, not_committed)",
+            "Decision logs dropped, by reason (queue_full, too_large, stopped, write_failed, not_committed; beyond decision_logs.keep in the outbox: outbox_decision_logs_dropped_total)",
             metrics.dropped.clone(),
         );
         for sink in ["journal", "mqtt"] {
             drop(metrics.written.get_or_create(&SinkLabel { sink }));
         }
-        for reason in ["queue_full", "write_failed", "not_committed"] {
+        for reason in [
+            "queue_full",
+            "too_large",
+            "stopped",
+            "write_failed",
+            "not_committed",
+        ] {
             drop(metrics.dropped.get_or_create(&DropLabel { reason }));
         }
         metrics
@@ -177,6 +183,8 @@ enum To {
     Outbox {
         queue: mpsc::Sender<OutboxItem>,
         topic: String,
+        /// The broker's limit (`mqtt.max_message_bytes`): a larger log could never be sent.
+        max_bytes: usize,
         /// Tells the flushing task to commit what is queued and end.
         stop: tokio::sync::watch::Sender<bool>,
     },
@@ -188,6 +196,7 @@ impl DecisionLog {
     pub fn start(
         config: &DecisionLogsConfig,
         node_id: &str,
+        max_message_bytes: usize,
         audit: Option<AuditLog>,
         metrics: DecisionLogMetrics,
     ) -> Option<(Arc<DecisionLog>, Option<JoinHandle<()>>)> {
@@ -208,6 +217,7 @@ impl DecisionLog {
                     To::Outbox {
                         queue,
                         topic: config.topic.clone(),
+                        max_bytes: max_message_bytes,
                         stop,
                     },
                     Some(task),
@@ -270,15 +280,33 @@ impl DecisionLog {
                     Err(err) => self.dropped("write_failed", &err.to_string()),
                 }
             }
-            To::Outbox { queue, topic, .. } => {
+            To::Outbox {
+                queue,
+                topic,
+                max_bytes,
+                ..
+            } => {
+                if line.len() > *max_bytes {
+                    self.dropped(
+                        "too_large",
+                        "the log is larger than mqtt.max_message_bytes; mask its large fields",
+                    );
+                    return;
+                }
                 let item = OutboxItem {
                     id: decision_id,
                     topic: topic.clone(),
                     payload: line,
                     lane: Lane::DecisionLog,
                 };
-                if queue.try_send(item).is_err() {
-                    self.dropped("queue_full", "the queue for the outbox is full");
+                match queue.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.dropped("queue_full", "the queue for the outbox is full")
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.dropped("stopped", "the agent is stopping")
+                    }
                 }
             }
         }

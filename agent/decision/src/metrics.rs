@@ -96,6 +96,8 @@ impl AuditMetrics {
 pub struct OutboxMetrics {
     pub depth: Gauge,
     pub dropped: Counter,
+    /// Decision logs dropped past `decision_logs.keep`.
+    pub dropped_logs: Counter,
     /// Times an intake had to wait for outbox room (`block`).
     pub full_waits: Counter,
 }
@@ -105,6 +107,7 @@ impl OutboxMetrics {
         let metrics = OutboxMetrics {
             depth: Gauge::default(),
             dropped: Counter::default(),
+            dropped_logs: Counter::default(),
             full_waits: Counter::default(),
         };
         registry.register(
@@ -116,6 +119,11 @@ impl OutboxMetrics {
             "outbox_dropped",
             "Messages dropped from a full outbox (actions under when_full = drop_oldest, summaries beyond summary.keep)",
             metrics.dropped.clone(),
+        );
+        registry.register(
+            "outbox_decision_logs_dropped",
+            "Decision logs dropped from the outbox past decision_logs.keep (the oldest first)",
+            metrics.dropped_logs.clone(),
         );
         registry.register(
             "outbox_full_waits",

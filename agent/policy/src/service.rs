@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mesh_proto::{PolicyChange, PolicyRecord};
+use mesh_proto::{ChangeOp, PolicyChange, PolicyRecord};
 use tracing::{info, warn};
 
 use agent_engine::{Engine, EngineMetrics};
@@ -75,6 +75,69 @@ impl PolicyService {
                     patch.priority.unwrap_or(current.priority),
                 )?;
                 // Under the write lock no other local writer can slip in between read and write.
+                Ok(store.update(id, current.version, fields)?)
+            },
+            |r| Some((r, false)),
+        )
+    }
+
+    /// Writes a new version of policy `id` equal to its version `version` (name, description,
+    /// definition, active flag, priority), which rolls out like any change. The version must be
+    /// one the history holds and not the policy's deletion; a deleted policy cannot be rolled back
+    /// (create it again).
+    pub fn rollback(&self, id: u64, version: u64) -> Result<PolicyRecord, PolicyError> {
+        self.write(
+            |store| {
+                let history = store.history(id)?;
+                if history.is_empty() {
+                    return Err(PolicyError::NotFound { id });
+                }
+                let versions = || {
+                    history
+                        .iter()
+                        .filter(|c| c.op != ChangeOp::Delete)
+                        .map(|c| c.policy.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let Some(target) = history.iter().find(|c| c.policy.version == version) else {
+                    return Err(PolicyError::invalid(
+                        "version",
+                        format!(
+                            "policy {id} has no version {version}; it has {}",
+                            versions()
+                        ),
+                    ));
+                };
+                if target.op == ChangeOp::Delete {
+                    return Err(PolicyError::invalid(
+                        "version",
+                        format!(
+                            "version {version} is the policy's deletion; roll back to one of {}",
+                            versions()
+                        ),
+                    ));
+                }
+                let current = store.get(id)?.ok_or_else(|| {
+                    PolicyError::invalid(
+                        "version",
+                        format!("policy {id} is deleted; create it again from version {version}"),
+                    )
+                })?;
+                let old = &target.policy;
+                let definition = Definition::from_json(&old.definition_json).map_err(|err| {
+                    PolicyError::invalid(
+                        "version",
+                        format!("version {version}'s stored definition is unreadable: {err}"),
+                    )
+                })?;
+                let fields = validated(
+                    old.name.clone(),
+                    old.description.clone(),
+                    &definition,
+                    old.active,
+                    old.priority,
+                )?;
                 Ok(store.update(id, current.version, fields)?)
             },
             |r| Some((r, false)),

@@ -113,6 +113,16 @@ impl Options {
     }
 }
 
+/// A process a test started itself, killed when the test ends (a failed assertion included).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running agent; killed when dropped.
 pub struct Agent {
     child: Option<Child>,

@@ -431,6 +431,17 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(broker: SocketAddr, client_id: &str, summaries: &str, actions: &str) -> Collector {
+        Collector::start_with(broker, client_id, summaries, actions, &[])
+    }
+
+    /// [`start`](Self::start), with more arguments (`--rate-per-second`, `--read-token-file`).
+    pub fn start_with(
+        broker: SocketAddr,
+        client_id: &str,
+        summaries: &str,
+        actions: &str,
+        extra: &[String],
+    ) -> Collector {
         let tmp = tempfile::tempdir().expect("temp dir");
         let log = tmp.path().join("collector.log");
         let addr = free_addr();
@@ -446,6 +457,7 @@ impl Collector {
             ])
             .arg("--data-dir")
             .arg(tmp.path().join("data"))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)
@@ -470,6 +482,10 @@ impl Collector {
             thread::sleep(Duration::from_millis(20));
         }
         collector
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

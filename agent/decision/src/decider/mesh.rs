@@ -134,7 +134,7 @@ impl Decider {
             }
         }
         let decided = records.len();
-        let committed = self.record(records, actions).await?;
+        let committed = self.record(records, actions, &set).await?;
         tentative.commit();
         if let Some(committed) = committed {
             committed.await.map_err(|_| NotCommitted)??;

@@ -332,7 +332,7 @@ impl Decider {
             let mut tentative = self.mesh_actions.tentative();
             let (record, actions) =
                 self.prepare(&incident, input_json, &evaluation, now_ms, &mut tentative)?;
-            committed = self.record(vec![record], actions).await?;
+            committed = self.record(vec![record], actions, &evaluation.set).await?;
             // Recorded (or the writer fails and the agent stops): only now does it count.
             tentative.commit();
             self.remember(&incident, &evaluation, now_ms);
@@ -391,7 +391,10 @@ impl Decider {
         if dry_run {
             return Ok(decisions);
         }
-        let committed = self.record(records, actions).await?;
+        let set = decisions
+            .last()
+            .map_or_else(|| self.engine.current(), |d| Arc::clone(&d.evaluation.set));
+        let committed = self.record(records, actions, &set).await?;
         tentative.commit();
         for decision in &decisions {
             self.remember(&decision.incident, &decision.evaluation, now_ms);
@@ -449,22 +452,32 @@ impl Decider {
         &self,
         records: Vec<AuditRecord>,
         actions: Vec<OutboxItem>,
+        set: &agent_engine::PolicySet,
     ) -> Result<Option<Committed>, DecideError> {
-        // What the records say became of matched rules' actions, counted once they are accepted.
-        let mut outcomes: Vec<(bool, mesh_proto::ActionOutcome)> = Vec::new();
+        // What the records say became of matched rules' actions, counted once they are accepted
+        // (a commit that then fails stops the agent). The scopes come from the set the decisions
+        // were made with, looked up once per call.
+        let mut outcomes: Vec<(u64, mesh_proto::ActionOutcome)> = Vec::new();
         for record in &records {
             for result in &record.results {
                 if let Some(outcome) = &result.action {
-                    let mesh = self
-                        .engine
-                        .current()
-                        .policies()
-                        .iter()
-                        .any(|p| p.id == result.policy_id && p.scope == Scope::Mesh);
-                    outcomes.push((mesh, outcome.clone()));
+                    outcomes.push((result.policy_id, outcome.clone()));
                 }
             }
         }
+        let mesh_rules: std::collections::HashSet<u64> = if outcomes.is_empty() {
+            Default::default()
+        } else {
+            set.policies()
+                .iter()
+                .filter(|p| p.scope == Scope::Mesh)
+                .map(|p| p.id)
+                .collect()
+        };
+        let outcomes: Vec<(bool, mesh_proto::ActionOutcome)> = outcomes
+            .into_iter()
+            .map(|(id, outcome)| (mesh_rules.contains(&id), outcome))
+            .collect();
         let recorded = self.record_now(records, actions).await;
         if recorded.is_ok() {
             for (mesh, outcome) in &outcomes {

@@ -100,7 +100,10 @@ pub struct OutboxBounds {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxChange {
     pub added: u64,
+    /// Dropped past a bound: actions and summaries...
     pub dropped: u64,
+    /// ...and decision logs (counted apart: they do not alarm as lost actions do).
+    pub dropped_logs: u64,
     pub removed: u64,
     /// Of `removed`, how many were actions (their places are given back under `block`).
     pub removed_actions: u64,
@@ -245,7 +248,12 @@ impl Outbox {
                 Lane::DecisionLog => Some(self.bounds.log_capacity),
             };
             if let Some(bound) = bound {
-                change.dropped += drop_oldest(&mut table, bound)?;
+                let dropped = drop_oldest(&mut table, bound)?;
+                if lane == Lane::DecisionLog {
+                    change.dropped_logs += dropped;
+                } else {
+                    change.dropped += dropped;
+                }
             }
         }
         Ok(change)
@@ -281,14 +289,17 @@ impl Outbox {
         }
         // The depth moves before the new entries are shown to the publisher, so an entry is
         // counted before its removal can be.
-        let next =
-            |depth: u64| (depth + change.added).saturating_sub(change.dropped + change.removed);
+        let next = |depth: u64| {
+            (depth + change.added)
+                .saturating_sub(change.dropped + change.dropped_logs + change.removed)
+        };
         let before = self
             .depth
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| Some(next(d)))
             .unwrap_or_default();
         self.metrics.depth.set(next(before) as i64);
         self.metrics.dropped.inc_by(change.dropped);
+        self.metrics.dropped_logs.inc_by(change.dropped_logs);
         self.give_back(change.removed_actions);
         if change.added > 0 {
             self.last_committed

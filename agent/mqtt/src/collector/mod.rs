@@ -101,6 +101,24 @@ pub async fn run(settings: CollectorSettings) -> Result<(), CollectorError> {
     info!(addr = %listener.local_addr().map_err(listen_err)?, broker = %settings.mqtt_url, "collector listening");
     // The agent's server: connection cap, header, idle and request timeouts, the same limits.
     let auth = agent_http::Auth::new(&settings.auth, agent_http::AuthMetrics::default())?;
+    // SIGHUP reads the token file again (rotation), as the agent does.
+    let hangups = {
+        let auth = std::sync::Arc::clone(&auth);
+        let config = settings.auth.clone();
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::spawn(async move {
+            let Some(hangups) = hangups.as_mut() else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match auth.reload(&config) {
+                    Ok(()) => info!("SIGHUP: token file read again"),
+                    Err(err) => tracing::error!(error = %err, "SIGHUP: cannot read the token file; no token is accepted until it can be"),
+                }
+            }
+        })
+    };
     let limit = agent_http::EvaluateLimit::new(&settings.limits, Default::default());
     let router = http::router(store)
         .layer(axum::middleware::from_fn_with_state(
@@ -121,6 +139,7 @@ pub async fn run(settings: CollectorSettings) -> Result<(), CollectorError> {
     );
     let served = server.await;
     subscriber.abort();
+    hangups.abort();
     served.map_err(|err| CollectorError::Serve(err.to_string()))?;
     Ok(())
 }

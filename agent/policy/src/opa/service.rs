@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mesh_proto::{DocKind, DocumentRecord};
+use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord};
 use serde_json::Value;
 use tracing::{error, info};
 
@@ -108,6 +108,55 @@ impl RegoService {
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::delete(&docs, path)?;
         self.change_locked(writes).map(|_| ())
+    }
+
+    /// Every change to a module (`DocKind::RegoModule`, by id) or a data document
+    /// (`DocKind::Data`, by its path), oldest first.
+    pub fn history(&self, kind: DocKind, name: &str) -> Result<Vec<DocumentChange>, OpaError> {
+        let name = match kind {
+            DocKind::Data => data_tree::normalize(name),
+            DocKind::RegoModule => name.to_owned(),
+        };
+        let history = self.store.document_history(kind, &name)?;
+        if history.is_empty() {
+            return Err(OpaError::NotFound(format!("no history for {name:?}")));
+        }
+        Ok(history)
+    }
+
+    /// Writes the module or data document back to its version `version`, as a new change that
+    /// rolls out like any other (a module is compiled with the rest first, as on a PUT).
+    pub fn rollback(&self, kind: DocKind, name: &str, version: u64) -> Result<(), OpaError> {
+        let history = self.history(kind, name)?;
+        let kept: Vec<String> = history
+            .iter()
+            .filter(|c| c.op != ChangeOp::Delete)
+            .map(|c| c.document.version.to_string())
+            .collect();
+        let Some(target) = history.iter().find(|c| c.document.version == version) else {
+            return Err(OpaError::BadRequest(format!(
+                "{name:?} has no version {version}; it has {}",
+                kept.join(", ")
+            )));
+        };
+        if target.op == ChangeOp::Delete {
+            return Err(OpaError::BadRequest(format!(
+                "version {version} of {name:?} is its deletion; roll back to one of {}",
+                kept.join(", ")
+            )));
+        }
+        let body = target.document.body.clone();
+        match kind {
+            DocKind::Data => {
+                let value: Value = serde_json::from_str(&body).map_err(|err| {
+                    OpaError::BadRequest(format!(
+                        "version {version} of {name:?} is not valid JSON: {err}"
+                    ))
+                })?;
+                self.put_data(&target.document.name, value).map(|_| ())
+            }
+            DocKind::RegoModule => self.put_module(&target.document.name, body).map(|_| ()),
+        }
     }
 
     pub fn module_count(&self) -> usize {
