@@ -47,9 +47,20 @@ fn opa_policy_and_data_api() {
     assert_eq!((status, body), (200, json!({})));
     let (status, list) = agent.get("/v1/policies");
     assert_eq!(status, 200);
+    assert_eq!(list["result"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["result"][0]["id"], "authz/example.rego");
+    assert_eq!(list["result"][0]["raw"], AUTHZ_V1);
+    // The `ast` clients read: the package's path as terms, the rules' head names.
     assert_eq!(
-        list["result"],
-        json!([{"id": "authz/example.rego", "raw": AUTHZ_V1}])
+        list["result"][0]["ast"]["package"]["path"][0],
+        json!({"type": "var", "value": "data"}),
+        "{list}"
+    );
+    assert!(
+        list["result"][0]["ast"]["rules"]
+            .as_array()
+            .is_some_and(|rules| !rules.is_empty()),
+        "{list}"
     );
     let (_, one) = agent.get("/v1/policies/authz/example.rego");
     assert_eq!(one["result"]["raw"], AUTHZ_V1);

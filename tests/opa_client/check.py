@@ -6,11 +6,22 @@ Every request goes through the library's synchronous `OpaClient`; there is no ha
 here. Each step is a short function; the first failed check exits non-zero with a message.
 """
 
+import http.server
+import json
+import os
 import sys
+import tempfile
+import threading
 import traceback
 
+import requests
 from opa_client import OpaClient
-from opa_client.errors import ConnectionsError, PolicyNotFoundError, RegoParseError
+from opa_client.errors import (
+    ConnectionsError,
+    PatchDataError,
+    PolicyNotFoundError,
+    RegoParseError,
+)
 
 POLICY_ID = "example/authz.rego"
 PACKAGE = "example.authz"
@@ -125,6 +136,106 @@ def upload_broken_policy(client):
     check_decisions(client, {"alice": True})
 
 
+def check_health_parameters(client):
+    step("check_health bundles/plugins, wait_for_ready")
+    # The seed's Kubernetes readiness probe asks /health?bundles=true.
+    assert client.check_health({"bundles": True}) is True, "GET /health?bundles=true is not 200"
+    assert client.check_health({"plugins": True}) is True, "GET /health?plugins=true is not 200"
+    assert client.wait_for_ready(timeout=10) is True
+
+
+def read_server_documents(client, host, port):
+    step("get_config, get_status, get_metrics")
+    config = client.get_config()
+    assert config.get("result", {}).get("labels", {}).get("id"), f"get_config(): {config!r}"
+    status = client.get_status()
+    assert "plugins" in status.get("result", {}), f"get_status(): {status!r}"
+    metrics = client.get_metrics()
+    assert "mesh_agent_build_info" in metrics, "get_metrics() lacks mesh_agent_build_info"
+
+
+def policies_info(client, host, port):
+    step("get_policies_info")
+    info = client.get_policies_info()
+    entry = info.get(POLICY_ID)
+    assert entry, f"get_policies_info() has no {POLICY_ID!r}: {info!r}"
+    root = f"http://{host}:{port}/v1/data/example/authz"
+    assert entry["path"] == root, f"get_policies_info() path is {entry['path']!r}, expected {root!r}"
+    assert set(entry["rules"]) == {f"{root}/allow", f"{root}/admin_count"}, f"rules: {entry['rules']!r}"
+    # And the URLs it gives answer.
+    answer = requests.post(f"{root}/allow", json={"input": {"user": "alice"}}, timeout=30).json()
+    assert answer.get("result") is True, f"POST {root}/allow: {answer!r}"
+
+
+def patch_admins(client):
+    step("patch_data")
+    ok = client.patch_data("example", [{"op": "add", "path": "/admins/-", "value": "carol"}])
+    assert ok is True, f"patch_data() returned {ok!r}"
+    data = client.get_data("example/admins")
+    assert data.get("result") == ["alice", "bob", "carol"], f"after patch_data(): {data!r}"
+    try:
+        client.patch_data("example", [{"op": "remove", "path": "/nobody"}])
+    except PatchDataError as error:
+        print(f"    raised as expected: {error}", flush=True)
+    else:
+        raise AssertionError("patch_data() accepted a patch that does not apply")
+    ok = client.patch_data("example", [{"op": "remove", "path": "/admins/2"}])
+    assert ok is True
+
+
+def queries(client):
+    step("get_data with input, query_rule with metrics")
+    answer = client.get_data("example/authz/allow", {"input": json.dumps({"user": "alice"})})
+    assert answer.get("result") is True, f"GET .../allow?input=: {answer!r}"
+    answer = client.query_rule({"user": "alice"}, PACKAGE, "allow", {"metrics": True})
+    assert answer.get("result") is True and "metrics" in answer, f"query_rule(metrics): {answer!r}"
+
+    step("ad_hoc_query")
+    rows = client.ad_hoc_query("x := data.example.admins[_]").get("result")
+    assert sorted(r["x"] for r in rows) == ["alice", "bob"], f"ad_hoc_query(): {rows!r}"
+    rows = client.ad_hoc_query('input.user == "alice"', {"user": "alice"}).get("result")
+    assert rows == [{}], f"ad_hoc_query() with input: {rows!r}"
+    rows = client.ad_hoc_query('input.user == "alice"', {"user": "bob"}).get("result")
+    assert rows == [], f"ad_hoc_query() false: {rows!r}"
+
+    step("bulk_query_rule")
+    values = client.bulk_query_rule([{"user": "alice"}, {"user": "zed"}], PACKAGE, "allow")
+    assert values == [True, False], f"bulk_query_rule(list): {values!r}"
+    values = client.bulk_query_rule({"a": {"user": "bob"}, "z": {"user": "zed"}}, PACKAGE, "allow")
+    assert values == {"a": True, "z": False}, f"bulk_query_rule(dict): {values!r}"
+
+
+def policy_files(client):
+    step("policy_to_file, update_policy_from_file, update_policy_from_url")
+    with tempfile.TemporaryDirectory() as scratch:
+        assert client.policy_to_file(POLICY_ID, scratch, "saved.rego") is True
+        with open(os.path.join(scratch, "saved.rego"), encoding="utf-8") as saved:
+            assert saved.read() == POLICY, "policy_to_file() wrote other text"
+        assert client.update_policy_from_file(os.path.join(scratch, "saved.rego"), POLICY_ID) is True
+
+        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=scratch, **kw)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/saved.rego"
+            assert client.update_policy_from_url(url, POLICY_ID) is True
+        finally:
+            server.shutdown()
+    read_policy(client)
+
+
+def compile_unsupported(client):
+    step("compile_query (partial evaluation)")
+    try:
+        client.compile_query("data.example.authz.allow == true", unknowns=["input"])
+    except requests.exceptions.HTTPError as error:
+        assert error.response.status_code == 501, f"compile_query(): {error.response.status_code}"
+        print(f"    not supported, as the agent says: {error.response.json()}", flush=True)
+    else:
+        raise AssertionError("compile_query() answered: partial evaluation is not implemented")
+
+
 def delete_data(client):
     step("delete_data example")
     assert client.delete_data("example") is True, "delete_data() did not return True"
@@ -167,6 +278,13 @@ def main():
         write_admins(client, ["alice", "bob"])
         check_decisions(client, {"alice": True, "bob": True})
         read_admins(client, ["alice", "bob"])
+        check_health_parameters(client)
+        read_server_documents(client, host, port)
+        policies_info(client, host, port)
+        patch_admins(client)
+        queries(client)
+        policy_files(client)
+        compile_unsupported(client)
         upload_broken_policy(client)
         delete_data(client)
         delete_policy(client)

@@ -77,6 +77,8 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
         )
         .route("/policies/{id}/versions", get(policies::versions))
         .route("/policies/{id}/rollback", post(policies::rollback))
+        .route("/policies/{id}/replay", post(policies::replay))
+        .route("/policies/replay", post(policies::replay_new))
         .route("/evaluate", limited(post(evaluate::one)))
         .route("/evaluate/batch", limited(post(evaluate::batch)))
         .route("/audit", get(audit::read))
@@ -98,21 +100,31 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
             "/v1/data",
             get(opa::get_data_root)
                 .put(opa::put_data_root)
+                .patch(opa::patch_data_root)
                 .merge(limited(post(opa::post_data_root))),
         )
         .route(
             "/v1/data/",
             get(opa::get_data_root)
                 .put(opa::put_data_root)
+                .patch(opa::patch_data_root)
                 .merge(limited(post(opa::post_data_root))),
         )
         .route(
             "/v1/data/{*path}",
             get(opa::get_data)
                 .put(opa::put_data)
+                .patch(opa::patch_data)
                 .delete(opa::delete_data)
                 .merge(limited(post(opa::post_data))),
         )
+        .route(
+            "/v1/query",
+            get(opa::get_query).merge(limited(post(opa::post_query))),
+        )
+        .route("/v1/compile", post(opa::compile))
+        .route("/v1/config", get(opa::config))
+        .route("/v1/status", get(opa::status))
         .route("/v1/validate", limited(post(opa::validate)))
         .route("/rego/versions", get(opa::document_versions))
         .route("/rego/rollback", post(opa::rollback_document))

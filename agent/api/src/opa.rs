@@ -110,8 +110,23 @@ impl From<tokio::task::JoinError> for OpaApiError {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct OpaQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "go_bool")]
     metrics: bool,
+    /// `GET /v1/data?input=<JSON>`: the input, URL-encoded JSON (OPA takes it on GET too).
+    input: Option<String>,
+}
+
+/// A boolean query parameter as OPA (Go's `strconv.ParseBool`) reads it: `true`, `True`, `1`, `t`,
+/// ... (clients send Python's `True`).
+fn go_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.as_str() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" | "" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "`{other}` is not a boolean (true, false, 1, 0)"
+        ))),
+    }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, OpaApiError> {
@@ -121,11 +136,37 @@ fn parse_json(body: &[u8]) -> Result<Value, OpaApiError> {
 
 // ---- /v1/policies ----
 
+/// A module as OPA lists it: `id`, `raw`, and `ast` with what clients read of it (the package's
+/// path as terms, each rule's head name).
+fn policy_view(id: String, raw: String) -> Value {
+    let ast = match agent_engine::rego::outline(&id, &raw) {
+        Ok(outline) => {
+            let path: Vec<Value> = outline
+                .package
+                .iter()
+                .enumerate()
+                .map(|(i, segment)| {
+                    json!({"type": if i == 0 { "var" } else { "string" }, "value": segment})
+                })
+                .collect();
+            let rules: Vec<Value> = outline
+                .rules
+                .iter()
+                .map(|name| json!({"head": {"name": name}}))
+                .collect();
+            json!({"package": {"path": path}, "rules": rules})
+        }
+        // Saved modules parsed when saved; one that no longer does has no outline.
+        Err(_) => json!({}),
+    };
+    json!({"id": id, "raw": raw, "ast": ast})
+}
+
 pub async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, OpaApiError> {
     let modules = state.rego.list_modules()?;
     let result: Vec<Value> = modules
         .into_iter()
-        .map(|m| json!({"id": m.name, "raw": m.body}))
+        .map(|m| policy_view(m.name, m.body))
         .collect();
     Ok(Json(json!({ "result": result })))
 }
@@ -136,7 +177,7 @@ pub async fn get_policy(
 ) -> Result<Json<Value>, OpaApiError> {
     let module = state.rego.get_module(&id)?;
     Ok(Json(
-        json!({"result": {"id": module.name, "raw": module.body}}),
+        json!({"result": policy_view(module.name, module.body)}),
     ))
 }
 
@@ -191,6 +232,29 @@ pub async fn put_data(
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub async fn patch_data_root(
+    state: State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, OpaApiError> {
+    patch_data(state, Path(String::new()), body).await
+}
+
+/// `PATCH /v1/data/{path}` with a JSON Patch (RFC 6902) document: 204, or 400 saying why.
+pub async fn patch_data(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, OpaApiError> {
+    let patch: json_patch::Patch = serde_json::from_slice(&body?).map_err(|err| {
+        OpaApiError::invalid(format!(
+            "body is not a JSON Patch (a list of {{\"op\", \"path\", ...}}): {err}"
+        ))
+    })?;
+    let service = state.rego.clone();
+    tokio::task::spawn_blocking(move || service.patch_data(&path, &patch)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn delete_data(
     State(state): State<AppState>,
     Path(path): Path<String>,
@@ -213,7 +277,19 @@ pub async fn get_data(
     query: Result<Query<OpaQuery>, QueryRejection>,
 ) -> Result<Json<DecisionBody>, OpaApiError> {
     let Query(query) = query?;
-    Ok(Json(decide(&state, &path, None, query.metrics, None)))
+    let input = match &query.input {
+        Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|err| {
+            OpaApiError::invalid(format!("the `input` parameter is not valid JSON: {err}"))
+        })?),
+        None => None,
+    };
+    Ok(Json(decide(
+        &state,
+        &path,
+        input.as_ref(),
+        query.metrics,
+        None,
+    )))
 }
 
 pub async fn post_data_root(
@@ -422,4 +498,108 @@ pub async fn rollback_document(
     Ok(Json(
         json!({ "result": { "rolled_back": name, "to_version": version } }),
     ))
+}
+
+// ---- /v1/query, /v1/config, /v1/status ----
+
+#[derive(Deserialize)]
+pub struct QueryRequest {
+    query: String,
+    input: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub struct QueryParams {
+    q: Option<String>,
+}
+
+fn ad_hoc(state: &AppState, query: &str, input: Option<Value>) -> Result<Json<Value>, OpaApiError> {
+    let set = state.rego.current_set();
+    let input = input.map(regorus::Value::from);
+    match set.ad_hoc(query, input) {
+        Ok(rows) => Ok(Json(json!({ "result": rows }))),
+        Err(err @ agent_engine::rego::EvalError::InvalidPath { .. }) => {
+            Err(OpaApiError::invalid(err.to_string()))
+        }
+        Err(err) => Err(OpaApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            err.to_string(),
+        )),
+    }
+}
+
+/// `POST /v1/query` with `{"query": "...", "input": ...}`: one row of bindings per solution.
+pub async fn post_query(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OpaApiError> {
+    let request: QueryRequest = serde_json::from_slice(&body?).map_err(|err| {
+        OpaApiError::invalid(format!(
+            "the body must be {{\"query\": \"...\", \"input\"?: ...}}: {err}"
+        ))
+    })?;
+    tokio::task::spawn_blocking(move || ad_hoc(&state, &request.query, request.input))
+        .await
+        .map_err(|err| {
+            OpaApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                err.to_string(),
+            )
+        })?
+}
+
+/// `GET /v1/query?q=...`.
+pub async fn get_query(
+    State(state): State<AppState>,
+    query: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<Json<Value>, OpaApiError> {
+    let Query(params) = query?;
+    let Some(q) = params.q else {
+        return Err(OpaApiError::invalid("missing parameter `q` (the query)"));
+    };
+    tokio::task::spawn_blocking(move || ad_hoc(&state, &q, None))
+        .await
+        .map_err(|err| {
+            OpaApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                err.to_string(),
+            )
+        })?
+}
+
+/// `GET /v1/config`: the part of OPA's active configuration that applies here.
+pub async fn config(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"result": {
+        "labels": {"id": &*state.node_id, "version": env!("CARGO_PKG_VERSION")},
+        "default_decision": "/system/main",
+        "default_authorization_decision": "/system/authz/allow",
+        "decision_logs": {"console": state.decision_log.is_some()},
+    }}))
+}
+
+/// `GET /v1/status`: OPA's status document (no bundles yet: every plugin is `OK`).
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"result": {
+        "labels": {"id": &*state.node_id, "version": env!("CARGO_PKG_VERSION")},
+        "bundles": {},
+        "plugins": {
+            "bundle": {"state": "OK"},
+            "decision_logs": {"state": "OK"},
+            "status": {"state": "OK"},
+        },
+        "metrics": {"prometheus": {}},
+    }}))
+}
+
+/// `POST /v1/compile`: OPA's partial evaluation, which regorus does not have. Said plainly, so a
+/// client can fall back to `/v1/query` or `/v1/data`.
+pub async fn compile() -> OpaApiError {
+    OpaApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "partial evaluation (POST /v1/compile) is not supported by this agent; evaluate with POST /v1/data/{path} or POST /v1/query",
+    )
 }

@@ -94,3 +94,74 @@ pub async fn rollback(
         tokio::task::spawn_blocking(move || service.rollback(id, request.version)).await??;
     Ok(Json(record.into()))
 }
+
+/// How many recorded incidents a replay goes through unless told.
+const DEFAULT_REPLAY: usize = 10_000;
+
+/// `POST /policies/{id}/replay`: optionally a change to the definition, not saved.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    pub definition: Option<agent_engine::DefinitionPatch>,
+    pub limit: Option<usize>,
+}
+
+/// `POST /policies/replay`: a whole definition for a policy not created yet.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayNewRequest {
+    pub definition: agent_engine::Definition,
+    pub limit: Option<usize>,
+}
+
+fn invalid(err: agent_engine::DefinitionError) -> ApiError {
+    ApiError::from(agent_policy::PolicyError::from(err))
+}
+
+async fn run_replay(
+    state: &AppState,
+    policy_id: Option<u64>,
+    definition: agent_engine::Definition,
+    limit: Option<usize>,
+) -> Result<Json<agent_decision::replay::ReplayReport>, ApiError> {
+    let matcher = definition.validate().map_err(invalid)?;
+    let audit = state.audit.clone();
+    let rego = state.rego.current_set();
+    let limit = limit.unwrap_or(DEFAULT_REPLAY);
+    let report = tokio::task::spawn_blocking(move || {
+        agent_decision::replay::replay(&audit, policy_id, &matcher, rego, limit)
+    })
+    .await
+    .map_err(|err| ApiError::internal(&err))?
+    .map_err(|err| ApiError::internal(&err))?;
+    Ok(Json(report))
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<agent_decision::replay::ReplayReport>, ApiError> {
+    let Path(id) = id?;
+    let body = body?;
+    let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        json::parse(&body)?
+    };
+    let record = state.policies.get(id)?;
+    let mut definition = agent_engine::Definition::from_json(&record.definition_json)
+        .map_err(|err| ApiError::internal(&err))?;
+    if let Some(patch) = request.definition {
+        definition.apply(patch);
+    }
+    run_replay(&state, Some(id), definition, request.limit).await
+}
+
+pub async fn replay_new(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<agent_decision::replay::ReplayReport>, ApiError> {
+    let request: ReplayNewRequest = json::parse(&body?)?;
+    run_replay(&state, None, request.definition, request.limit).await
+}

@@ -15,6 +15,7 @@ pub mod facts;
 pub mod mesh_actions;
 mod metrics;
 pub mod outbox;
+pub mod replay;
 pub mod summary;
 
 pub use decider::{

@@ -24,10 +24,12 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+mod outline;
 mod parse_cost;
 mod path;
 mod recursion;
 
+pub use outline::{ModuleOutline, outline};
 pub use path::data_path;
 use path::path_components;
 
@@ -359,6 +361,52 @@ impl RegoSet {
             };
             Ok((value != regorus::Value::Undefined).then_some(value))
         })
+    }
+
+    /// An ad-hoc query (OPA's `/v1/query`: `x := data.a.b with input as {...}; y := 1`): one
+    /// row per solution, each the query's variables bound to their values (an empty row when the
+    /// query holds and binds nothing; no row when it is false). The query's text is checked for
+    /// parse cost first (regorus's parser nests exponentially), and it runs under the same time
+    /// and memory limits as a decision.
+    pub fn ad_hoc(
+        &self,
+        query: &str,
+        input: Option<regorus::Value>,
+    ) -> Result<Vec<regorus::Value>, EvalError> {
+        const MAX_QUERY_BYTES: usize = 64 * 1024;
+        let shown: String = query.chars().take(200).collect();
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(EvalError::InvalidPath {
+                path: shown,
+                message: format!("a query is at most {MAX_QUERY_BYTES} bytes"),
+            });
+        }
+        if let Err(err) = parse_cost::check("<query>", query) {
+            return Err(EvalError::InvalidPath {
+                path: shown,
+                message: err.message,
+            });
+        }
+        let mut engine = self.template.clone();
+        engine.set_input(input.unwrap_or(regorus::Value::Undefined));
+        let results = engine
+            .eval_query(query.to_owned(), false)
+            .map_err(|err| self.eval_error(&shown, &err))?;
+        Ok(results
+            .result
+            .into_iter()
+            // As OPA: a solution holds only if every expression of it does (regorus also
+            // returns the rows whose comparison came out false).
+            .filter(|row| {
+                row.expressions.iter().all(|e| {
+                    e.value != regorus::Value::Bool(false) && e.value != regorus::Value::Undefined
+                })
+            })
+            .map(|row| match row.bindings {
+                regorus::Value::Undefined => regorus::Value::new_object(),
+                bindings => bindings,
+            })
+            .collect())
     }
 
     fn query(&self, engine: &mut regorus::Engine, path: &str) -> Result<regorus::Value, EvalError> {

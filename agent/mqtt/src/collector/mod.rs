@@ -114,7 +114,9 @@ pub async fn run(settings: CollectorSettings) -> Result<(), CollectorError> {
             while hangups.recv().await.is_some() {
                 match auth.reload(&config) {
                     Ok(()) => info!("SIGHUP: token file read again"),
-                    Err(err) => tracing::error!(error = %err, "SIGHUP: cannot read the token file; no token is accepted until it can be"),
+                    Err(err) => {
+                        tracing::error!(error = %err, "SIGHUP: cannot read the token file; no token is accepted until it can be")
+                    }
                 }
             }
         })

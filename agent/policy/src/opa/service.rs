@@ -102,6 +102,24 @@ impl RegoService {
         self.change_locked(writes)
     }
 
+    /// Applies a JSON Patch (RFC 6902) to the data at `path` (OPA's `PATCH /v1/data/{path}`): the
+    /// patch's paths are relative to it; data not there yet starts as `{}`. All or nothing.
+    pub fn patch_data(&self, path: &str, patch: &json_patch::Patch) -> Result<bool, OpaError> {
+        let _guard = self.lock();
+        let docs = self.store.list_documents(DocKind::Data)?;
+        let tree = data_tree::tree(&docs)?;
+        let mut value = data_tree::normalize(path)
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .try_fold(&tree, |at, key| at.get(key))
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        json_patch::patch(&mut value, patch)
+            .map_err(|err| OpaError::BadRequest(format!("the patch does not apply: {err}")))?;
+        let writes = data_tree::put(&docs, path, value)?;
+        self.change_locked(writes)
+    }
+
     /// Removes the data at `path` (OPA's `DELETE /v1/data/{path}`).
     pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
         let _guard = self.lock();
@@ -157,6 +175,11 @@ impl RegoService {
             }
             DocKind::RegoModule => self.put_module(&target.document.name, body).map(|_| ()),
         }
+    }
+
+    /// The compiled set decisions use now.
+    pub fn current_set(&self) -> Arc<RegoSet> {
+        self.engine.current()
     }
 
     pub fn module_count(&self) -> usize {
