@@ -2,7 +2,8 @@
 //!
 //! - none: `/health`, so that a probe (systemd, Kubernetes, a load balancer) needs no secret;
 //! - `read`: every `GET`, and the routes that evaluate without changing anything (`/evaluate`,
-//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`, `/policies/.../replay`);
+//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`, `/v1/batch/data/...`, OPA's default decision `POST /`,
+//!   `/policies/.../replay`);
 //! - `admin`: every other write (policies, Rego modules, data documents).
 //!
 //! The table goes by method and path, not by the router's routes: a `GET` added later is `read`,
@@ -28,6 +29,9 @@ pub(crate) fn scope(method: &Method, path: &str) -> Option<Scope> {
             || path == "/v1/validate"
             || path == "/v1/query"
             || path == "/v1/compile"
+            || path.starts_with("/v1/compile/")
+            || path.starts_with("/v1/batch/data/")
+            || path == "/"
             // A replay evaluates recorded incidents again; it changes nothing.
             || (path.starts_with("/policies/") && path.ends_with("/replay")));
     Some(if evaluates { Scope::Read } else { Scope::Admin })

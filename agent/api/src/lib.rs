@@ -123,6 +123,12 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
             get(opa::get_query).merge(limited(post(opa::post_query))),
         )
         .route("/v1/compile", post(opa::compile))
+        .route("/v1/compile/{*path}", post(opa::compile))
+        .route(
+            "/v1/batch/data/{*path}",
+            limited(post(opa::batch_decisions)),
+        )
+        .route("/", limited(post(opa::default_decision)))
         .route("/v1/config", get(opa::config))
         .route("/v1/status", get(opa::status))
         .route("/v1/validate", limited(post(opa::validate)))

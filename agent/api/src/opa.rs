@@ -603,3 +603,112 @@ pub async fn compile() -> OpaApiError {
         "partial evaluation (POST /v1/compile) is not supported by this agent; evaluate with POST /v1/data/{path} or POST /v1/query",
     )
 }
+
+// ---- OPA's default decision and batch decisions (the TypeScript SDK calls both) ----
+
+/// `POST /` with the input as the whole body: the value of `data.system.main` (OPA's default
+/// decision), as the whole answer; 404 `undefined_document` when it is not defined.
+pub async fn default_decision(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpaApiError> {
+    let body = body?;
+    let input = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_json(&body)?)
+    };
+    let decided = decide(&state, "system/main", input.as_ref(), false, None);
+    if let Some(error) = decided.error {
+        return Err(OpaApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: error,
+        });
+    }
+    match decided.result {
+        Some(value) => Ok(Json((*value).clone()).into_response()),
+        None => Err(OpaApiError::new(
+            StatusCode::NOT_FOUND,
+            "undefined_document",
+            "document missing: data.system.main (the default decision)",
+        )),
+    }
+}
+
+/// Inputs of one batch at most.
+const MAX_BATCH_INPUTS: usize = 10_000;
+
+#[derive(Deserialize)]
+pub struct BatchRequest {
+    inputs: Map<String, Value>,
+}
+
+/// `POST /v1/batch/data/{path}` with `{"inputs": {"id": input, ...}}`: one decision per input,
+/// `{"responses": {"id": {"result", "decision_id"}}}`; 207 with each entry's
+/// `http_status_code` when some failed.
+pub async fn batch_decisions(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpaApiError> {
+    let request: BatchRequest = serde_json::from_slice(&body?).map_err(|err| {
+        OpaApiError::invalid(format!(
+            "the body must be {{\"inputs\": {{\"id\": input, ...}}}}: {err}"
+        ))
+    })?;
+    if request.inputs.len() > MAX_BATCH_INPUTS {
+        return Err(OpaApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_parameter",
+            format!(
+                "{} inputs; a batch takes at most {MAX_BATCH_INPUTS}",
+                request.inputs.len()
+            ),
+        ));
+    }
+    let answers = tokio::task::spawn_blocking(move || {
+        request
+            .inputs
+            .into_iter()
+            .map(|(id, input)| {
+                let decided = decide(&state, &path, Some(&input), false, None);
+                (id, decided)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|err| {
+        OpaApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            err.to_string(),
+        )
+    })?;
+    let mixed = answers.iter().any(|(_, d)| d.error.is_some());
+    let mut responses = Map::new();
+    for (id, decided) in answers {
+        let entry = match decided.error {
+            Some(mut error) if mixed => {
+                error["http_status_code"] = json!("500");
+                error
+            }
+            _ => {
+                let mut entry = json!({"decision_id": decided.decision_id});
+                if let Some(result) = decided.result {
+                    entry["result"] = (*result).clone();
+                }
+                if mixed {
+                    entry["http_status_code"] = json!("200");
+                }
+                entry
+            }
+        };
+        responses.insert(id, entry);
+    }
+    let status = if mixed {
+        StatusCode::MULTI_STATUS
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "responses": responses }))).into_response())
+}
