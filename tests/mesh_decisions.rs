@@ -10,10 +10,9 @@ use test_support as common;
 use test_support::mesh as mesh_ca;
 use test_support::mqtt;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Agent, Options, event, free_udp_addr, holds_for, wait_until};
+use common::{Agent, Options, event, holds_for, wait_until};
 use mesh_ca::Ca;
 use mqtt::{Consumer, Space};
 use serde_json::{Value, json};
@@ -28,37 +27,24 @@ struct Node {
 
 /// Starts `n1`..`n<count>`, each with the upstream of `space`, `n1` the seed of the others.
 fn start_mesh(ca: &Ca, space: &Space, count: usize) -> Vec<Node> {
-    let mut seed: Option<SocketAddr> = None;
-    let mut nodes = Vec::new();
-    for i in 1..=count {
-        let id = format!("n{i}");
-        ca.issue(&id);
-        let gossip = free_udp_addr();
-        let mut options = Options::default()
-            .node_id(&id)
-            .tls_dir(ca.path())
-            .gossip_listen(gossip)
-            .cluster_id(CLUSTER)
-            .env("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "150")
+    let agents = test_support::mesh::start(ca, CLUSTER, count, |options, id| {
+        let options = options
             .env("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "200")
             // One window for the whole test: the takeover must fall in the window of the action.
             .env("MESH_AGENT_DECISIONS_WINDOW_SEC", "3600");
-        if let Some(seed) = seed {
-            options = options.seed(seed);
-        }
-        seed.get_or_insert(gossip);
-        let agent = Agent::start(space.agent(options, mqtt::broker(), &id));
-        nodes.push(Node { id, agent });
-    }
-    nodes
+        space.agent(options, mqtt::broker(), id)
+    });
+    agents
+        .into_iter()
+        .enumerate()
+        .map(|(i, agent)| Node {
+            id: format!("n{}", i + 1),
+            agent,
+        })
+        .collect()
 }
 
-fn alive_count(node: &Agent) -> usize {
-    let (_, body) = node.get("/mesh/members");
-    body["members"]
-        .as_array()
-        .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count())
-}
+use test_support::mesh::alive_count;
 
 fn mesh_rule() -> Value {
     json!({

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::mesh::Ca;
 use test_support::mqtt::{self, Space};
-use test_support::{Agent, Options, event, free_udp_addr, wait_until};
+use test_support::{Agent, Options, event, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -40,26 +39,13 @@ fn promtool() -> &'static str {
 
 /// Three nodes with the upstream of `space`; `n1` the seed.
 fn start_mesh(ca: &Ca, space: &Space) -> Vec<Agent> {
-    let mut seed: Option<SocketAddr> = None;
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let id = format!("n{i}");
-        ca.issue(&id);
-        let gossip = free_udp_addr();
-        let mut options = Options::default()
-            .node_id(&id)
-            .tls_dir(ca.path())
-            .gossip_listen(gossip)
-            .cluster_id("observability")
-            .env("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "150")
-            .env("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "200");
-        if let Some(seed) = seed {
-            options = options.seed(seed);
-        }
-        seed.get_or_insert(gossip);
-        nodes.push(Agent::start(space.agent(options, mqtt::broker(), &id)));
-    }
-    nodes
+    test_support::mesh::start(ca, "observability", 3, |options, id| {
+        space.agent(
+            options.env("MESH_AGENT_DECISIONS_PUBLISH_INTERVAL_MS", "200"),
+            mqtt::broker(),
+            id,
+        )
+    })
 }
 
 fn scrape(agent: &Agent) -> String {
@@ -165,10 +151,7 @@ fn a_busy_agents_metrics_pass_promtool_and_feed_every_dashboard_panel() {
     let space = Space::new();
     let nodes = start_mesh(&ca, &space);
     wait_until(PATIENCE, || {
-        let (_, body) = nodes[0].get("/mesh/members");
-        let alive = body["members"]
-            .as_array()
-            .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        let alive = test_support::mesh::alive_count(&nodes[0]);
         (alive == 3).then_some(()).ok_or(format!("{alive} alive"))
     });
     for node in &nodes {

@@ -4,44 +4,19 @@
 //!
 //! Waits are bounded by a generous patience, never asserted on.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_support::mesh::Ca;
-use test_support::{Agent, Options, event, free_udp_addr, wait_until};
+use test_support::{Agent, event, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// `n1`..`n<count>`, `n1` the seed of the others.
+/// `n1`..`n<count>` in one mesh, once every node sees all of them alive.
 fn start_mesh(ca: &Ca, count: usize) -> Vec<Agent> {
-    let mut seed: Option<SocketAddr> = None;
-    let mut nodes = Vec::new();
-    for i in 1..=count {
-        let id = format!("n{i}");
-        ca.issue(&id);
-        let gossip = free_udp_addr();
-        let mut options = Options::default()
-            .node_id(&id)
-            .tls_dir(ca.path())
-            .gossip_listen(gossip)
-            .cluster_id("rollout")
-            .env("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "150");
-        if let Some(seed) = seed {
-            options = options.seed(seed);
-        }
-        seed.get_or_insert(gossip);
-        nodes.push(Agent::start(options));
-    }
+    let nodes = test_support::mesh::start(ca, "rollout", count, |options, _| options);
     wait_until(PATIENCE, || {
-        let alive: Vec<usize> = nodes
-            .iter()
-            .map(|n| {
-                n.get("/mesh/members").1["members"]
-                    .as_array()
-                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count())
-            })
-            .collect();
+        let alive: Vec<usize> = nodes.iter().map(test_support::mesh::alive_count).collect();
         alive
             .iter()
             .all(|&a| a == count)
@@ -64,6 +39,15 @@ fn on_every_node(nodes: &[Agent], what: &str, check: impl Fn(&Agent) -> Result<(
             .then_some(())
             .ok_or(format!("{what}: {failing:?}"))
     });
+}
+
+/// Whether `node`'s engine (not only its store) matches the incident, without recording it.
+fn engine_matches(node: &Agent, severity: f64) -> bool {
+    let (_, answer) = node.post(
+        "/evaluate?dry_run=true",
+        &event("memory_leak", severity, json!({})),
+    );
+    answer[0]["matched"] == true
 }
 
 #[test]
@@ -99,6 +83,12 @@ fn a_rollback_at_any_node_restores_the_old_definition_on_every_node() {
         let (_, p) = n.get(&path);
         (p["version"] == 2).then_some(()).ok_or(p.to_string())
     });
+    // The store has it; the engine swaps it in right after the merge.
+    on_every_node(&nodes, "version 2 in the engine", |n| {
+        (!engine_matches(n, 6.0))
+            .then_some(())
+            .ok_or("matches".into())
+    });
     let (_, matched) = nodes[4].post("/evaluate", &event("memory_leak", 6.0, json!({})));
     assert_eq!(matched[0]["matched"], false, "version 2 wants 9: {matched}");
 
@@ -116,6 +106,11 @@ fn a_rollback_at_any_node_restores_the_old_definition_on_every_node() {
             .then_some(())
             .ok_or(p.to_string())
     });
+    on_every_node(&nodes, "version 3 in the engine", |n| {
+        engine_matches(n, 6.0)
+            .then_some(())
+            .ok_or("does not match".into())
+    });
     for node in &nodes {
         let (_, answer) = node.post("/evaluate", &event("memory_leak", 6.0, json!({})));
         assert_eq!(answer[0]["matched"], true, "version 1 again: {answer}");
@@ -132,7 +127,7 @@ fn a_rollback_at_any_node_restores_the_old_definition_on_every_node() {
     // Replay, before anything is changed: n5 recorded the incident twice, unmatched under
     // version 2 and matched under version 3; a stricter condition would un-match the second.
     // (Replay reads what the ring has committed.)
-    nodes[4].wait_audit_head(2);
+    let head = nodes[4].wait_audit_head(2)["head"].clone();
     let (status, report) = nodes[4].post(
         &format!("{path}/replay"),
         &json!({"definition": {"condition": "incident.type == 'memory_leak' and incident.severity >= 9"}}),
@@ -142,6 +137,9 @@ fn a_rollback_at_any_node_restores_the_old_definition_on_every_node() {
     assert_eq!(report["matched_then"], 1, "{report}");
     assert_eq!(report["matched_now"], 0, "{report}");
     assert_eq!(report["no_longer_matching"], 1, "{report}");
+    // Against the stored definition replayed the same way, the change un-matches both.
+    assert_eq!(report["differs_from_stored"], 2, "{report}");
+    assert_eq!(report["truncated"], false, "{report}");
     assert_eq!(report["changes"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(report["changes"][0]["recorded"], true, "{report}");
     assert_eq!(
@@ -169,6 +167,11 @@ fn a_rollback_at_any_node_restores_the_old_definition_on_every_node() {
     assert_eq!(status, 422, "{bad}");
     // Nothing was recorded or changed by the replays.
     assert_eq!(nodes[4].get(&path).1["version"], 3);
+    assert_eq!(
+        nodes[4].get("/audit?limit=1").1["head"],
+        head,
+        "a replay recorded something"
+    );
 
     // What cannot be rolled back says why.
     let (status, body) = nodes[0].post(&format!("{path}/rollback"), &json!({"version": 99}));

@@ -195,8 +195,14 @@ def queries(client):
     assert sorted(r["x"] for r in rows) == ["alice", "bob"], f"ad_hoc_query(): {rows!r}"
     rows = client.ad_hoc_query('input.user == "alice"', {"user": "alice"}).get("result")
     assert rows == [{}], f"ad_hoc_query() with input: {rows!r}"
-    rows = client.ad_hoc_query('input.user == "alice"', {"user": "bob"}).get("result")
-    assert rows == [], f"ad_hoc_query() false: {rows!r}"
+    answer = client.ad_hoc_query('input.user == "alice"', {"user": "bob"})
+    assert "result" not in answer, f"ad_hoc_query() false (OPA omits result): {answer!r}"
+    try:
+        client.ad_hoc_query("x := ")
+    except requests.exceptions.HTTPError as error:
+        assert error.response.status_code == 400, f"a bad query: {error.response.status_code}"
+    else:
+        raise AssertionError("ad_hoc_query() accepted a query that does not parse")
 
     step("bulk_query_rule")
     values = client.bulk_query_rule([{"user": "alice"}, {"user": "zed"}], PACKAGE, "allow")

@@ -58,6 +58,16 @@ mod tests {
             (Method::PUT, "/v1/data/x", Some(Scope::Admin)),
             (Method::PATCH, "/v1/data", Some(Scope::Admin)),
             (Method::POST, "/something/new", Some(Scope::Admin)),
+            (Method::POST, "/policies/3/rollback", Some(Scope::Admin)),
+            (Method::POST, "/rego/rollback", Some(Scope::Admin)),
+            (Method::PATCH, "/v1/data/x", Some(Scope::Admin)),
+            (Method::POST, "/policies/3/replay", Some(Scope::Read)),
+            (Method::POST, "/policies/replay", Some(Scope::Read)),
+            (Method::POST, "/v1/query", Some(Scope::Read)),
+            (Method::GET, "/v1/query", Some(Scope::Read)),
+            (Method::POST, "/", Some(Scope::Read)),
+            (Method::POST, "/v1/batch/data/a/b", Some(Scope::Read)),
+            (Method::POST, "/v1/compile/a", Some(Scope::Read)),
         ];
         for (method, path, expected) in cases {
             assert_eq!(scope(&method, path), expected, "{method} {path}");

@@ -77,8 +77,8 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
         )
         .route("/policies/{id}/versions", get(policies::versions))
         .route("/policies/{id}/rollback", post(policies::rollback))
-        .route("/policies/{id}/replay", post(policies::replay))
-        .route("/policies/replay", post(policies::replay_new))
+        .route("/policies/{id}/replay", limited(post(policies::replay)))
+        .route("/policies/replay", limited(post(policies::replay_new)))
         .route("/evaluate", limited(post(evaluate::one)))
         .route("/evaluate/batch", limited(post(evaluate::batch)))
         .route("/audit", get(audit::read))
@@ -120,7 +120,7 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
         )
         .route(
             "/v1/query",
-            get(opa::get_query).merge(limited(post(opa::post_query))),
+            limited(get(opa::get_query)).merge(limited(post(opa::post_query))),
         )
         .route("/v1/compile", post(opa::compile))
         .route("/v1/compile/{*path}", post(opa::compile))

@@ -116,17 +116,11 @@ pub struct OpaQuery {
     input: Option<String>,
 }
 
-/// A boolean query parameter as OPA (Go's `strconv.ParseBool`) reads it: `true`, `True`, `1`, `t`,
-/// ... (clients send Python's `True`).
+/// A boolean query parameter as OPA's server reads it: `true` in any case (clients send
+/// Python's `True`), or given with no value, is true; anything else is false.
 fn go_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     let text = String::deserialize(deserializer)?;
-    match text.as_str() {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" | "" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(serde::de::Error::custom(format!(
-            "`{other}` is not a boolean (true, false, 1, 0)"
-        ))),
-    }
+    Ok(text.is_empty() || text.eq_ignore_ascii_case("true"))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, OpaApiError> {
@@ -138,9 +132,9 @@ fn parse_json(body: &[u8]) -> Result<Value, OpaApiError> {
 
 /// A module as OPA lists it: `id`, `raw`, and `ast` with what clients read of it (the package's
 /// path as terms, each rule's head name).
-fn policy_view(id: String, raw: String) -> Value {
-    let ast = match agent_engine::rego::outline(&id, &raw) {
-        Ok(outline) => {
+fn policy_view(set: &agent_engine::RegoSet, id: String, raw: String) -> Value {
+    let ast = match set.outline(&id) {
+        Some(outline) => {
             let path: Vec<Value> = outline
                 .package
                 .iter()
@@ -156,17 +150,18 @@ fn policy_view(id: String, raw: String) -> Value {
                 .collect();
             json!({"package": {"path": path}, "rules": rules})
         }
-        // Saved modules parsed when saved; one that no longer does has no outline.
-        Err(_) => json!({}),
+        // Outlines are made when the set is built: a module stored since (merging) has none yet.
+        None => json!({}),
     };
     json!({"id": id, "raw": raw, "ast": ast})
 }
 
 pub async fn list_policies(State(state): State<AppState>) -> Result<Json<Value>, OpaApiError> {
     let modules = state.rego.list_modules()?;
+    let set = state.rego.current_set();
     let result: Vec<Value> = modules
         .into_iter()
-        .map(|m| policy_view(m.name, m.body))
+        .map(|m| policy_view(&set, m.name, m.body))
         .collect();
     Ok(Json(json!({ "result": result })))
 }
@@ -176,8 +171,9 @@ pub async fn get_policy(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpaApiError> {
     let module = state.rego.get_module(&id)?;
+    let set = state.rego.current_set();
     Ok(Json(
-        json!({"result": policy_view(module.name, module.body)}),
+        json!({"result": policy_view(&set, module.name, module.body)}),
     ))
 }
 
@@ -440,13 +436,17 @@ pub struct DocumentChangeView {
     revision: u64,
     op: &'static str,
     version: u64,
-    /// The module's text, or the data document's JSON.
-    body: String,
+    /// The module's text, or the data document's JSON: only when one version is asked for
+    /// (`&version=N`), since a data document may be megabytes and its history is kept whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    bytes: usize,
     updated_at: String,
     author: String,
 }
 
-/// `GET /rego/versions?module=ID` or `?data=PATH`: every change, oldest first.
+/// `GET /rego/versions?module=ID` or `?data=PATH`: every change, oldest first, without bodies;
+/// `&version=N` gives that version with its body.
 pub async fn document_versions(
     State(state): State<AppState>,
     query: Result<Query<DocumentRef>, QueryRejection>,
@@ -454,8 +454,19 @@ pub async fn document_versions(
     let Query(query) = query?;
     let (kind, name) = query.target()?;
     let history = state.rego.history(kind, name)?;
+    let one = query.version;
+    if let Some(version) = one
+        && !history.iter().any(|c| c.document.version == version)
+    {
+        return Err(OpaApiError::new(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            format!("{name:?} has no version {version}"),
+        ));
+    }
     let changes: Vec<DocumentChangeView> = history
         .into_iter()
+        .filter(|change| one.is_none_or(|v| change.document.version == v))
         .map(|change| DocumentChangeView {
             revision: change.revision,
             op: match change.op {
@@ -464,7 +475,8 @@ pub async fn document_versions(
                 mesh_proto::ChangeOp::Delete => "delete",
             },
             version: change.document.version,
-            body: change.document.body,
+            bytes: change.document.body.len(),
+            body: one.map(|_| change.document.body),
             updated_at: agent_base::clock::rfc3339(change.document.updated_at_us),
             author: change.document.author,
         })
@@ -513,12 +525,54 @@ pub struct QueryParams {
     q: Option<String>,
 }
 
-fn ad_hoc(state: &AppState, query: &str, input: Option<Value>) -> Result<Json<Value>, OpaApiError> {
+/// Bytes an ad-hoc query's answer may take: shared values (`[a | a[_]]` nested) cost little to
+/// evaluate and can expand enormously when written out, so the writing stops here.
+const MAX_QUERY_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A writer that refuses to grow past its cap.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > MAX_QUERY_ANSWER_BYTES {
+            return Err(std::io::Error::other("answer too large"));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn ad_hoc(state: &AppState, query: &str, input: Option<Value>) -> Result<Response, OpaApiError> {
     let set = state.rego.current_set();
     let input = input.map(regorus::Value::from);
     match set.ad_hoc(query, input) {
-        Ok(rows) => Ok(Json(json!({ "result": rows }))),
-        Err(err @ agent_engine::rego::EvalError::InvalidPath { .. }) => {
+        Ok(rows) => {
+            // As OPA: no solution is an answer without `result`.
+            let mut out = Capped(Vec::new());
+            let written = if rows.is_empty() {
+                serde_json::to_writer(&mut out, &json!({}))
+            } else {
+                serde_json::to_writer(&mut out, &json!({ "result": rows }))
+            };
+            if written.is_err() {
+                return Err(OpaApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_parameter",
+                    format!(
+                        "the query's answer is larger than {MAX_QUERY_ANSWER_BYTES} bytes; bind less"
+                    ),
+                ));
+            }
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                out.0,
+            )
+                .into_response())
+        }
+        Err(err @ agent_engine::rego::EvalError::InvalidQuery { .. }) => {
             Err(OpaApiError::invalid(err.to_string()))
         }
         Err(err) => Err(OpaApiError::new(
@@ -533,7 +587,7 @@ fn ad_hoc(state: &AppState, query: &str, input: Option<Value>) -> Result<Json<Va
 pub async fn post_query(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Response, OpaApiError> {
     let request: QueryRequest = serde_json::from_slice(&body?).map_err(|err| {
         OpaApiError::invalid(format!(
             "the body must be {{\"query\": \"...\", \"input\"?: ...}}: {err}"
@@ -554,7 +608,7 @@ pub async fn post_query(
 pub async fn get_query(
     State(state): State<AppState>,
     query: Result<Query<QueryParams>, QueryRejection>,
-) -> Result<Json<Value>, OpaApiError> {
+) -> Result<Response, OpaApiError> {
     let Query(params) = query?;
     let Some(q) = params.q else {
         return Err(OpaApiError::invalid("missing parameter `q` (the query)"));
@@ -580,14 +634,13 @@ pub async fn config(State(state): State<AppState>) -> Json<Value> {
     }}))
 }
 
-/// `GET /v1/status`: OPA's status document (no bundles yet: every plugin is `OK`).
+/// `GET /v1/status`: OPA's status document (the agent has no bundle plugin yet).
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"result": {
         "labels": {"id": &*state.node_id, "version": env!("CARGO_PKG_VERSION")},
         "bundles": {},
         "plugins": {
-            "bundle": {"state": "OK"},
-            "decision_logs": {"state": "OK"},
+            "decision_logs": {"state": if state.decision_log.is_some() { "OK" } else { "NOT_READY" }},
             "status": {"state": "OK"},
         },
         "metrics": {"prometheus": {}},
@@ -636,7 +689,7 @@ pub async fn default_decision(
 }
 
 /// Inputs of one batch at most.
-const MAX_BATCH_INPUTS: usize = 10_000;
+const MAX_BATCH_INPUTS: usize = 1_000;
 
 #[derive(Deserialize)]
 pub struct BatchRequest {

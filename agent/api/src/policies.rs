@@ -122,14 +122,16 @@ async fn run_replay(
     state: &AppState,
     policy_id: Option<u64>,
     definition: agent_engine::Definition,
+    stored: Option<agent_engine::Definition>,
     limit: Option<usize>,
 ) -> Result<Json<agent_decision::replay::ReplayReport>, ApiError> {
     let matcher = definition.validate().map_err(invalid)?;
+    let stored = stored.and_then(|d| d.validate().ok());
     let audit = state.audit.clone();
     let rego = state.rego.current_set();
     let limit = limit.unwrap_or(DEFAULT_REPLAY);
     let report = tokio::task::spawn_blocking(move || {
-        agent_decision::replay::replay(&audit, policy_id, &matcher, rego, limit)
+        agent_decision::replay::replay(&audit, policy_id, &matcher, stored.as_ref(), rego, limit)
     })
     .await
     .map_err(|err| ApiError::internal(&err))?
@@ -150,12 +152,13 @@ pub async fn replay(
         json::parse(&body)?
     };
     let record = state.policies.get(id)?;
-    let mut definition = agent_engine::Definition::from_json(&record.definition_json)
+    let stored = agent_engine::Definition::from_json(&record.definition_json)
         .map_err(|err| ApiError::internal(&err))?;
+    let mut definition = stored.clone();
     if let Some(patch) = request.definition {
         definition.apply(patch);
     }
-    run_replay(&state, Some(id), definition, request.limit).await
+    run_replay(&state, Some(id), definition, Some(stored), request.limit).await
 }
 
 pub async fn replay_new(
@@ -163,5 +166,5 @@ pub async fn replay_new(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<agent_decision::replay::ReplayReport>, ApiError> {
     let request: ReplayNewRequest = json::parse(&body?)?;
-    run_replay(&state, None, request.definition, request.limit).await
+    run_replay(&state, None, request.definition, None, request.limit).await
 }

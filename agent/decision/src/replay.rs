@@ -19,8 +19,11 @@ use crate::audit::AuditLog;
 use crate::decider::{MESH_ACTION_EVENT, REJECTED};
 use crate::event::Event;
 
-/// Incidents replayed at most in one call.
-pub const MAX_REPLAYED: usize = 100_000;
+/// Ring entries read at most in one call.
+pub const MAX_REPLAYED: usize = 10_000;
+/// The longest one replay may evaluate for; past it the report says `truncated` (each evaluation
+/// has the Rego time limit, and a replay holds a blocking thread).
+pub const MAX_REPLAY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// Changed verdicts listed at most (all are counted).
 pub const MAX_LISTED: usize = 200;
 
@@ -36,6 +39,10 @@ pub struct ChangedVerdict {
     pub recorded: bool,
     /// Whether the candidate matches it.
     pub replayed: bool,
+    /// Whether the stored definition, replayed the same way (no facts, today's Rego), matches it:
+    /// where this differs from `recorded`, the difference is the replay's, not the candidate's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -58,6 +65,12 @@ pub struct ReplayReport {
     pub no_longer_matching: usize,
     /// Incidents the candidate could not evaluate (a Rego error, a time limit).
     pub errors: usize,
+    /// Incidents on which the candidate and the stored definition, both replayed, disagree: the
+    /// change's own effect, free of what replaying loses (facts, older Rego). `None` for a policy
+    /// not created yet.
+    pub differs_from_stored: Option<usize>,
+    /// The replay stopped at [`MAX_REPLAY_TIME`] before `limit` entries.
+    pub truncated: bool,
     /// The changed verdicts, newest first, at most [`MAX_LISTED`].
     pub changes: Vec<ChangedVerdict>,
     /// The oldest entry replayed (`None` if none).
@@ -66,14 +79,17 @@ pub struct ReplayReport {
 }
 
 /// Replays the newest `limit` incidents of `audit` against `candidate`.
+/// `stored` is the policy's stored definition (for `policy_id`), replayed beside the candidate.
 pub fn replay(
     audit: &AuditLog,
     policy_id: Option<u64>,
     candidate: &Matcher,
+    stored: Option<&Matcher>,
     rego: Arc<RegoSet>,
     limit: usize,
 ) -> Result<ReplayReport, StoreError> {
     let limit = limit.clamp(1, MAX_REPLAYED);
+    let started = std::time::Instant::now();
     let mut report = ReplayReport {
         policy_id,
         replayed: 0,
@@ -83,12 +99,14 @@ pub fn replay(
         newly_matching: 0,
         no_longer_matching: 0,
         errors: 0,
+        differs_from_stored: stored.map(|_| 0),
+        truncated: false,
         changes: Vec::new(),
         oldest_seq: None,
         newest_seq: None,
     };
     let mut before: Option<u64> = None;
-    while report.replayed + report.skipped < limit {
+    'pages: while report.replayed + report.skipped < limit {
         let want = (limit - report.replayed - report.skipped).min(1_000);
         let page = audit.read(Query {
             limit: want,
@@ -103,6 +121,10 @@ pub fn replay(
         };
         before = Some(last.seq);
         for record in &page.records {
+            if started.elapsed() > MAX_REPLAY_TIME {
+                report.truncated = true;
+                break 'pages;
+            }
             let is_incident = !record.event_id.starts_with(MESH_ACTION_EVENT)
                 && !record.results.iter().any(|r| r.policy_name == REJECTED);
             let event = is_incident
@@ -136,6 +158,16 @@ pub fn replay(
                 Ok(outcome) => (outcome.matched, None),
                 Err(err) => (false, Some(err.to_string())),
             };
+            let stored_now = stored.map(|matcher| {
+                matcher
+                    .eval(&incident, &NoFacts, &mut rego_for)
+                    .is_ok_and(|outcome| outcome.matched)
+            });
+            if let (Some(count), Some(now)) = (report.differs_from_stored.as_mut(), stored_now)
+                && now != replayed
+            {
+                *count += 1;
+            }
             report.replayed += 1;
             report.newest_seq.get_or_insert(record.seq);
             report.oldest_seq = Some(record.seq);
@@ -158,6 +190,7 @@ pub fn replay(
                         timestamp_us: record.at_us,
                         recorded,
                         replayed,
+                        stored: stored_now,
                         error,
                     });
                 }

@@ -84,6 +84,8 @@ pub enum EvalError {
     Failed { path: String, message: String },
     #[error("`{path}` is not a valid data path: {message}")]
     InvalidPath { path: String, message: String },
+    #[error("the query is not valid: {message}")]
+    InvalidQuery { message: String },
 }
 
 impl EvalError {
@@ -94,6 +96,7 @@ impl EvalError {
             EvalError::MemoryLimit { .. } => "evaluation_memory",
             EvalError::Failed { .. } => "evaluation_error",
             EvalError::InvalidPath { .. } => "invalid_path",
+            EvalError::InvalidQuery { .. } => "invalid_query",
         }
     }
 }
@@ -117,6 +120,9 @@ pub struct RegoSet {
     /// The package of every module (`["data", "a", "b"]`): a path outside all of them is data
     /// only, read from `data` without evaluating anything.
     packages: Vec<Vec<String>>,
+    /// Each module's outline (package, rule names), by module id: made once, when the set is
+    /// built, for `GET /v1/policies`.
+    outlines: HashMap<String, ModuleOutline>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -198,6 +204,10 @@ impl RegoSet {
             settings,
             modules: modules.len(),
             packages,
+            outlines: modules
+                .iter()
+                .filter_map(|m| outline(&m.id, &m.text).ok().map(|o| (m.id.clone(), o)))
+                .collect(),
         })
     }
 
@@ -213,6 +223,7 @@ impl RegoSet {
             settings,
             modules: 0,
             packages: Vec::new(),
+            outlines: HashMap::new(),
         }
     }
 
@@ -229,6 +240,11 @@ impl RegoSet {
 
     pub fn module_count(&self) -> usize {
         self.modules
+    }
+
+    /// The outline of module `id`, if it is in this set.
+    pub fn outline(&self, id: &str) -> Option<&ModuleOutline> {
+        self.outlines.get(id)
     }
 
     /// Evaluates `path` (`data.a.b`) with `input`; `Ok(None)` when it is undefined.
@@ -376,22 +392,25 @@ impl RegoSet {
         const MAX_QUERY_BYTES: usize = 64 * 1024;
         let shown: String = query.chars().take(200).collect();
         if query.len() > MAX_QUERY_BYTES {
-            return Err(EvalError::InvalidPath {
-                path: shown,
+            return Err(EvalError::InvalidQuery {
                 message: format!("a query is at most {MAX_QUERY_BYTES} bytes"),
             });
         }
         if let Err(err) = parse_cost::check("<query>", query) {
-            return Err(EvalError::InvalidPath {
-                path: shown,
+            return Err(EvalError::InvalidQuery {
                 message: err.message,
             });
         }
         let mut engine = self.template.clone();
+        // `print` in a query is gathered (and dropped), not written to the agent's stderr.
+        engine.set_gather_prints(true);
         engine.set_input(input.unwrap_or(regorus::Value::Undefined));
-        let results = engine
-            .eval_query(query.to_owned(), false)
-            .map_err(|err| self.eval_error(&shown, &err))?;
+        let results = engine.eval_query(query.to_owned(), false).map_err(|err| {
+            match self.eval_error(&shown, &err) {
+                EvalError::InvalidPath { message, .. } => EvalError::InvalidQuery { message },
+                other => other,
+            }
+        })?;
         Ok(results
             .result
             .into_iter()
@@ -447,7 +466,8 @@ impl RegoSet {
             };
         }
         let message = format!("{err:#}");
-        if message.contains("--> <query>") || message.contains("<query>:") {
+        // regorus names a query's source `<query.rego>` (0.14) or `<query>`.
+        if message.contains("--> <query") || message.contains("<query>:") {
             return EvalError::InvalidPath {
                 path: path.to_owned(),
                 message: last_error_line(&message).to_owned(),

@@ -102,21 +102,83 @@ impl RegoService {
         self.change_locked(writes)
     }
 
-    /// Applies a JSON Patch (RFC 6902) to the data at `path` (OPA's `PATCH /v1/data/{path}`): the
-    /// patch's paths are relative to it; data not there yet starts as `{}`. All or nothing.
+    /// Applies a JSON Patch (RFC 6902) to the data at `path` (OPA's `PATCH /v1/data/{path}`): its
+    /// pointers are relative to `path`. As OPA, only `add`, `remove` and `replace` (400 for any
+    /// other), and a pointer whose parent is missing is not found (404). Each operation is written
+    /// where it lands, as a PUT or DELETE there would be, so the documents below `path` stay
+    /// documents of their own (their history, their rollback). All or nothing.
     pub fn patch_data(&self, path: &str, patch: &json_patch::Patch) -> Result<bool, OpaError> {
+        use json_patch::PatchOperation;
         let _guard = self.lock();
-        let docs = self.store.list_documents(DocKind::Data)?;
-        let tree = data_tree::tree(&docs)?;
-        let mut value = data_tree::normalize(path)
+        let mut docs = self.store.list_documents(DocKind::Data)?;
+        let mut tree = data_tree::tree(&docs)?;
+        let base: Vec<String> = data_tree::normalize(path)
             .split('/')
             .filter(|s| !s.is_empty())
-            .try_fold(&tree, |at, key| at.get(key))
-            .cloned()
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        json_patch::patch(&mut value, patch)
-            .map_err(|err| OpaError::BadRequest(format!("the patch does not apply: {err}")))?;
-        let writes = data_tree::put(&docs, path, value)?;
+            .map(str::to_owned)
+            .collect();
+        let mut writes = Vec::new();
+        for (index, op) in patch.0.iter().enumerate() {
+            let pointer = match op {
+                PatchOperation::Add(op) => &op.path,
+                PatchOperation::Remove(op) => &op.path,
+                PatchOperation::Replace(op) => &op.path,
+                _ => {
+                    return Err(OpaError::BadRequest(format!(
+                        "patch operation {index}: bad patch operation; the data API takes add, remove and replace"
+                    )));
+                }
+            };
+            let mut full = base.clone();
+            full.extend(pointer.tokens().map(|t| t.decoded().into_owned()));
+            if full
+                .iter()
+                .any(|segment| segment.contains('/') || segment.is_empty())
+            {
+                return Err(OpaError::BadRequest(format!(
+                    "patch operation {index}: a data path segment cannot be empty or hold `/`"
+                )));
+            }
+            // The same operation on the whole tree, to see what it does there.
+            let escaped: String = full
+                .iter()
+                .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+                .collect();
+            let mut rebased =
+                serde_json::to_value(op).map_err(|err| OpaError::BadRequest(err.to_string()))?;
+            rebased["path"] = Value::String(escaped);
+            let rebased: PatchOperation = serde_json::from_value(rebased)
+                .map_err(|err| OpaError::BadRequest(err.to_string()))?;
+            json_patch::patch(&mut tree, &[rebased]).map_err(|err| {
+                OpaError::NotFound(format!("patch operation {index} ({}): {err}", pointer))
+            })?;
+            // Array elements are written with their array.
+            let mut point = full;
+            while point.len() > 1 {
+                let parent = point[..point.len() - 1]
+                    .iter()
+                    .try_fold(&tree, |at, key| at.get(key.as_str()));
+                if matches!(parent, Some(Value::Array(_))) || point.last().is_some_and(|l| l == "-")
+                {
+                    point.pop();
+                } else {
+                    break;
+                }
+            }
+            let now = point
+                .iter()
+                .try_fold(&tree, |at, key| at.get(key.as_str()))
+                .cloned();
+            let point = point.join("/");
+            let op_writes = match now {
+                Some(value) => data_tree::put(&docs, &point, value)?,
+                None => data_tree::delete(&docs, &point)?,
+            };
+            for write in &op_writes {
+                write.apply_to(&mut docs);
+            }
+            writes.extend(op_writes);
+        }
         self.change_locked(writes)
     }
 
