@@ -690,6 +690,9 @@ pub async fn default_decision(
 
 /// Inputs of one batch at most.
 const MAX_BATCH_INPUTS: usize = 1_000;
+/// The longest one batch may evaluate for: inputs left when it is spent are answered 500
+/// (`batch_time_exceeded`), since the blocking work outlives a request that timed out.
+const MAX_BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Deserialize)]
 pub struct BatchRequest {
@@ -720,10 +723,25 @@ pub async fn batch_decisions(
         ));
     }
     let answers = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         request
             .inputs
             .into_iter()
             .map(|(id, input)| {
+                if started.elapsed() > MAX_BATCH_TIME {
+                    let message = format!(
+                        "not evaluated: the batch used its {} s",
+                        MAX_BATCH_TIME.as_secs()
+                    );
+                    let skipped = DecisionBody {
+                        result: None,
+                        error: Some(json!({"code": "batch_time_exceeded", "message": message})),
+                        decision_id: uuid::Uuid::new_v4().to_string(),
+                        metrics: None,
+                        warning: None,
+                    };
+                    return (id, skipped);
+                }
                 let decided = decide(&state, &path, Some(&input), false, None);
                 (id, decided)
             })
