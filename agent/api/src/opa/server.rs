@@ -1,0 +1,26 @@
+//! `/v1/config` and `/v1/status`: what OPA says of itself, as far as it applies here.
+
+use super::*;
+
+/// `GET /v1/config`: the part of OPA's active configuration that applies here.
+pub async fn config(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"result": {
+        "labels": {"id": &*state.node_id, "version": env!("CARGO_PKG_VERSION")},
+        "default_decision": "/system/main",
+        "default_authorization_decision": "/system/authz/allow",
+        "decision_logs": {"console": state.decision_log.is_some()},
+    }}))
+}
+
+/// `GET /v1/status`: OPA's status document (the agent has no bundle plugin yet).
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"result": {
+        "labels": {"id": &*state.node_id, "version": env!("CARGO_PKG_VERSION")},
+        "bundles": {},
+        "plugins": {
+            "decision_logs": {"state": if state.decision_log.is_some() { "OK" } else { "NOT_READY" }},
+            "status": {"state": "OK"},
+        },
+        "metrics": {"prometheus": {}},
+    }}))
+}
