@@ -23,6 +23,7 @@ use crate::summary::WindowStats;
 
 mod ids;
 mod mesh;
+mod observe;
 
 pub use ids::action_id;
 pub(crate) use ids::derived_uuid;
@@ -164,35 +165,6 @@ impl Decider {
     ) -> Decider {
         self.decision_log = log;
         self
-    }
-
-    /// The decision log entry of an incident decision: the matched rules are the result.
-    fn log_decision(&self, incident: &Incident, input_json: &str, evaluation: &Evaluation) {
-        let Some(log) = &self.decision_log else {
-            return;
-        };
-        let matched: Vec<serde_json::Value> = evaluation
-            .matched()
-            .map(|policy| {
-                serde_json::json!({
-                    "policy_id": policy.id,
-                    "policy_name": &*policy.name,
-                    "policy_version": policy.version,
-                    "action": &*policy.action,
-                })
-            })
-            .collect();
-        log.log(crate::decision_log::Entry {
-            decision_id: incident.id.clone(),
-            path: "mesh_agent/incidents".into(),
-            input: serde_json::from_str(input_json).unwrap_or(serde_json::Value::Null),
-            result: serde_json::json!({
-                "matched": matched,
-                "policies_evaluated": evaluation.verdicts.len(),
-            }),
-            revision: evaluation.set.revision(),
-            eval_ns: evaluation.elapsed_ns,
-        });
     }
 
     /// Counts actions into `metrics` (registered by the daemon).
@@ -454,30 +426,8 @@ impl Decider {
         actions: Vec<OutboxItem>,
         set: &agent_engine::PolicySet,
     ) -> Result<Option<Committed>, DecideError> {
-        // What the records say became of matched rules' actions, counted once they are accepted
-        // (a commit that then fails stops the agent). The scopes come from the set the decisions
-        // were made with, looked up once per call.
-        let mut outcomes: Vec<(u64, mesh_proto::ActionOutcome)> = Vec::new();
-        for record in &records {
-            for result in &record.results {
-                if let Some(outcome) = &result.action {
-                    outcomes.push((result.policy_id, outcome.clone()));
-                }
-            }
-        }
-        let mesh_rules: std::collections::HashSet<u64> = if outcomes.is_empty() {
-            Default::default()
-        } else {
-            set.policies()
-                .iter()
-                .filter(|p| p.scope == Scope::Mesh)
-                .map(|p| p.id)
-                .collect()
-        };
-        let outcomes: Vec<(bool, mesh_proto::ActionOutcome)> = outcomes
-            .into_iter()
-            .map(|(id, outcome)| (mesh_rules.contains(&id), outcome))
-            .collect();
+        // Counted once accepted (a commit that then fails stops the agent).
+        let outcomes = observe::action_outcomes(&records, set);
         let recorded = self.record_now(records, actions).await;
         if recorded.is_ok() {
             for (mesh, outcome) in &outcomes {
