@@ -108,14 +108,7 @@ pub async fn batch_decisions(
             })
             .collect::<Vec<_>>()
     })
-    .await
-    .map_err(|err| {
-        OpaApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            err.to_string(),
-        )
-    })?;
+    .await?;
     let mixed = answers.iter().any(|(_, d)| d.error.is_some());
     let mut responses = Map::new();
     for (id, decided) in answers {

@@ -82,15 +82,7 @@ pub async fn post_query(
             "the body must be {{\"query\": \"...\", \"input\"?: ...}}: {err}"
         ))
     })?;
-    tokio::task::spawn_blocking(move || ad_hoc(&state, &request.query, request.input))
-        .await
-        .map_err(|err| {
-            OpaApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                err.to_string(),
-            )
-        })?
+    tokio::task::spawn_blocking(move || ad_hoc(&state, &request.query, request.input)).await?
 }
 
 /// `GET /v1/query?q=...`.
@@ -102,15 +94,7 @@ pub async fn get_query(
     let Some(q) = params.q else {
         return Err(OpaApiError::invalid("missing parameter `q` (the query)"));
     };
-    tokio::task::spawn_blocking(move || ad_hoc(&state, &q, None))
-        .await
-        .map_err(|err| {
-            OpaApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                err.to_string(),
-            )
-        })?
+    tokio::task::spawn_blocking(move || ad_hoc(&state, &q, None)).await?
 }
 
 /// `POST /v1/compile`: OPA's partial evaluation, which regorus does not have. Said plainly, so a

@@ -92,15 +92,7 @@ pub async fn rollback_document(
     let (kind, name) = (kind, name.to_owned());
     let rego = Arc::clone(&state.rego);
     let written = name.clone();
-    tokio::task::spawn_blocking(move || rego.rollback(kind, &written, version))
-        .await
-        .map_err(|err| {
-            OpaApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                err.to_string(),
-            )
-        })??;
+    tokio::task::spawn_blocking(move || rego.rollback(kind, &written, version)).await??;
     Ok(Json(
         json!({ "result": { "rolled_back": name, "to_version": version } }),
     ))
