@@ -28,6 +28,40 @@ pub struct AuditRecord {
     /// SHA-256 of the stored bytes of entry `seq - 1` (zeros for the first entry ever): the ring
     /// is a hash chain, so a lost, reordered or altered entry shows (`mesh-agent audit verify`).
     pub prev_hash: [u8; 32],
+    /// The verdicts of shadow versions evaluated beside the active ones: recorded, never acted on.
+    pub shadow: Vec<ShadowResult>,
+}
+
+/// A shadow version's verdict on one event, beside the active version's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowResult {
+    /// The policy the shadow version shadows.
+    pub policy_id: u64,
+    /// The rollout that published the shadow version.
+    pub rollout_id: String,
+    pub matched: bool,
+    /// Whether the active version's verdict was the same (an inactive or absent active version
+    /// counts as not matched).
+    pub agrees: bool,
+    pub execution_time_ns: u64,
+    /// Why the shadow version could not be evaluated; it then did not match.
+    pub error: Option<String>,
+}
+
+/// [`AuditRecord`] as schemas 9 to 11 stored it (format 3), before shadow verdicts: read as it
+/// is, never rewritten (the hash chain covers the stored bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecordV3 {
+    pub seq: u64,
+    pub at_us: i64,
+    pub node: String,
+    pub event_id: String,
+    pub input_json: String,
+    pub policy_revision: u64,
+    pub policies_evaluated: u32,
+    pub results: Vec<AuditResult>,
+    pub execution_time_ns: u64,
+    pub prev_hash: [u8; 32],
 }
 
 /// [`AuditRecord`] as schemas 7 and 8 stored it (format 2), before actions had an outcome: read
@@ -138,6 +172,11 @@ pub struct AuditResultV1 {
 }
 
 impl Record for AuditRecord {
+    const FORMAT: u8 = 4;
+    const KIND: &'static str = "audit";
+}
+
+impl Record for AuditRecordV3 {
     const FORMAT: u8 = 3;
     const KIND: &'static str = "audit";
 }
@@ -166,6 +205,7 @@ impl AuditRecordV1 {
             results: self.results.into_iter().map(AuditResult::from).collect(),
             execution_time_ns: self.execution_time_ns,
             prev_hash,
+            shadow: Vec::new(),
         }
     }
 }
@@ -183,15 +223,37 @@ impl From<AuditRecordV2> for AuditRecord {
             results: old.results.into_iter().map(AuditResult::from).collect(),
             execution_time_ns: old.execution_time_ns,
             prev_hash: old.prev_hash,
+            shadow: Vec::new(),
         }
     }
 }
 
-/// Decodes an audit entry of any format this build knows (2 or 3) in the current shape.
+impl From<AuditRecordV3> for AuditRecord {
+    fn from(old: AuditRecordV3) -> AuditRecord {
+        AuditRecord {
+            seq: old.seq,
+            at_us: old.at_us,
+            node: old.node,
+            event_id: old.event_id,
+            input_json: old.input_json,
+            policy_revision: old.policy_revision,
+            policies_evaluated: old.policies_evaluated,
+            results: old.results,
+            execution_time_ns: old.execution_time_ns,
+            prev_hash: old.prev_hash,
+            shadow: Vec::new(),
+        }
+    }
+}
+
+/// Decodes an audit entry of any format this build knows (2, 3 or 4) in the current shape.
 pub fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, crate::DecodeError> {
     match bytes.first() {
         Some(&format) if format == AuditRecordV2::FORMAT => {
             crate::decode::<AuditRecordV2>(bytes).map(AuditRecord::from)
+        }
+        Some(&format) if format == AuditRecordV3::FORMAT => {
+            crate::decode::<AuditRecordV3>(bytes).map(AuditRecord::from)
         }
         _ => crate::decode::<AuditRecord>(bytes),
     }

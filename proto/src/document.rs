@@ -11,6 +11,9 @@ pub enum DocKind {
     RegoModule,
     /// A JSON document; the name is its `/`-separated path under `data` ("" for the root).
     Data,
+    /// A rollout (a shadow version or a canary change) as JSON text; the name is the rollout id.
+    /// Added last: postcard numbers variants in order, so older encodings still decode.
+    Rollout,
 }
 
 impl DocKind {
@@ -19,6 +22,7 @@ impl DocKind {
         match self {
             DocKind::RegoModule => "rego:",
             DocKind::Data => "data:",
+            DocKind::Rollout => "rollout:",
         }
     }
 

@@ -16,7 +16,8 @@ pub mod shared;
 pub mod upstream;
 
 pub use audit::{
-    ActionOutcome, AuditRecord, AuditRecordV1, AuditRecordV2, AuditResult, AuditResultV1,
+    ActionOutcome, AuditRecord, AuditRecordV1, AuditRecordV2, AuditRecordV3, AuditResult,
+    AuditResultV1, ShadowResult,
     decode_audit,
 };
 pub use clock::Hlc;

@@ -547,6 +547,7 @@ async fn pull_loop(
                         if outcome.merge.applied > 0
                             || outcome.merge.policies_changed
                             || outcome.merge.documents_changed
+                            || outcome.merge.rollouts_changed
                         {
                             on_merged(outcome.merge);
                         }

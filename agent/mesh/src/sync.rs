@@ -185,6 +185,7 @@ impl Puller {
             total.merge.stale += merge.stale;
             total.merge.policies_changed |= merge.policies_changed;
             total.merge.documents_changed |= merge.documents_changed;
+            total.merge.rollouts_changed |= merge.rollouts_changed;
             since = cursor;
             if !page.more {
                 break;
@@ -196,6 +197,7 @@ impl Puller {
             if !dropped.is_empty() {
                 total.merge.policies_changed = true;
                 total.merge.documents_changed = true;
+                total.merge.rollouts_changed = true;
             }
             warn!(peer = node_id, dropped = ?dropped, "rejoined after longer than the tombstone TTL: took the peer's set, dropped keys it no longer knows");
             self.stale.store(false, Ordering::Release);

@@ -50,7 +50,8 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 8 {
                 v7_to_v8(&txn)?;
             }
-            // 8 -> 9 only changes the format of new audit entries; old ones are read as they are.
+            // 8 -> 9 and 10 -> 11 only change the format of new audit entries (and 10 -> 11 adds a
+            // document kind); old ones are read as they are.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.

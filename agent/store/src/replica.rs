@@ -11,7 +11,7 @@
 //! Tombstones are kept for `tombstone_ttl` (see ARCHITECTURE.md, "Deletes and long absences").
 
 use mesh_proto::{
-    DocumentRecord, LoggedChange, PolicyRecord, ReplicaItem, SignedChange, decode, encode,
+    DocKind, DocumentRecord, LoggedChange, PolicyRecord, ReplicaItem, SignedChange, decode, encode,
 };
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use ring::digest::{Context, SHA256};
@@ -35,7 +35,10 @@ pub struct MergeOutcome {
     /// Changes this node already had, or had something newer than.
     pub stale: usize,
     pub policies_changed: bool,
+    /// Rego modules or data documents changed.
     pub documents_changed: bool,
+    /// A rollout changed (a shadow version or canary published, or a rollout's state).
+    pub rollouts_changed: bool,
 }
 
 /// A page of this node's log, for a peer's pull.
@@ -386,7 +389,11 @@ impl Store {
                     }
                     ReplicaItem::Document(doc) => {
                         apply_document(txn, doc, change.deleted)?;
-                        outcome.documents_changed = true;
+                        if doc.kind == DocKind::Rollout {
+                            outcome.rollouts_changed = true;
+                        } else {
+                            outcome.documents_changed = true;
+                        }
                     }
                 }
                 put_entry(txn, change)?;

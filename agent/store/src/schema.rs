@@ -23,11 +23,14 @@
 //!   schema 8 could not read the new entries.
 //! - 10: adds `outbox_decision_logs` (`OUTBOX_DECISION_LOGS`), the outbox's lane of decision logs
 //!   (`[decision_logs] sink = "mqtt"`). A build of schema 9 would never send the new lane.
+//! - 11: new audit entries are format 4 (`AuditRecord` carries shadow verdicts); documents gain
+//!   the `Rollout` kind (shadow versions and canary rollouts, replicated like every document).
+//!   Format 3 entries are read as they are. A build of schema 10 could read neither.
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 10;
+pub const SCHEMA_VERSION: u64 = 11;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -65,6 +65,7 @@ fn record(event_id: &str) -> AuditRecord {
         results: Vec::new(),
         execution_time_ns: 0,
         prev_hash: [0; 32],
+        shadow: Vec::new(),
     }
 }
 

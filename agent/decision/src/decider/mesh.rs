@@ -184,6 +184,7 @@ impl Decider {
             }],
             execution_time_ns: 0,
             prev_hash: [0; 32],
+            shadow: Vec::new(),
         }
     }
 

@@ -486,6 +486,7 @@ impl Decider {
             execution_time_ns: 0,
             // Set by the ring when appended.
             prev_hash: [0; 32],
+            shadow: Vec::new(),
         };
         self.audit.append(vec![record]).await?;
         if let Some(stats) = &self.stats {
@@ -533,6 +534,7 @@ impl Decider {
             execution_time_ns: evaluation.elapsed_ns,
             // Set by the ring when appended.
             prev_hash: [0; 32],
+            shadow: Vec::new(),
         }
     }
 }

@@ -196,6 +196,11 @@ impl RegoService {
         let name = match kind {
             DocKind::Data => data_tree::normalize(name),
             DocKind::RegoModule => name.to_owned(),
+            DocKind::Rollout => {
+                return Err(OpaError::BadRequest(
+                    "rollouts have no Rego history; see GET /rollouts".into(),
+                ));
+            }
         };
         let history = self.store.document_history(kind, &name)?;
         if history.is_empty() {
@@ -236,6 +241,9 @@ impl RegoService {
                 self.put_data(&target.document.name, value).map(|_| ())
             }
             DocKind::RegoModule => self.put_module(&target.document.name, body).map(|_| ()),
+            DocKind::Rollout => Err(OpaError::BadRequest(
+                "a rollout is not rolled back; cancel it (POST /rollouts/{id}/cancel)".into(),
+            )),
         }
     }
 
