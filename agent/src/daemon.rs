@@ -92,14 +92,21 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         )?
         .with_max_data_bytes(config.rego.max_data_bytes),
     );
-    let evaluator = Arc::new(Evaluator::new(
-        rego_engine.clone(),
-        metrics.opa.clone(),
-        config.rego.fail_mode,
-        Duration::from_secs(config.rego.cache_ttl_sec),
-        config.rego.cache_entries,
-    ));
-    let engine = Arc::new(Engine::new(rego_engine, metrics.engine.clone()));
+    // One count of evaluations and failures for incidents and Rego decisions: canaries are
+    // judged by it.
+    let health = Arc::new(agent_engine::Health::default());
+    let evaluator = Arc::new(
+        Evaluator::new(
+            rego_engine.clone(),
+            metrics.opa.clone(),
+            config.rego.fail_mode,
+            Duration::from_secs(config.rego.cache_ttl_sec),
+            config.rego.cache_entries,
+        )
+        .with_health(Arc::clone(&health)),
+    );
+    let engine =
+        Arc::new(Engine::new(rego_engine, metrics.engine.clone()).with_health(Arc::clone(&health)));
     let policies = Arc::new(PolicyService::new(Arc::clone(&store), Arc::clone(&engine))?);
 
     if let Some(dir) = &config.policies_dir {

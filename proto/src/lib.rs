@@ -17,8 +17,7 @@ pub mod upstream;
 
 pub use audit::{
     ActionOutcome, AuditRecord, AuditRecordV1, AuditRecordV2, AuditRecordV3, AuditResult,
-    AuditResultV1, ShadowResult,
-    decode_audit,
+    AuditResultV1, ShadowResult, decode_audit,
 };
 pub use clock::Hlc;
 pub use codec::{DecodeError, Record, decode, encode};

@@ -111,6 +111,14 @@ impl From<PolicyError> for ApiError {
             )
             .with("name", name)
             .with("existing_id", existing_id),
+            PolicyError::InRollout { subject, rollout } => ApiError::new(
+                StatusCode::CONFLICT,
+                "in_rollout",
+                format!(
+                    "{subject} has rollout {rollout} open; promote or cancel it first (GET /rollouts/{rollout})"
+                ),
+            )
+            .with("rollout", rollout),
             PolicyError::Store(err) => ApiError::internal(&*err),
         }
     }

@@ -10,10 +10,12 @@
 //! and Rego modules, and answers evaluations; who persists them is the layer above.
 
 mod definition;
+mod health;
 mod matcher;
 mod metrics;
 mod policy_set;
 pub mod rego;
+mod shadow;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,16 +30,19 @@ pub use agent_condition::{
 pub use definition::{
     Definition, DefinitionError, DefinitionPatch, MAX_RATE_LIMIT, Quorum, RateLimit, Scope,
 };
+pub use health::{Health, HealthSample};
 pub use matcher::{Matcher, rego_input};
 pub use metrics::EngineMetrics;
 pub use policy_set::{CompiledPolicy, PolicySet};
 pub use rego::{RegoEngine, RegoSet};
+pub use shadow::{ShadowCounts, ShadowPolicy, ShadowSpec, ShadowStats, ShadowVerdict};
 
 /// The evaluator of this node.
 pub struct Engine {
     set: ArcSwap<PolicySet>,
     rego: Arc<RegoEngine>,
     metrics: EngineMetrics,
+    health: Arc<Health>,
 }
 
 /// One policy's verdict on one incident.
@@ -49,12 +54,15 @@ pub struct Verdict {
     pub error: Option<EvalError>,
 }
 
-/// An incident evaluated against one policy set: `verdicts[i]` belongs to `set.policies()[i]`.
+/// An incident evaluated against one policy set: `verdicts[i]` belongs to `set.policies()[i]`,
+/// `shadows[i]` to `set.shadows()[i]`.
 #[derive(Debug)]
 pub struct Evaluation {
     pub set: Arc<PolicySet>,
     pub verdicts: Vec<Verdict>,
+    /// Time spent on the active policies (shadow versions not included).
     pub elapsed_ns: u64,
+    pub shadows: Vec<ShadowVerdict>,
 }
 
 impl Evaluation {
@@ -65,6 +73,15 @@ impl Evaluation {
             .iter()
             .map(AsRef::as_ref)
             .zip(&self.verdicts)
+    }
+
+    /// Each shadow version with its verdict.
+    pub fn shadow_verdicts(&self) -> impl Iterator<Item = (&ShadowPolicy, &ShadowVerdict)> {
+        self.set
+            .shadows()
+            .iter()
+            .map(AsRef::as_ref)
+            .zip(&self.shadows)
     }
 
     /// The policies that matched, in evaluation order.
@@ -81,7 +98,19 @@ impl Engine {
             set: ArcSwap::from_pointee(PolicySet::default()),
             rego,
             metrics,
+            health: Arc::default(),
         }
+    }
+
+    /// Counts into `health` (shared with the Rego decision path) instead of a counter of its own.
+    pub fn with_health(mut self, health: Arc<Health>) -> Engine {
+        self.health = health;
+        self
+    }
+
+    /// This node's evaluation health: what a canary rollout is judged by.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The metrics the engine counts into; the policy service sets the set's sizes, and whoever
@@ -141,10 +170,39 @@ impl Engine {
         self.metrics
             .evaluation_duration
             .observe(elapsed.as_secs_f64());
+        let failed = verdicts.iter().filter_map(|v| v.error.as_ref());
+        let timeout = failed
+            .clone()
+            .any(|err| matches!(err, EvalError::TimeLimit { .. }));
+        self.health.record(failed.count() > 0, timeout);
+        let mut shadows = Vec::with_capacity(set.shadows().len());
+        for (i, shadow) in set.shadows().iter().enumerate() {
+            let shadow_started = Instant::now();
+            let (outcome, error) = match shadow.policy.matcher.eval(incident, facts, &mut rego) {
+                Ok(outcome) => (outcome, None),
+                Err(err) => (Outcome::from_match(false), Some(err)),
+            };
+            let active_matched = set
+                .shadowed_index(i)
+                .is_some_and(|at| verdicts[at].outcome.matched);
+            let agrees = outcome.matched == active_matched;
+            shadow
+                .stats
+                .record(outcome.matched, agrees, error.is_some());
+            shadows.push(ShadowVerdict {
+                verdict: Verdict {
+                    outcome,
+                    elapsed_ns: shadow_started.elapsed().as_nanos() as u64,
+                    error,
+                },
+                agrees,
+            });
+        }
         Evaluation {
             set,
             verdicts,
             elapsed_ns: elapsed.as_nanos() as u64,
+            shadows,
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use crate::definition::{Definition, DefinitionError, Quorum, RateLimit, Scope};
 use crate::matcher::Matcher;
 use crate::metrics::EngineMetrics;
+use crate::shadow::{ShadowPolicy, ShadowSpec};
 
 /// One active policy, ready to evaluate: matcher compiled, response fields pre-serialized.
 #[derive(Debug)]
@@ -40,11 +41,15 @@ pub struct CompiledPolicy {
     pub(crate) matches: Counter,
 }
 
-/// The active policies, highest priority first (ties: lower id first), at one store revision.
+/// The active policies, highest priority first (ties: lower id first), at one store revision,
+/// and the shadow versions evaluated beside them.
 #[derive(Debug, Default)]
 pub struct PolicySet {
     policies: Vec<Arc<CompiledPolicy>>,
     revision: u64,
+    shadows: Vec<Arc<ShadowPolicy>>,
+    /// `shadow_active[i]`: the index in `policies` of the policy `shadows[i]` shadows, if active.
+    shadow_active: Vec<Option<usize>>,
 }
 
 impl PolicySet {
@@ -71,9 +76,7 @@ impl PolicySet {
         let mut invalid = Vec::new();
         for record in records.into_iter().filter(|r| r.active) {
             if let Some(policy) = known.get(&record.id)
-                && policy.version == record.version
-                && policy.written.0 == record.stamp
-                && *policy.written.1 == *record.author
+                && policy.is_write_of(&record)
             {
                 policies.push(Arc::clone(policy));
                 continue;
@@ -84,7 +87,60 @@ impl PolicySet {
             }
         }
         policies.sort_by(|a, b| order(a, b));
-        (PolicySet { policies, revision }, invalid)
+        let set = PolicySet {
+            policies,
+            revision,
+            shadows: self.shadows.clone(),
+            shadow_active: Vec::new(),
+        };
+        (set.index_shadows(), invalid)
+    }
+
+    /// This set with `specs` as its shadow versions (replacing any it had). Shadows that do not
+    /// compile are returned with their error and left out.
+    pub fn with_shadows(
+        &self,
+        specs: &[ShadowSpec],
+    ) -> (PolicySet, Vec<(ShadowSpec, DefinitionError)>) {
+        let mut shadows = Vec::with_capacity(specs.len());
+        let mut invalid = Vec::new();
+        for spec in specs {
+            let previous = self
+                .shadows
+                .iter()
+                .find(|s| *s.rollout_id == *spec.rollout_id);
+            match ShadowPolicy::build(spec, previous) {
+                Ok(shadow) => shadows.push(shadow),
+                Err(err) => invalid.push((spec.clone(), err)),
+            }
+        }
+        let set = PolicySet {
+            policies: self.policies.clone(),
+            revision: self.revision,
+            shadows,
+            shadow_active: Vec::new(),
+        };
+        (set.index_shadows(), invalid)
+    }
+
+    /// Fills `shadow_active` from the policies and shadows as they are.
+    fn index_shadows(mut self) -> PolicySet {
+        self.shadow_active = self
+            .shadows
+            .iter()
+            .map(|shadow| self.policies.iter().position(|p| p.id == shadow.policy.id))
+            .collect();
+        self
+    }
+
+    /// The shadow versions evaluated beside the active policies.
+    pub fn shadows(&self) -> &[Arc<ShadowPolicy>] {
+        &self.shadows
+    }
+
+    /// The index in [`policies`](Self::policies) of the active policy shadow `i` shadows.
+    pub fn shadowed_index(&self, i: usize) -> Option<usize> {
+        self.shadow_active.get(i).copied().flatten()
     }
 
     /// This set with one policy changed: `record` replaces the policy of its id (or is added), and
@@ -107,7 +163,13 @@ impl PolicySet {
             let at = policies.partition_point(|p| order(p, &policy).is_lt());
             policies.insert(at, policy);
         }
-        Ok(PolicySet { policies, revision })
+        let set = PolicySet {
+            policies,
+            revision,
+            shadows: self.shadows.clone(),
+            shadow_active: Vec::new(),
+        };
+        Ok(set.index_shadows())
     }
 
     pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
@@ -133,16 +195,40 @@ fn order(a: &CompiledPolicy, b: &CompiledPolicy) -> std::cmp::Ordering {
     b.priority.cmp(&a.priority).then(a.id.cmp(&b.id))
 }
 
+impl CompiledPolicy {
+    /// Whether this was compiled from this very write of `record` (id, version, stamp, author).
+    pub(crate) fn is_write_of(&self, record: &PolicyRecord) -> bool {
+        self.id == record.id
+            && self.version == record.version
+            && self.written.0 == record.stamp
+            && *self.written.1 == *record.author
+    }
+}
+
 fn compile(
     record: &PolicyRecord,
     metrics: &EngineMetrics,
+) -> Result<CompiledPolicy, DefinitionError> {
+    let (evaluations, matches) = metrics.policy_counters(&record.name);
+    compile_with(record, evaluations, matches)
+}
+
+/// Compiles `record` with counters of its own, not the per-policy series: a shadow version
+/// must not count as the active policy's evaluations.
+pub(crate) fn compile_detached(record: &PolicyRecord) -> Result<CompiledPolicy, DefinitionError> {
+    compile_with(record, Counter::default(), Counter::default())
+}
+
+fn compile_with(
+    record: &PolicyRecord,
+    evaluations: Counter,
+    matches: Counter,
 ) -> Result<CompiledPolicy, DefinitionError> {
     let definition = Definition::from_json(&record.definition_json)
         .map_err(|err| DefinitionError::new("definition", err.to_string()))?;
     let matcher = definition.validate()?;
     let modifiers = serde_json::value::to_raw_value(&definition.modifiers)
         .map_err(|err| DefinitionError::new("definition.modifiers", err.to_string()))?;
-    let (evaluations, matches) = metrics.policy_counters(&record.name);
     Ok(CompiledPolicy {
         id: record.id,
         version: record.version,

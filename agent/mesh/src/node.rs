@@ -273,9 +273,10 @@ impl Mesh {
         shared::view(&guard)
     }
 
-    /// Notified when a member's shared values or the set of live members change.
+    /// Notified when a member's shared values or the set of live members change. Each call
+    /// gives a notifier of its own: call it once per watcher, and keep it.
     pub fn shared_changed(&self) -> Arc<tokio::sync::Notify> {
-        Arc::clone(&self.shared.notify)
+        self.shared.subscribe()
     }
 
     /// The QUIC network, for a node started with [`Mesh::start`].

@@ -76,35 +76,62 @@ pub(crate) fn view(chitchat: &Chitchat) -> SharedView {
 }
 
 /// Wakes watchers when a peer's shared value changes (at once, as the delta is applied) and when
-/// the set of live members changes.
+/// the set of live members changes. Each watcher has a `Notify` of its own ([`subscribe`]), so
+/// one never takes another's wake-up.
+///
+/// [`subscribe`]: SharedWatch::subscribe
 pub(crate) struct SharedWatch {
-    pub notify: Arc<Notify>,
+    watchers: Watchers,
     _listener: ListenerHandle,
+}
+
+type Watchers = Arc<std::sync::Mutex<Vec<Arc<Notify>>>>;
+
+impl SharedWatch {
+    /// A new watcher's notifier.
+    pub fn subscribe(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::clone(&notify));
+        notify
+    }
+}
+
+fn wake(watchers: &Watchers) {
+    for notify in watchers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+    {
+        notify.notify_one();
+    }
 }
 
 pub(crate) async fn watch(
     chitchat: &Arc<Mutex<Chitchat>>,
 ) -> (SharedWatch, tokio::task::JoinHandle<()>) {
-    let notify = Arc::new(Notify::new());
+    let watchers: Watchers = Arc::default();
     let guard = chitchat.lock().await;
     let listener = {
-        let notify = Arc::clone(&notify);
-        // Runs under chitchat's state lock: only wake the watcher.
-        guard.subscribe_event(SHARED_PREFIX, move |_| notify.notify_one())
+        let watchers = Arc::clone(&watchers);
+        // Runs under chitchat's state lock: only wake the watchers.
+        guard.subscribe_event(SHARED_PREFIX, move |_| wake(&watchers))
     };
     let mut live = guard.live_nodes_watcher();
     drop(guard);
     let task = {
-        let notify = Arc::clone(&notify);
+        let watchers = Arc::clone(&watchers);
         tokio::spawn(async move {
             while live.changed().await.is_ok() {
-                notify.notify_one();
+                wake(&watchers);
             }
         })
     };
     (
         SharedWatch {
-            notify,
+            watchers,
             _listener: listener,
         },
         task,

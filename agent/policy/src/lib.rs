@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod opa;
+pub mod rollout;
 mod service;
 
 use serde::de::IgnoredAny;
@@ -39,6 +40,12 @@ pub enum PolicyError {
     NotFound { id: u64 },
     #[error("a policy named `{name}` already exists (id {existing_id})")]
     DuplicateName { name: String, existing_id: u64 },
+    /// The policy has an open rollout (a shadow version or a canary): it changes through the
+    /// rollout (promote, or wait for it) or after it is cancelled.
+    #[error(
+        "{subject} has rollout {rollout} open; promote or cancel it first (GET /rollouts/{rollout})"
+    )]
+    InRollout { subject: String, rollout: String },
     #[error(transparent)]
     Store(Box<StoreError>),
 }

@@ -1,13 +1,15 @@
 //! The one way policies change: validate, write to the store, then swap the engine's policy set.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use mesh_proto::{ChangeOp, PolicyChange, PolicyRecord};
 use tracing::{info, warn};
 
-use agent_engine::{Engine, EngineMetrics};
+use agent_engine::{Engine, EngineMetrics, ShadowSpec};
 use agent_store::{PolicyFields, Store, StoreError};
 
+use crate::rollout::{Overlays, PolicyCandidate, Subject, candidate_record, read_rollouts};
 use crate::{Definition, NewPolicy, PolicyError, PolicyPatch, validate_name};
 
 /// What importing a policy file entry did.
@@ -26,6 +28,9 @@ pub struct PolicyService {
     metrics: EngineMetrics,
     /// Serializes write + engine swap, so the engine never goes back to an older policy set.
     write_lock: Mutex<()>,
+    /// Policies with an open rollout (shadow or canary), and the rollout's id: an ordinary write
+    /// of them is refused until it ends. Refreshed on every reload.
+    in_rollout: Mutex<HashMap<u64, String>>,
 }
 
 impl PolicyService {
@@ -36,6 +41,7 @@ impl PolicyService {
             metrics: engine.metrics().clone(),
             engine,
             write_lock: Mutex::new(()),
+            in_rollout: Mutex::new(HashMap::new()),
         };
         service.reload()?;
         Ok(service)
@@ -54,26 +60,11 @@ impl PolicyService {
 
     /// Applies a partial update; fields not given keep their stored values.
     pub fn update(&self, id: u64, patch: PolicyPatch) -> Result<PolicyRecord, PolicyError> {
+        self.guard(id)?;
         self.write(
             |store| {
                 let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
-                let mut definition =
-                    Definition::from_json(&current.definition_json).map_err(|err| {
-                        PolicyError::invalid(
-                            "definition",
-                            format!("stored definition is unreadable: {err}"),
-                        )
-                    })?;
-                if let Some(def_patch) = patch.definition {
-                    definition.apply(def_patch);
-                }
-                let fields = validated(
-                    patch.name.unwrap_or(current.name),
-                    patch.description.unwrap_or(current.description),
-                    &definition,
-                    patch.active.unwrap_or(current.active),
-                    patch.priority.unwrap_or(current.priority),
-                )?;
+                let fields = patched(&current, patch)?;
                 // Under the write lock no other local writer can slip in between read and write.
                 Ok(store.update(id, current.version, fields)?)
             },
@@ -81,11 +72,85 @@ impl PolicyService {
         )
     }
 
+    /// What policy `id` would be with `patch` applied, validated, as a rollout's candidate; and
+    /// the version it would follow. Nothing is written.
+    pub fn candidate(
+        &self,
+        id: u64,
+        patch: PolicyPatch,
+    ) -> Result<(PolicyCandidate, u64), PolicyError> {
+        let current = self.store.get(id)?.ok_or(PolicyError::NotFound { id })?;
+        let fields = patched(&current, patch)?;
+        let definition = serde_json::from_str(&fields.definition_json)
+            .map_err(|err| PolicyError::invalid("definition", err.to_string()))?;
+        Ok((
+            PolicyCandidate {
+                name: fields.name,
+                description: fields.description,
+                definition,
+                active: fields.active,
+                priority: fields.priority,
+            },
+            current.version,
+        ))
+    }
+
+    /// Writes a rollout's candidate as the next version of policy `id` (a canary that completed,
+    /// a shadow promoted): the one write an open rollout lets through. Unchanged if the policy
+    /// already holds it (a completion retried after a crash).
+    pub fn write_candidate(
+        &self,
+        id: u64,
+        candidate: &PolicyCandidate,
+    ) -> Result<PolicyRecord, PolicyError> {
+        let definition = Definition::from_json(&candidate.definition.to_string())
+            .map_err(|err| PolicyError::invalid("definition", err.to_string()))?;
+        let fields = validated(
+            candidate.name.clone(),
+            candidate.description.clone(),
+            &definition,
+            candidate.active,
+            candidate.priority,
+        )?;
+        self.write(
+            |store| {
+                let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
+                let same = current.name == fields.name
+                    && current.description == fields.description
+                    && current.definition_json == fields.definition_json
+                    && current.active == fields.active
+                    && current.priority == fields.priority;
+                if same {
+                    return Ok((current, false));
+                }
+                Ok((store.update(id, current.version, fields)?, true))
+            },
+            |(record, written)| written.then_some((record, false)),
+        )
+        .map(|(record, _)| record)
+    }
+
+    /// Refuses an ordinary write of a policy that has an open rollout.
+    fn guard(&self, id: u64) -> Result<(), PolicyError> {
+        let open = self
+            .in_rollout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match open.get(&id) {
+            Some(rollout) => Err(PolicyError::InRollout {
+                subject: Subject::Policy { id }.to_string(),
+                rollout: rollout.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Writes a new version of policy `id` equal to its version `version` (name, description,
     /// definition, active flag, priority), which rolls out like any change. The version must be
     /// one the history holds and not the policy's deletion; a deleted policy cannot be rolled back
     /// (create it again).
     pub fn rollback(&self, id: u64, version: u64) -> Result<PolicyRecord, PolicyError> {
+        self.guard(id)?;
         self.write(
             |store| {
                 let history = store.history(id)?;
@@ -145,6 +210,7 @@ impl PolicyService {
     }
 
     pub fn delete(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
+        self.guard(id)?;
         self.write(|store| Ok(store.delete(id)?), |r| Some((r, true)))
     }
 
@@ -256,8 +322,33 @@ impl PolicyService {
     /// [`reload`](Self::reload), under the write lock already taken: a set built from an older
     /// snapshot never replaces a newer one.
     fn reload_locked(&self) -> Result<(), PolicyError> {
-        let records = self.store.list()?;
+        let mut records = self.store.list()?;
         let revision = self.store.revision()?;
+        let rollouts = read_rollouts(&self.store)?;
+        let overlays = Overlays::of(&rollouts, self.store.node_id());
+        let created = |id: &str| {
+            rollouts
+                .iter()
+                .find(|r| r.id == id)
+                .map_or(0, |r| r.created_at_ms)
+        };
+        // A canary node runs the candidate in place of the stored version.
+        for record in &mut records {
+            if let Some((rollout, candidate)) = overlays.policies.get(&record.id) {
+                *record = candidate_record(record, rollout, candidate, created(rollout));
+            }
+        }
+        let shadows: Vec<ShadowSpec> = overlays
+            .shadows
+            .iter()
+            .filter_map(|(rollout, id, candidate)| {
+                let stored = records.iter().find(|r| r.id == *id)?;
+                Some(ShadowSpec {
+                    rollout_id: rollout.clone(),
+                    record: candidate_record(stored, rollout, candidate, created(rollout)),
+                })
+            })
+            .collect();
         let (set, invalid) = self
             .engine
             .current()
@@ -266,12 +357,49 @@ impl PolicyService {
             // Possible only for data written by another build: this one validates before storing.
             warn!(policy_id = record.id, policy_name = %record.name, error = %err, "stored policy does not compile; not evaluated");
         }
+        let (set, invalid_shadows) = set.with_shadows(&shadows);
+        for (spec, err) in &invalid_shadows {
+            warn!(rollout = %spec.rollout_id, policy_id = spec.record.id, error = %err, "shadow version does not compile; not evaluated");
+        }
+        *self
+            .in_rollout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = overlays
+            .open
+            .iter()
+            .filter_map(|(subject, rollout)| match subject {
+                Subject::Policy { id } => Some((*id, rollout.clone())),
+                _ => None,
+            })
+            .collect();
         self.metrics.policies_active.set(set.len() as i64);
         self.metrics.policies_invalid.set(invalid.len() as i64);
         info!(revision, active = set.len(), "policy set loaded");
         self.engine.replace(set);
         Ok(())
     }
+}
+
+/// `current` with `patch` applied, validated.
+fn patched(current: &PolicyRecord, patch: PolicyPatch) -> Result<PolicyFields, PolicyError> {
+    let mut definition = Definition::from_json(&current.definition_json).map_err(|err| {
+        PolicyError::invalid(
+            "definition",
+            format!("stored definition is unreadable: {err}"),
+        )
+    })?;
+    if let Some(def_patch) = patch.definition {
+        definition.apply(def_patch);
+    }
+    validated(
+        patch.name.unwrap_or_else(|| current.name.clone()),
+        patch
+            .description
+            .unwrap_or_else(|| current.description.clone()),
+        &definition,
+        patch.active.unwrap_or(current.active),
+        patch.priority.unwrap_or(current.priority),
+    )
 }
 
 fn validated(

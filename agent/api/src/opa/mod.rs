@@ -82,6 +82,9 @@ impl From<OpaError> for OpaApiError {
             OpaError::TooLarge(message) => {
                 OpaApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
+            OpaError::InRollout(message) => {
+                OpaApiError::new(StatusCode::CONFLICT, "in_rollout", message)
+            }
             OpaError::Data(data_tree::DataError::NotFound(path)) => OpaApiError::new(
                 StatusCode::NOT_FOUND,
                 "resource_not_found",

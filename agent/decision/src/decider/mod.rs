@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use mesh_proto::{AuditRecord, AuditResult};
+use mesh_proto::{AuditRecord, AuditResult, ShadowResult};
 
 use agent_base::clock::now_us;
 use agent_engine::{Engine, Evaluation, Explanation, Incident};
@@ -534,7 +534,17 @@ impl Decider {
             execution_time_ns: evaluation.elapsed_ns,
             // Set by the ring when appended.
             prev_hash: [0; 32],
-            shadow: Vec::new(),
+            shadow: evaluation
+                .shadow_verdicts()
+                .map(|(shadow, verdict)| ShadowResult {
+                    policy_id: shadow.policy.id,
+                    rollout_id: shadow.rollout_id.to_string(),
+                    matched: verdict.verdict.outcome.matched,
+                    agrees: verdict.agrees,
+                    execution_time_ns: verdict.verdict.elapsed_ns,
+                    error: verdict.verdict.error.as_ref().map(ToString::to_string),
+                })
+                .collect(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::warn;
 
+use agent_engine::Health;
 use agent_engine::rego::{EvalError, RegoEngine};
 
 use super::FailMode;
@@ -32,6 +33,8 @@ pub struct Evaluator {
     cache: DecisionCache,
     metrics: OpaMetrics,
     fail_mode: FailMode,
+    /// Shared with the incident engine: what a canary rollout is judged by.
+    health: Arc<Health>,
 }
 
 impl Evaluator {
@@ -47,7 +50,14 @@ impl Evaluator {
             cache: DecisionCache::new(cache_ttl, cache_entries),
             metrics,
             fail_mode,
+            health: Arc::default(),
         }
+    }
+
+    /// Counts decisions into `health` (the engine's) instead of a counter of its own.
+    pub fn with_health(mut self, health: Arc<Health>) -> Evaluator {
+        self.health = health;
+        self
     }
 
     pub fn fail_mode(&self) -> FailMode {
@@ -80,6 +90,14 @@ impl Evaluator {
             elapsed.as_secs_f64(),
             result.as_ref().err().map(EvalError::kind),
         );
+        let error = result.as_ref().err();
+        self.health.record(
+            error.is_some(),
+            matches!(error, Some(EvalError::TimeLimit { .. })),
+        );
+        if error.is_some() {
+            self.health.record_fail_mode();
+        }
         match &result {
             Ok(value) => {
                 if let Some(key) = lookup {

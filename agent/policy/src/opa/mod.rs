@@ -30,6 +30,9 @@ pub enum OpaError {
     /// Over a byte budget (`rego.max_data_bytes`).
     #[error("{0}")]
     TooLarge(String),
+    /// The module or data has an open canary rollout.
+    #[error("{0}")]
+    InRollout(String),
     #[error(transparent)]
     Data(#[from] data_tree::DataError),
     #[error(transparent)]

@@ -14,6 +14,7 @@ use agent_store::{DocWrite, Store};
 use super::OpaError;
 use super::data_tree;
 use super::metrics::OpaMetrics;
+use crate::rollout::{Overlays, Subject, read_rollouts};
 
 /// Rego module and data reads and writes, keeping the engine in step with the store.
 pub struct RegoService {
@@ -24,6 +25,12 @@ pub struct RegoService {
     /// The most bytes all data documents may take together (`rego.max_data_bytes`).
     max_data_bytes: u64,
     write_lock: Mutex<()>,
+    /// What open rollouts ask of this node (canary candidates it applies, subjects no ordinary
+    /// write may change), read on every reload.
+    overlays: Mutex<Overlays>,
+    /// Canary candidates this node was to apply and could not compile: (rollout, why). A canary
+    /// that does not compile on one of its nodes fails.
+    overlay_failures: Mutex<Vec<(String, String)>>,
 }
 
 impl RegoService {
@@ -42,7 +49,10 @@ impl RegoService {
             metrics,
             max_data_bytes: u64::MAX,
             write_lock: Mutex::new(()),
+            overlays: Mutex::new(Overlays::default()),
+            overlay_failures: Mutex::new(Vec::new()),
         };
+        service.read_overlays()?;
         let modules = service.store.list_documents(DocKind::RegoModule)?;
         let data = service.store.list_documents(DocKind::Data)?;
         match service.build(&modules, &data) {
@@ -63,6 +73,11 @@ impl RegoService {
 
     /// Creates or replaces a module. Returns whether anything changed.
     pub fn put_module(&self, id: &str, text: String) -> Result<bool, OpaError> {
+        self.guard_module(id)?;
+        self.put_module_unguarded(id, text)
+    }
+
+    fn put_module_unguarded(&self, id: &str, text: String) -> Result<bool, OpaError> {
         if id.trim_matches('/').is_empty() {
             return Err(OpaError::BadRequest("a policy id must not be empty".into()));
         }
@@ -74,6 +89,7 @@ impl RegoService {
     }
 
     pub fn delete_module(&self, id: &str) -> Result<(), OpaError> {
+        self.guard_module(id)?;
         if self.store.get_document(DocKind::RegoModule, id)?.is_none() {
             return Err(OpaError::NotFound(format!("policy id {id:?}")));
         }
@@ -96,6 +112,11 @@ impl RegoService {
 
     /// Makes `value` the data at `path` (OPA's `PUT /v1/data/{path}`).
     pub fn put_data(&self, path: &str, value: Value) -> Result<bool, OpaError> {
+        self.guard_data(path)?;
+        self.put_data_unguarded(path, value)
+    }
+
+    fn put_data_unguarded(&self, path: &str, value: Value) -> Result<bool, OpaError> {
         let _guard = self.lock();
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::put(&docs, path, value)?;
@@ -109,6 +130,7 @@ impl RegoService {
     /// documents of their own (their history, their rollback). All or nothing.
     pub fn patch_data(&self, path: &str, patch: &json_patch::Patch) -> Result<bool, OpaError> {
         use json_patch::PatchOperation;
+        self.guard_data(path)?;
         let _guard = self.lock();
         let mut docs = self.store.list_documents(DocKind::Data)?;
         let mut tree = data_tree::tree(&docs)?;
@@ -184,6 +206,7 @@ impl RegoService {
 
     /// Removes the data at `path` (OPA's `DELETE /v1/data/{path}`).
     pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
+        self.guard_data(path)?;
         let _guard = self.lock();
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::delete(&docs, path)?;
@@ -260,6 +283,7 @@ impl RegoService {
     /// If the merged set does not compile here (it compiled at its author), the set in force stays.
     pub fn reload(&self) -> Result<(), OpaError> {
         let _guard = self.lock();
+        self.read_overlays()?;
         let modules = self.store.list_documents(DocKind::RegoModule)?;
         let data = self.store.list_documents(DocKind::Data)?;
         let revision = self.store.revision()?;
@@ -328,7 +352,63 @@ impl RegoService {
         Ok(true)
     }
 
+    /// The set of `modules` and `data` with this node's canary candidates applied. A candidate
+    /// that does not compile with the rest is left out (and noted, which fails its rollout):
+    /// the set is then built without it.
     fn build(
+        &self,
+        modules: &[DocumentRecord],
+        data: &[DocumentRecord],
+    ) -> Result<RegoSet, OpaError> {
+        let overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if overlays.modules.is_empty() && overlays.data.is_empty() {
+            return self.build_plain(modules, data);
+        }
+        let mut with_modules = modules.to_vec();
+        let mut with_data = data.to_vec();
+        let mut applied = Vec::new();
+        for (rollout, id, text) in &overlays.modules {
+            DocWrite::Put {
+                kind: DocKind::RegoModule,
+                name: id.clone(),
+                body: text.clone(),
+            }
+            .apply_to(&mut with_modules);
+            applied.push(rollout.clone());
+        }
+        for (rollout, path, value) in &overlays.data {
+            for write in data_tree::put(&with_data, path, value.clone())? {
+                write.apply_to(&mut with_data);
+            }
+            applied.push(rollout.clone());
+        }
+        let mut failures = self
+            .overlay_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.build_plain(&with_modules, &with_data) {
+            Ok(set) => {
+                failures.retain(|(rollout, _)| !applied.contains(rollout));
+                Ok(set)
+            }
+            Err(err) => {
+                error!(rollouts = ?applied, error = %err, "canary candidates do not compile here; running without them");
+                for rollout in applied {
+                    if !failures.iter().any(|(r, _)| *r == rollout) {
+                        failures.push((rollout, err.to_string()));
+                    }
+                }
+                drop(failures);
+                self.build_plain(modules, data)
+            }
+        }
+    }
+
+    fn build_plain(
         &self,
         modules: &[DocumentRecord],
         data: &[DocumentRecord],
@@ -342,6 +422,135 @@ impl RegoService {
             .collect();
         let tree = data_tree::tree(data)?;
         Ok(RegoSet::build(&sources, tree, 0, self.settings)?)
+    }
+
+    /// Re-reads what the open rollouts ask of this node.
+    fn read_overlays(&self) -> Result<(), OpaError> {
+        let rollouts = read_rollouts(&self.store)?;
+        let overlays = Overlays::of(&rollouts, self.store.node_id());
+        self.overlay_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|(rollout, _)| overlays.open.values().any(|open| open == rollout));
+        *self
+            .overlays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = overlays;
+        Ok(())
+    }
+
+    /// Canary candidates this node should run and cannot compile: (rollout, why).
+    pub fn overlay_failures(&self) -> Vec<(String, String)> {
+        self.overlay_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Checks that `text` as module `id` compiles with everything else; returns the module's
+    /// current version (none if new). Nothing is written.
+    pub fn check_module(&self, id: &str, text: &str) -> Result<Option<u64>, OpaError> {
+        if id.trim_matches('/').is_empty() {
+            return Err(OpaError::BadRequest("a policy id must not be empty".into()));
+        }
+        let mut modules = self.store.list_documents(DocKind::RegoModule)?;
+        let data = self.store.list_documents(DocKind::Data)?;
+        let base = modules.iter().find(|m| m.name == id).map(|m| m.version);
+        DocWrite::Put {
+            kind: DocKind::RegoModule,
+            name: id.to_owned(),
+            body: text.to_owned(),
+        }
+        .apply_to(&mut modules);
+        self.build_plain(&modules, &data)?;
+        Ok(base)
+    }
+
+    /// Checks that `value` at `path` makes a data tree that compiles with the modules; returns
+    /// the version of the document at `path` (none if there is none). Nothing is written.
+    pub fn check_data(&self, path: &str, value: &Value) -> Result<Option<u64>, OpaError> {
+        let modules = self.store.list_documents(DocKind::RegoModule)?;
+        let mut data = self.store.list_documents(DocKind::Data)?;
+        let normalized = data_tree::normalize(path);
+        let base = data
+            .iter()
+            .find(|d| d.name == normalized)
+            .map(|d| d.version);
+        for write in data_tree::put(&data, path, value.clone())? {
+            write.apply_to(&mut data);
+        }
+        let bytes: u64 = data.iter().map(|d| d.body.len() as u64).sum();
+        if bytes > self.max_data_bytes {
+            return Err(OpaError::TooLarge(format!(
+                "the data documents would take {bytes} bytes together, over rego.max_data_bytes ({})",
+                self.max_data_bytes
+            )));
+        }
+        self.build_plain(&modules, &data)?;
+        Ok(base)
+    }
+
+    /// Writes a rollout's module candidate (the one write its open rollout lets through);
+    /// returns the module's version.
+    pub fn write_candidate_module(&self, id: &str, text: String) -> Result<u64, OpaError> {
+        self.put_module_unguarded(id, text)?;
+        Ok(self.get_module(id)?.version)
+    }
+
+    /// Writes a rollout's data candidate; returns the version of the document at `path`, or
+    /// of the document holding it.
+    pub fn write_candidate_data(&self, path: &str, value: Value) -> Result<u64, OpaError> {
+        self.put_data_unguarded(path, value)?;
+        let normalized = data_tree::normalize(path);
+        Ok(self
+            .store
+            .list_documents(DocKind::Data)?
+            .iter()
+            .filter(|d| {
+                d.name == normalized
+                    || normalized.starts_with(&format!("{}/", d.name))
+                    || d.name.is_empty()
+            })
+            .map(|d| d.version)
+            .max()
+            .unwrap_or(0))
+    }
+
+    fn guard_module(&self, id: &str) -> Result<(), OpaError> {
+        let overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let subject = Subject::RegoModule { id: id.to_owned() };
+        match overlays.open_on(&subject) {
+            Some(rollout) => Err(OpaError::InRollout(format!(
+                "{subject} has rollout {rollout} open; cancel it or wait for it (GET /rollouts/{rollout})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a data write that overlaps a data document with an open rollout.
+    fn guard_data(&self, path: &str) -> Result<(), OpaError> {
+        let path = data_tree::normalize(path);
+        let overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (subject, rollout) in &overlays.open {
+            if let Subject::Data { path: open } = subject {
+                let open = data_tree::normalize(open);
+                let nested = |outer: &str, inner: &str| {
+                    outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"))
+                };
+                if nested(&open, &path) || nested(&path, &open) {
+                    return Err(OpaError::InRollout(format!(
+                        "data at {path:?} overlaps {subject}, which has rollout {rollout} open; cancel it or wait for it (GET /rollouts/{rollout})"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn swap(&self, set: RegoSet) {

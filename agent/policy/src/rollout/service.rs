@@ -1,0 +1,368 @@
+//! The one writer of rollouts: starts shadows and canaries (candidates validated first, as an
+//! ordinary write would be), promotes, cancels, completes and fails them. Every write of a
+//! rollout reloads the policy and Rego services, so what it asks of this node applies at once.
+
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::DocKind;
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::info;
+
+use agent_base::clock::now_ms;
+use agent_store::{DocWrite, Store, StoreError};
+
+use super::model::{CanaryPlan, Candidate, Plan, Rollout, State, Subject};
+use super::overlay::read_rollouts;
+use super::rank::canary_nodes;
+use crate::opa::{OpaError, RegoService};
+use crate::{PolicyError, PolicyPatch, PolicyService};
+
+/// The longest bake time accepted: a day.
+const MAX_BAKE_SEC: u64 = 86_400;
+
+/// A canary plan as a caller gives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySettings {
+    /// The share of the members that apply the change first (0 < fraction <= 1).
+    pub fraction: f64,
+    pub bake_sec: u64,
+    #[serde(default)]
+    pub max_failure_rate_rise: f64,
+    #[serde(default)]
+    pub min_canary_evaluations: u64,
+}
+
+/// Why a rollout operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("rollout {0} not found")]
+    NotFound(String),
+    #[error("invalid `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    /// The operation does not fit the rollout's state (or the subject has another rollout open).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Opa(#[from] OpaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RolloutError {
+    fn invalid(field: &str, message: impl Into<String>) -> RolloutError {
+        RolloutError::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Rollout reads and writes.
+pub struct RolloutService {
+    store: Arc<Store>,
+    policies: Arc<PolicyService>,
+    rego: Arc<RegoService>,
+    /// Serializes read-modify-write of rollouts on this node.
+    lock: Mutex<()>,
+}
+
+impl RolloutService {
+    pub fn new(
+        store: Arc<Store>,
+        policies: Arc<PolicyService>,
+        rego: Arc<RegoService>,
+    ) -> RolloutService {
+        RolloutService {
+            store,
+            policies,
+            rego,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.store.node_id()
+    }
+
+    /// Every rollout, oldest first.
+    pub fn list(&self) -> Result<Vec<Rollout>, RolloutError> {
+        Ok(read_rollouts(&self.store)?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Rollout, RolloutError> {
+        let doc = self
+            .store
+            .get_document(DocKind::Rollout, id)?
+            .ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
+        Rollout::decode(&doc.body).map_err(|err| {
+            RolloutError::Conflict(format!("rollout {id} is unreadable by this build: {err}"))
+        })
+    }
+
+    /// The open rollout of `subject`, if any.
+    pub fn open_for(&self, subject: &Subject) -> Result<Option<Rollout>, RolloutError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|r| r.state.is_open() && &r.subject == subject))
+    }
+
+    /// Publishes `patch` applied to policy `policy_id` as its shadow version.
+    pub fn start_shadow(
+        &self,
+        policy_id: u64,
+        patch: PolicyPatch,
+    ) -> Result<Rollout, RolloutError> {
+        let _guard = self.lock();
+        let subject = Subject::Policy { id: policy_id };
+        self.refuse_open(&subject)?;
+        let (candidate, base) = self.policies.candidate(policy_id, patch)?;
+        let rollout = self.new_rollout(
+            subject,
+            Candidate::Policy(candidate),
+            Plan::Shadow,
+            State::Shadow,
+            Some(base),
+        );
+        self.write(&rollout)?;
+        info!(rollout = %rollout.id, policy_id, "shadow version published");
+        Ok(rollout)
+    }
+
+    /// Starts a canary of `candidate` for `subject` on a share of `members` (every node this one
+    /// knows in the mesh, itself included).
+    pub fn start_canary(
+        &self,
+        subject: Subject,
+        candidate: CandidateInput,
+        settings: CanarySettings,
+        members: &[String],
+    ) -> Result<Rollout, RolloutError> {
+        if !(settings.fraction > 0.0 && settings.fraction <= 1.0) {
+            return Err(RolloutError::invalid(
+                "canary.fraction",
+                format!("must be above 0 and at most 1, not {}", settings.fraction),
+            ));
+        }
+        if settings.bake_sec == 0 || settings.bake_sec > MAX_BAKE_SEC {
+            return Err(RolloutError::invalid(
+                "canary.bake_sec",
+                format!(
+                    "must be 1 to {MAX_BAKE_SEC} seconds, not {}",
+                    settings.bake_sec
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&settings.max_failure_rate_rise) {
+            return Err(RolloutError::invalid(
+                "canary.max_failure_rate_rise",
+                format!(
+                    "is a rate from 0 to 1, not {}",
+                    settings.max_failure_rate_rise
+                ),
+            ));
+        }
+        let _guard = self.lock();
+        self.refuse_open(&subject)?;
+        let (candidate, base) = match (&subject, candidate) {
+            (Subject::Policy { id }, CandidateInput::Policy(patch)) => {
+                let (candidate, base) = self.policies.candidate(*id, patch)?;
+                (Candidate::Policy(candidate), Some(base))
+            }
+            (Subject::RegoModule { id }, CandidateInput::RegoModule(text)) => {
+                let base = self.rego.check_module(id, &text)?;
+                (Candidate::RegoModule(text), base)
+            }
+            (Subject::Data { path }, CandidateInput::Data(value)) => {
+                let base = self.rego.check_data(path, &value)?;
+                (Candidate::Data(value), base)
+            }
+            (subject, _) => {
+                return Err(RolloutError::invalid(
+                    "candidate",
+                    format!("the candidate is not of the subject's kind ({subject})"),
+                ));
+            }
+        };
+        let mut rollout = self.new_rollout(subject, candidate, Plan::Shadow, State::Shadow, base);
+        let mut everyone: Vec<String> = members.to_vec();
+        everyone.push(self.store.node_id().to_owned());
+        rollout.plan = Plan::Canary(CanaryPlan {
+            fraction: settings.fraction,
+            bake_sec: settings.bake_sec,
+            max_failure_rate_rise: settings.max_failure_rate_rise,
+            min_canary_evaluations: settings.min_canary_evaluations,
+            nodes: canary_nodes(&rollout.id, &everyone, settings.fraction),
+        });
+        rollout.state = State::Baking {
+            until_ms: rollout.created_at_ms + settings.bake_sec * 1000,
+        };
+        self.write(&rollout)?;
+        info!(rollout = %rollout.id, subject = %rollout.subject, "canary rollout started");
+        Ok(rollout)
+    }
+
+    /// Makes a shadow version the active one: written as the policy's next version everywhere.
+    pub fn promote(&self, id: &str) -> Result<Rollout, RolloutError> {
+        let _guard = self.lock();
+        let mut rollout = self.get(id)?;
+        if !rollout.is_shadow() {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {id} is {}, not an open shadow version; only those are promoted",
+                rollout.state.name()
+            )));
+        }
+        let version = self.write_candidate(&rollout)?;
+        rollout.state = State::Promoted {
+            at_ms: now_ms(),
+            by: self.store.node_id().to_owned(),
+            version,
+        };
+        self.write(&rollout)?;
+        info!(rollout = %id, version, "shadow version promoted");
+        Ok(rollout)
+    }
+
+    /// Completes a canary: the candidate becomes the subject's next version everywhere.
+    pub fn complete(&self, id: &str) -> Result<Rollout, RolloutError> {
+        let _guard = self.lock();
+        let mut rollout = self.get(id)?;
+        if !matches!(rollout.state, State::Baking { .. }) {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {id} is {}, not baking",
+                rollout.state.name()
+            )));
+        }
+        let version = self.write_candidate(&rollout)?;
+        rollout.state = State::Completed {
+            at_ms: now_ms(),
+            by: self.store.node_id().to_owned(),
+            version,
+        };
+        self.write(&rollout)?;
+        info!(rollout = %id, version, "canary rollout completed");
+        Ok(rollout)
+    }
+
+    /// Fails an open rollout: nothing is written to its subject, and the canary nodes revert.
+    pub fn fail(&self, id: &str, reason: String) -> Result<Rollout, RolloutError> {
+        let _guard = self.lock();
+        let mut rollout = self.get(id)?;
+        if !rollout.state.is_open() {
+            return Ok(rollout);
+        }
+        rollout.state = State::Failed {
+            at_ms: now_ms(),
+            by: self.store.node_id().to_owned(),
+            reason,
+        };
+        self.write(&rollout)?;
+        info!(rollout = %id, state = ?rollout.state, "rollout failed; canary nodes revert");
+        Ok(rollout)
+    }
+
+    /// Withdraws an open rollout.
+    pub fn cancel(&self, id: &str) -> Result<Rollout, RolloutError> {
+        let _guard = self.lock();
+        let mut rollout = self.get(id)?;
+        if !rollout.state.is_open() {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {id} is already {}",
+                rollout.state.name()
+            )));
+        }
+        rollout.state = State::Cancelled {
+            at_ms: now_ms(),
+            by: self.store.node_id().to_owned(),
+        };
+        self.write(&rollout)?;
+        info!(rollout = %id, "rollout cancelled");
+        Ok(rollout)
+    }
+
+    /// Applies what the stored rollouts ask of this node (after the mesh merged some).
+    pub fn reload(&self) -> Result<(), RolloutError> {
+        self.rego.reload()?;
+        self.policies.reload()?;
+        Ok(())
+    }
+
+    /// Writes the candidate as its subject's next version; returns that version.
+    fn write_candidate(&self, rollout: &Rollout) -> Result<u64, RolloutError> {
+        match (&rollout.subject, &rollout.candidate) {
+            (Subject::Policy { id }, Candidate::Policy(candidate)) => {
+                Ok(self.policies.write_candidate(*id, candidate)?.version)
+            }
+            (Subject::RegoModule { id }, Candidate::RegoModule(text)) => {
+                Ok(self.rego.write_candidate_module(id, text.clone())?)
+            }
+            (Subject::Data { path }, Candidate::Data(value)) => {
+                Ok(self.rego.write_candidate_data(path, value.clone())?)
+            }
+            (subject, _) => Err(RolloutError::Conflict(format!(
+                "rollout {}'s candidate does not fit its subject ({subject})",
+                rollout.id
+            ))),
+        }
+    }
+
+    fn refuse_open(&self, subject: &Subject) -> Result<(), RolloutError> {
+        match self.open_for(subject)? {
+            Some(open) => Err(RolloutError::Conflict(format!(
+                "{subject} already has rollout {} open ({}); promote, cancel or wait for it",
+                open.id,
+                open.state.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn new_rollout(
+        &self,
+        subject: Subject,
+        candidate: Candidate,
+        plan: Plan,
+        state: State,
+        base_version: Option<u64>,
+    ) -> Rollout {
+        let created_at_ms = now_ms();
+        Rollout {
+            id: format!("r-{created_at_ms}-{}", self.store.node_id()),
+            subject,
+            candidate,
+            plan,
+            state,
+            base_version,
+            created_at_ms,
+            created_by: self.store.node_id().to_owned(),
+        }
+    }
+
+    /// Stores `rollout` and applies it here.
+    fn write(&self, rollout: &Rollout) -> Result<(), RolloutError> {
+        self.store.write_documents(vec![DocWrite::Put {
+            kind: DocKind::Rollout,
+            name: rollout.id.clone(),
+            body: rollout.encode(),
+        }])?;
+        self.reload()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A candidate as a caller gives it: a patch of an incident rule, a module's source, a value.
+#[derive(Debug, Clone)]
+pub enum CandidateInput {
+    Policy(PolicyPatch),
+    RegoModule(String),
+    Data(Value),
+}
