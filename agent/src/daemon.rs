@@ -19,6 +19,7 @@ use agent_engine::rego::RegoEngine;
 use agent_mesh::{Mesh, OnMerged};
 use agent_mqtt::MqttSections;
 use agent_policy::opa::{Evaluator, RegoService};
+use agent_policy::rollout::RolloutService;
 use agent_policy::{PolicyService, files};
 use agent_store::Store;
 
@@ -150,7 +151,7 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         None => (None, None),
     };
     let mut decider = Decider::with_config(
-        engine,
+        Arc::clone(&engine),
         audit.clone(),
         node_id.clone(),
         Dedup::new(config.dedup_window()),
@@ -183,20 +184,31 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         metrics.upstream.clone(),
     )?;
 
+    let rollouts = Arc::new(RolloutService::new(
+        Arc::clone(&store),
+        Arc::clone(&policies),
+        Arc::clone(&rego),
+    ));
+    let rollout_wake = Arc::new(tokio::sync::Notify::new());
     let mesh = if config.mesh.tls_dir.is_some() {
         let policies = Arc::clone(&policies);
         let rego = Arc::clone(&rego);
+        let rollout_wake = Arc::clone(&rollout_wake);
         let on_merged: OnMerged = Arc::new(move |outcome| {
+            // A rollout changes what both services apply here (canary candidates, shadows).
             // Documents first: merged incident rules may name merged Rego rules.
-            if outcome.documents_changed
+            if (outcome.documents_changed || outcome.rollouts_changed)
                 && let Err(err) = rego.reload()
             {
                 error!(error = %err, "reloading Rego after a merge");
             }
-            if outcome.policies_changed
+            if (outcome.policies_changed || outcome.rollouts_changed)
                 && let Err(err) = policies.reload()
             {
                 error!(error = %err, "reloading policies after a merge");
+            }
+            if outcome.rollouts_changed {
+                rollout_wake.notify_one();
             }
         });
         Some(Arc::new(
@@ -219,6 +231,15 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     let mesh_link = mesh.as_ref().map(|mesh| {
         agent_mesh_link::spawn(Arc::clone(mesh), Arc::clone(&decider), Arc::clone(&store))
     });
+    let rollout_report = agent_rollout::LocalReport::default();
+    let rollout_controller = agent_rollout::spawn(
+        Arc::clone(&rollouts),
+        Arc::clone(&engine),
+        Arc::clone(&rego),
+        mesh.clone(),
+        Arc::clone(&rollout_wake),
+        rollout_report.clone(),
+    );
 
     let evaluate_limit =
         agent_http::EvaluateLimit::new(&config.limits, metrics.http.rate_limited.clone());
@@ -248,6 +269,9 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         mesh: mesh.clone(),
         upstream,
         decision_log: decision_log.clone(),
+        rollouts,
+        rollout_wake,
+        rollout_report,
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -302,6 +326,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         watchdog.abort();
     }
     reloads.abort();
+    // It holds the mesh too.
+    rollout_controller.stop().await;
     if let Some(link) = mesh_link {
         // The link holds the mesh: once it has let go, the mesh can be shut down.
         link.stop().await;

@@ -55,6 +55,21 @@ struct EntryView {
     policies_evaluated: u32,
     /// Policies that matched or lacked a field; every other policy evaluated did not match.
     results: Vec<ResultView>,
+    /// Shadow versions evaluated beside the active ones: recorded, never acted on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shadow: Vec<ShadowView>,
+}
+
+#[derive(Debug, Serialize)]
+struct ShadowView {
+    policy_id: u64,
+    rollout_id: String,
+    matched: bool,
+    /// Whether the active version's verdict was the same.
+    agrees: bool,
+    execution_time_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +177,18 @@ impl From<AuditRecord> for EntryView {
                     missing_fields: r.missing_fields,
                     error: r.error,
                     action: r.action.map(ActionView::from),
+                })
+                .collect(),
+            shadow: record
+                .shadow
+                .into_iter()
+                .map(|s| ShadowView {
+                    policy_id: s.policy_id,
+                    rollout_id: s.rollout_id,
+                    matched: s.matched,
+                    agrees: s.agrees,
+                    execution_time_ms: s.execution_time_ns as f64 / 1e6,
+                    error: s.error,
                 })
                 .collect(),
         }

@@ -124,6 +124,37 @@ impl From<PolicyError> for ApiError {
     }
 }
 
+impl From<agent_policy::rollout::RolloutError> for ApiError {
+    fn from(err: agent_policy::rollout::RolloutError) -> ApiError {
+        use agent_policy::rollout::RolloutError;
+        match err {
+            RolloutError::NotFound(id) => {
+                ApiError::not_found(format!("rollout {id} not found")).with("id", id)
+            }
+            RolloutError::Invalid { field, message } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_rollout",
+                format!("invalid `{field}`: {message}"),
+            )
+            .with("field", field),
+            RolloutError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "rollout_conflict", message)
+            }
+            RolloutError::Policy(err) => ApiError::from(err),
+            RolloutError::Opa(err) => {
+                let status = match &err {
+                    agent_policy::opa::OpaError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    agent_policy::opa::OpaError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    agent_policy::opa::OpaError::InRollout(_) => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, "invalid_candidate", err.to_string())
+            }
+            RolloutError::Store(err) => ApiError::internal(&err),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         ApiError::internal(&err)

@@ -16,6 +16,7 @@ mod json;
 mod mesh;
 mod opa;
 mod policies;
+mod rollouts;
 
 use std::sync::Arc;
 
@@ -49,6 +50,11 @@ pub struct AppState {
     pub upstream: Option<Arc<agent_mqtt::Upstream>>,
     /// `None` unless `[decision_logs]` has a sink.
     pub decision_log: Option<Arc<agent_decision::decision_log::DecisionLog>>,
+    pub rollouts: Arc<agent_policy::rollout::RolloutService>,
+    /// Wakes the rollout controller after a rollout was written here.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
+    /// This node's report on the open rollouts (its peers' come by gossip).
+    pub rollout_report: agent_rollout::LocalReport,
 }
 
 /// What guards the routes: who may call which ([`access`]), and how often a client may evaluate.
@@ -78,6 +84,16 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
         .route("/policies/{id}/versions", get(policies::versions))
         .route("/policies/{id}/rollback", post(policies::rollback))
         .route("/policies/{id}/replay", limited(post(policies::replay)))
+        .route(
+            "/policies/{id}/shadow",
+            get(rollouts::shadow_report)
+                .post(rollouts::start_shadow)
+                .delete(rollouts::withdraw_shadow),
+        )
+        .route("/policies/{id}/promote", post(rollouts::promote))
+        .route("/rollouts", get(rollouts::list).post(rollouts::start))
+        .route("/rollouts/{id}", get(rollouts::get))
+        .route("/rollouts/{id}/cancel", post(rollouts::cancel))
         .route("/policies/replay", limited(post(policies::replay_new)))
         .route("/evaluate", limited(post(evaluate::one)))
         .route("/evaluate/batch", limited(post(evaluate::batch)))

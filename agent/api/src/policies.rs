@@ -44,16 +44,26 @@ pub async fn get(
     Ok(Json(state.policies.get(id)?.into()))
 }
 
+/// `PUT /policies/{id}`; with a `rollout` plan, the change starts a canary instead (202 with the
+/// rollout) and reaches the mesh in steps.
 pub async fn update(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<PolicyView>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let Path(id) = id?;
-    let patch: PolicyPatch = json::parse(&body?)?;
+    let mut patch: PolicyPatch = json::parse(&body?)?;
+    if let Some(plan) = patch.rollout.take() {
+        let subject = agent_policy::rollout::Subject::Policy { id };
+        let candidate = agent_policy::rollout::CandidateInput::Policy(Box::new(patch));
+        return Ok(super::rollouts::canary(&state, subject, candidate, plan)
+            .await?
+            .into_response());
+    }
     let service = state.policies.clone();
     let record = tokio::task::spawn_blocking(move || service.update(id, patch)).await??;
-    Ok(Json(record.into()))
+    Ok(Json(PolicyView::from(record)).into_response())
 }
 
 pub async fn delete(

@@ -118,6 +118,9 @@ pub struct PolicyPatch {
     pub definition: Option<DefinitionPatch>,
     pub active: Option<bool>,
     pub priority: Option<i64>,
+    /// A canary plan: the change reaches a share of the nodes first, the rest after a bake time
+    /// unless their failures rose (see [`rollout`]).
+    pub rollout: Option<rollout::CanarySettings>,
     // Set by the agent: accepted and ignored, so that a policy read with GET can be sent back with
     // PUT, or to another node with POST, unchanged. (Inline: `flatten` would defeat
     // `deny_unknown_fields`.)

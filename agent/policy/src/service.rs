@@ -60,6 +60,12 @@ impl PolicyService {
 
     /// Applies a partial update; fields not given keep their stored values.
     pub fn update(&self, id: u64, patch: PolicyPatch) -> Result<PolicyRecord, PolicyError> {
+        if patch.rollout.is_some() {
+            return Err(PolicyError::invalid(
+                "rollout",
+                "a change with a rollout plan goes through RolloutService::start_canary",
+            ));
+        }
         self.guard(id)?;
         self.write(
             |store| {

@@ -34,13 +34,35 @@ impl RolloutController {
     }
 }
 
-/// Starts the loop. `wake` is notified by whoever changes rollouts (an API write, a merge).
+/// This node's latest report, as the loop last made it (the API shows it beside the peers').
+#[derive(Clone, Default)]
+pub struct LocalReport(Arc<std::sync::Mutex<NodeReport>>);
+
+impl LocalReport {
+    pub fn get(&self) -> NodeReport {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, report: NodeReport) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = report;
+    }
+}
+
+/// Starts the loop. `wake` is notified by whoever changes rollouts (an API write, a merge);
+/// `local` is where it leaves this node's report.
 pub fn spawn(
     rollouts: Arc<RolloutService>,
     engine: Arc<Engine>,
     rego: Arc<RegoService>,
     mesh: Option<Arc<Mesh>>,
     wake: Arc<Notify>,
+    local: LocalReport,
 ) -> RolloutController {
     let task = tokio::spawn(async move {
         let changed = mesh.as_ref().map(|m| m.shared_changed());
@@ -72,6 +94,7 @@ pub fn spawn(
                 Err(_) => return,
             };
             let report = own_report(&open, &engine, &rego, rollouts.node_id(), &mut baselines);
+            local.set(report.clone());
             let node_id = rollouts.node_id().to_owned();
             let mut reports = vec![(node_id.clone(), report.clone())];
             let mut live = vec![node_id.clone()];

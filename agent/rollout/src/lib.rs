@@ -16,5 +16,5 @@ mod controller;
 pub mod judge;
 pub mod report;
 
-pub use controller::{RolloutController, spawn};
+pub use controller::{LocalReport, RolloutController, spawn};
 pub use report::{CanaryCounts, NodeReport, REPORT_KEY};

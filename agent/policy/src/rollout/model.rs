@@ -85,7 +85,7 @@ pub struct CanaryPlan {
 
 /// Where a rollout is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// A shadow version, evaluated beside the active one.
     Shadow,
@@ -132,14 +132,14 @@ impl State {
     }
 }
 
-/// One rollout.
+/// One rollout. (Its state's fields sit beside the others: `"state": "failed", "reason": ...`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rollout {
     pub id: String,
     pub subject: Subject,
     pub candidate: Candidate,
     pub plan: Plan,
+    #[serde(flatten)]
     pub state: State,
     /// The subject's version when the rollout started (none: it did not exist yet). The nodes
     /// not applying the candidate run it; the rollout fails if the subject changes meanwhile.

@@ -170,7 +170,7 @@ impl RolloutService {
         self.refuse_open(&subject)?;
         let (candidate, base) = match (&subject, candidate) {
             (Subject::Policy { id }, CandidateInput::Policy(patch)) => {
-                let (candidate, base) = self.policies.candidate(*id, patch)?;
+                let (candidate, base) = self.policies.candidate(*id, *patch)?;
                 (Candidate::Policy(candidate), Some(base))
             }
             (Subject::RegoModule { id }, CandidateInput::RegoModule(text)) => {
@@ -362,7 +362,7 @@ impl RolloutService {
 /// A candidate as a caller gives it: a patch of an incident rule, a module's source, a value.
 #[derive(Debug, Clone)]
 pub enum CandidateInput {
-    Policy(PolicyPatch),
+    Policy(Box<PolicyPatch>),
     RegoModule(String),
     Data(Value),
 }
