@@ -54,9 +54,15 @@ fn on_every_node(nodes: &[Agent], what: &str, check: impl Fn(&Agent) -> Result<(
     });
 }
 
-/// Which revision of the gate answers on `node`: `None` when its evaluation failed.
+/// Which revision of the gate answers on `node`: `None` when its evaluation failed. Each call has
+/// an input of its own, so none is answered from the decision cache (a canary counts evaluations).
 fn rev(node: &Agent) -> Option<u64> {
-    let (status, body) = node.post("/v1/data/canary/gate/result", &json!({"input": {}}));
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = node.post(
+        "/v1/data/canary/gate/result",
+        &json!({"input": {"call": call}}),
+    );
     if status != 200 || body.get("error").is_some() {
         return None;
     }
@@ -69,7 +75,8 @@ fn start_canary(node: &Agent, module: &str, bake_sec: u64) -> (Value, String) {
         &json!({
             "subject": {"kind": "rego_module", "id": "gate"},
             "module": module,
-            "canary": {"fraction": 0.4, "bake_sec": bake_sec}
+            // The canary nodes must have decided something: a canary is judged by evidence.
+            "canary": {"fraction": 0.4, "bake_sec": bake_sec, "min_canary_evaluations": 3}
         }),
     );
     assert_eq!(status, 202, "{rollout}");
@@ -109,15 +116,31 @@ fn a_canary_whose_evaluations_fail_is_reverted_everywhere() {
         }
     }
     // The coordinator sees the canary nodes' failures rise and fails the rollout; every node
-    // then runs the previous version again.
+    // then runs the previous version again. (Callers keep asking the canary nodes meanwhile.)
     on_every_node(&nodes, "the failed rollout", |n| {
+        for &i in &canaries {
+            rev(&nodes[i]);
+        }
         let (_, r) = n.get(&format!("/rollouts/{id}"));
         (r["state"] == "failed").then_some(()).ok_or(r.to_string())
     });
     let (_, failed) = nodes[3].get(&format!("/rollouts/{id}"));
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("failures rose"), "{failed}");
-    assert!(reason.contains("time limits"), "{failed}");
+    // "... failed (N errors, T time limits, F fail-mode answers) ...": the failures were time
+    // limits, answered by the fail mode.
+    let count_before = |what: &str| -> u64 {
+        let at = reason
+            .find(what)
+            .unwrap_or_else(|| panic!("{what} in {reason}"));
+        reason[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count before {what} in {reason}"))
+    };
+    assert!(count_before(" time limits") > 0, "{failed}");
+    assert!(count_before(" fail-mode answers") > 0, "{failed}");
     on_every_node(&nodes, "the previous version", |n| match rev(n) {
         Some(1) => Ok(()),
         other => Err(format!("rev {other:?}")),
@@ -181,13 +204,21 @@ fn a_healthy_canary_completes_and_survives_the_death_of_the_node_that_started_it
     }
     let survivors: Vec<&Agent> = alive.iter().map(|&i| &nodes[i]).collect();
     wait_until(PATIENCE, || {
-        let states: Vec<Value> = survivors
+        // Callers keep deciding on every live node while it bakes.
+        for node in &survivors {
+            rev(node);
+        }
+        let views: Vec<Value> = survivors
             .iter()
-            .map(|n| n.get(&format!("/rollouts/{id}")).1["state"].clone())
+            .map(|n| n.get(&format!("/rollouts/{id}")).1)
             .collect();
+        let states: Vec<&Value> = views.iter().map(|v| &v["state"]).collect();
+        if let Some(failed) = views.iter().find(|v| v["state"] == "failed") {
+            panic!("the healthy canary failed: {failed}");
+        }
         states
             .iter()
-            .all(|s| s == "completed")
+            .all(|s| *s == "completed")
             .then_some(())
             .ok_or(format!("states: {states:?}"))
     });
@@ -234,7 +265,7 @@ fn a_policy_change_with_a_rollout_plan_is_a_canary() {
         &path,
         &json!({
             "definition": {"condition": "incident.type == 'memory_leak' and incident.severity >= 5"},
-            "rollout": {"fraction": 0.4, "bake_sec": 4}
+            "rollout": {"fraction": 0.4, "bake_sec": 4, "min_canary_evaluations": 2}
         }),
     );
     assert_eq!(status, 202, "{rollout}");
@@ -247,7 +278,22 @@ fn a_policy_change_with_a_rollout_plan_is_a_canary() {
         );
         answer[0]["matched"] == true
     };
+    let canaries = canary_nodes(&rollout);
+    // While it bakes, the canary nodes match from severity 5, the others from 9.
+    for &i in &canaries {
+        wait_until(PATIENCE, || {
+            let (_, r) = nodes[i].get(&format!("/rollouts/{id}"));
+            (matches(&nodes[i]) || r["state"] != "baking")
+                .then_some(())
+                .ok_or(format!("n{} does not run the candidate: {r}", i + 1))
+        });
+    }
     on_every_node(&nodes, "the completed rollout", |n| {
+        // Incidents keep coming (recorded, so the canary nodes have evaluated something).
+        n.post(
+            "/evaluate",
+            &test_support::event("memory_leak", 6.0, json!({})),
+        );
         let (_, r) = n.get(&format!("/rollouts/{id}"));
         (r["state"] == "completed")
             .then_some(())

@@ -22,7 +22,8 @@ use test_support::{Agent, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-const HEALTHY: &str = "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": true, \"rev\": 1}\n";
+const HEALTHY: &str =
+    "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": true, \"rev\": 1}\n";
 const FAILING: &str = "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": count([[x, y] | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000)]) > 0, \"rev\": 2}\n";
 
 struct Args {
@@ -98,7 +99,13 @@ fn mesh(ca: &Ca, cluster: &str, nodes: usize) -> Vec<Agent> {
 
 /// The gate's revision on `node`, `None` when the decision failed.
 fn rev(node: &Agent) -> Option<u64> {
-    let (status, body) = node.post("/v1/data/bench/gate/result", &json!({"input": {}}));
+    // An input of its own each time: no answer comes from the decision cache.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = node.post(
+        "/v1/data/bench/gate/result",
+        &json!({"input": {"call": call}}),
+    );
     if status != 200 || body.get("error").is_some() {
         return None;
     }

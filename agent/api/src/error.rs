@@ -119,6 +119,14 @@ impl From<PolicyError> for ApiError {
                 ),
             )
             .with("rollout", rollout),
+            PolicyError::Changed { id, base, now } => ApiError::new(
+                StatusCode::CONFLICT,
+                "changed",
+                format!(
+                    "policy {id} changed during its rollout: the candidate was made from version {base}, the policy is at version {now}"
+                ),
+            )
+            .with("id", id),
             PolicyError::Store(err) => ApiError::internal(&*err),
         }
     }
@@ -145,7 +153,8 @@ impl From<agent_policy::rollout::RolloutError> for ApiError {
                 let status = match &err {
                     agent_policy::opa::OpaError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     agent_policy::opa::OpaError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    agent_policy::opa::OpaError::InRollout(_) => StatusCode::CONFLICT,
+                    agent_policy::opa::OpaError::InRollout(_)
+                    | agent_policy::opa::OpaError::Changed(_) => StatusCode::CONFLICT,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError::new(status, "invalid_candidate", err.to_string())

@@ -86,7 +86,7 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
         .route("/policies/{id}/replay", limited(post(policies::replay)))
         .route(
             "/policies/{id}/shadow",
-            get(rollouts::shadow_report)
+            limited(get(rollouts::shadow_report))
                 .post(rollouts::start_shadow)
                 .delete(rollouts::withdraw_shadow),
         )

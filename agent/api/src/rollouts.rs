@@ -24,6 +24,8 @@ use super::{ApiError, AppState, json};
 const DEFAULT_DISAGREEMENTS: usize = 20;
 /// Audit entries a shadow report reads at most looking for them.
 const MAX_SCANNED: usize = 10_000;
+/// The incidents a shadow report lists take at most this many bytes (as stored).
+const MAX_LISTED_BYTES: usize = 4 << 20;
 
 /// Every node's report, this node's first: (node, alive, report).
 async fn reports(state: &AppState) -> Vec<(String, bool, NodeReport)> {
@@ -57,8 +59,9 @@ pub struct RolloutView {
 struct NodeView {
     node: String,
     alive: bool,
-    /// `candidate` or `previous` while a canary bakes; `active+shadow` for a shadow version;
-    /// `candidate` once it completed or was promoted; `previous` once it failed or was cancelled.
+    /// While a canary bakes, `candidate` or `previous` as the node reports it; `active+shadow`
+    /// once the node reports evaluating a shadow version (`active` before); `candidate` once it
+    /// completed or was promoted; `previous` once it failed or was cancelled.
     runs: &'static str,
     /// While baking: whether the node says it runs the candidate, and its evaluations since.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,11 +79,15 @@ fn view(rollout: Rollout, reports: &[(String, bool, NodeReport)]) -> RolloutView
         .map(|(node, alive, report)| NodeView {
             node: node.clone(),
             alive: *alive,
-            runs: match (&rollout.state, &rollout.plan) {
-                (RolloutState::Baking { .. }, Plan::Canary(plan)) if plan.nodes.contains(node) => {
-                    "candidate"
+            runs: match (&rollout.state, report.canaries.get(&rollout.id)) {
+                // While it bakes, what the node says it runs (a node that has not said yet, or
+                // cannot compile the candidate, runs the previous version).
+                (RolloutState::Baking { .. }, Some(counts)) if counts.applies => "candidate",
+                (RolloutState::Baking { .. }, _) => "previous",
+                (RolloutState::Shadow, _) if report.shadows.contains_key(&rollout.id) => {
+                    "active+shadow"
                 }
-                (RolloutState::Shadow, _) => "active+shadow",
+                (RolloutState::Shadow, _) => "active",
                 (RolloutState::Completed { .. } | RolloutState::Promoted { .. }, _) => "candidate",
                 _ => "previous",
             },
@@ -415,8 +422,9 @@ fn disagreements(
 ) -> Result<(Vec<Disagreement>, usize), ApiError> {
     let mut found = Vec::new();
     let mut scanned = 0;
+    let mut bytes = 0;
     let mut before = None;
-    while found.len() < limit && scanned < MAX_SCANNED {
+    while found.len() < limit && scanned < MAX_SCANNED && bytes < MAX_LISTED_BYTES {
         let page = audit.read(AuditQuery {
             limit: 500,
             before_seq: before,
@@ -436,9 +444,10 @@ fn disagreements(
             else {
                 continue;
             };
-            if found.len() == limit {
+            if found.len() == limit || bytes >= MAX_LISTED_BYTES {
                 break;
             }
+            bytes += record.input_json.len();
             found.push(Disagreement {
                 seq: record.seq,
                 at: agent_base::clock::rfc3339(record.at_us),

@@ -46,6 +46,11 @@ pub enum PolicyError {
         "{subject} has rollout {rollout} open; promote or cancel it first (GET /rollouts/{rollout})"
     )]
     InRollout { subject: String, rollout: String },
+    /// A rollout's candidate was made from version `base`, and the policy has moved on since.
+    #[error(
+        "policy {id} changed during its rollout: the candidate was made from version {base}, the policy is at version {now}"
+    )]
+    Changed { id: u64, base: u64, now: u64 },
     #[error(transparent)]
     Store(Box<StoreError>),
 }

@@ -66,9 +66,11 @@ impl PolicyService {
                 "a change with a rollout plan goes through RolloutService::start_canary",
             ));
         }
-        self.guard(id)?;
         self.write(
             |store| {
+                // Under the write lock: a reload (which refreshes what is under rollout) cannot
+                // run between the check and the write.
+                self.guard(id)?;
                 let current = store.get(id)?.ok_or(StoreError::NotFound { id })?;
                 let fields = patched(&current, patch)?;
                 // Under the write lock no other local writer can slip in between read and write.
@@ -108,6 +110,7 @@ impl PolicyService {
         &self,
         id: u64,
         candidate: &PolicyCandidate,
+        base_version: u64,
     ) -> Result<PolicyRecord, PolicyError> {
         let definition = Definition::from_json(&candidate.definition.to_string())
             .map_err(|err| PolicyError::invalid("definition", err.to_string()))?;
@@ -128,6 +131,13 @@ impl PolicyService {
                     && current.priority == fields.priority;
                 if same {
                     return Ok((current, false));
+                }
+                if current.version != base_version {
+                    return Err(PolicyError::Changed {
+                        id,
+                        base: base_version,
+                        now: current.version,
+                    });
                 }
                 Ok((store.update(id, current.version, fields)?, true))
             },
@@ -156,9 +166,9 @@ impl PolicyService {
     /// one the history holds and not the policy's deletion; a deleted policy cannot be rolled back
     /// (create it again).
     pub fn rollback(&self, id: u64, version: u64) -> Result<PolicyRecord, PolicyError> {
-        self.guard(id)?;
         self.write(
             |store| {
+                self.guard(id)?;
                 let history = store.history(id)?;
                 if history.is_empty() {
                     return Err(PolicyError::NotFound { id });
@@ -216,8 +226,13 @@ impl PolicyService {
     }
 
     pub fn delete(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
-        self.guard(id)?;
-        self.write(|store| Ok(store.delete(id)?), |r| Some((r, true)))
+        self.write(
+            |store| {
+                self.guard(id)?;
+                Ok(store.delete(id)?)
+            },
+            |r| Some((r, true)),
+        )
     }
 
     pub fn get(&self, id: u64) -> Result<PolicyRecord, PolicyError> {
@@ -263,6 +278,11 @@ impl PolicyService {
                 let Some(current) = store.get_by_name(&fields.name)? else {
                     return Ok((ImportOutcome::Created, store.create(fields)?));
                 };
+                if let Err(err) = self.guard(current.id) {
+                    // The files do not overrule a shadow or canary; the next import applies them.
+                    warn!(policy_id = current.id, reason = %err, "policy file entry not imported while its rollout is open");
+                    return Ok((ImportOutcome::Unchanged, current));
+                }
                 let unchanged = current.description == fields.description
                     && current.active == fields.active
                     && current.priority == fields.priority

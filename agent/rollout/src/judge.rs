@@ -41,8 +41,14 @@ pub fn groups(rollout: &Rollout, reports: &[(String, NodeReport)]) -> Groups {
     groups
 }
 
-/// Judges a baking canary at `now_ms`.
-pub fn judge(rollout: &Rollout, reports: &[(String, NodeReport)], now_ms: u64) -> Verdict {
+/// Judges a baking canary at `now_ms`, from the last report of every member heard from (`live`
+/// the ones alive now).
+pub fn judge(
+    rollout: &Rollout,
+    reports: &[(String, NodeReport)],
+    live: &[String],
+    now_ms: u64,
+) -> Verdict {
     let (Plan::Canary(plan), State::Baking { until_ms }) = (&rollout.plan, &rollout.state) else {
         return Verdict::Wait;
     };
@@ -70,6 +76,28 @@ pub fn judge(rollout: &Rollout, reports: &[(String, NodeReport)], now_ms: u64) -
     }
     if now_ms < *until_ms {
         return Verdict::Wait;
+    }
+    // No news is not good news: every live canary node must have said how it went, and at
+    // least one canary node (a canary node that died counts with what it said before).
+    let reported = |node: &str| {
+        reports
+            .iter()
+            .any(|(n, r)| n == node && r.canaries.contains_key(&rollout.id))
+    };
+    let silent: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|node| live.contains(node) && !reported(node))
+        .map(String::as_str)
+        .collect();
+    if !silent.is_empty() {
+        return Verdict::Fail(format!(
+            "canary nodes {} did not report how the candidate ran",
+            silent.join(", ")
+        ));
+    }
+    if !plan.nodes.iter().any(|node| reported(node)) {
+        return Verdict::Fail("no canary node reported how the candidate ran".into());
     }
     if canary.evaluations < plan.min_canary_evaluations {
         return Verdict::Fail(format!(
@@ -123,6 +151,11 @@ mod tests {
         (node.to_owned(), report)
     }
 
+    fn judge(rollout: &Rollout, reports: &[(String, NodeReport)], now_ms: u64) -> Verdict {
+        let live = ["a", "b", "c"].map(String::from);
+        super::judge(rollout, reports, &live, now_ms)
+    }
+
     #[test]
     fn a_rise_on_the_canary_nodes_fails_at_once() {
         let reports = [at("a", report(10, 2)), at("c", report(30, 0))];
@@ -148,13 +181,33 @@ mod tests {
 
     #[test]
     fn a_healthy_canary_completes_after_its_bake_time() {
-        let reports = [at("a", report(10, 0)), at("c", report(10, 0))];
+        let reports = [
+            at("a", report(10, 0)),
+            at("b", report(0, 0)),
+            at("c", report(10, 0)),
+        ];
         assert_eq!(judge(&rollout(0.0, 0), &reports, 9_999), Verdict::Wait);
         assert_eq!(judge(&rollout(0.0, 0), &reports, 10_000), Verdict::Complete);
         // Unless the canary nodes saw too little to judge by.
         assert!(matches!(
             judge(&rollout(0.0, 50), &reports, 10_000),
             Verdict::Fail(why) if why.contains("fewer than the 50")
+        ));
+        // Or one of them never said how it went...
+        assert!(matches!(
+            judge(&rollout(0.0, 0), &reports[..1], 10_000),
+            Verdict::Fail(why) if why.contains("canary nodes b did not report")
+        ));
+        // ... unless it is dead: the others' reports are the evidence, if there are any.
+        let live = ["a", "c"].map(String::from);
+        assert_eq!(
+            super::judge(&rollout(0.0, 0), &reports[..1], &live, 10_000),
+            Verdict::Complete
+        );
+        let live = ["c"].map(String::from);
+        assert!(matches!(
+            super::judge(&rollout(0.0, 0), &reports[2..], &live, 10_000),
+            Verdict::Fail(why) if why.contains("no canary node reported")
         ));
     }
 

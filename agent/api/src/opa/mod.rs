@@ -85,6 +85,9 @@ impl From<OpaError> for OpaApiError {
             OpaError::InRollout(message) => {
                 OpaApiError::new(StatusCode::CONFLICT, "in_rollout", message)
             }
+            OpaError::Changed(message) => {
+                OpaApiError::new(StatusCode::CONFLICT, "changed", message)
+            }
             OpaError::Data(data_tree::DataError::NotFound(path)) => OpaApiError::new(
                 StatusCode::NOT_FOUND,
                 "resource_not_found",

@@ -60,14 +60,28 @@ impl RegoDir {
     }
 }
 
-/// Imports what [`read_dir`] read; returns how many modules and documents changed.
+/// Imports what [`read_dir`] read; returns how many modules and documents changed. A module or
+/// document with an open rollout is left to it (logged): the files do not overrule a canary, and a
+/// node restarted during one still starts.
 pub fn import(service: &RegoService, dir: RegoDir) -> Result<usize, OpaError> {
     let mut changed = 0;
     for module in dir.modules {
-        changed += usize::from(service.put_module(&module.id, module.text)?);
+        match service.put_module(&module.id, module.text) {
+            Ok(written) => changed += usize::from(written),
+            Err(OpaError::InRollout(why)) => {
+                tracing::warn!(module = %module.id, reason = %why, "policy file not imported while its rollout is open")
+            }
+            Err(err) => return Err(err),
+        }
     }
     for (path, value) in dir.data {
-        changed += usize::from(service.put_data(&path, value)?);
+        match service.put_data(&path, value) {
+            Ok(written) => changed += usize::from(written),
+            Err(OpaError::InRollout(why)) => {
+                tracing::warn!(path = %path, reason = %why, "data file not imported while its rollout is open")
+            }
+            Err(err) => return Err(err),
+        }
     }
     Ok(changed)
 }

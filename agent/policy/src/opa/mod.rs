@@ -33,6 +33,9 @@ pub enum OpaError {
     /// The module or data has an open canary rollout.
     #[error("{0}")]
     InRollout(String),
+    /// A rollout's candidate was made from a version the module or data has moved on from.
+    #[error("{0}")]
+    Changed(String),
     #[error(transparent)]
     Data(#[from] data_tree::DataError),
     #[error(transparent)]

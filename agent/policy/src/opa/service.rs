@@ -73,15 +73,18 @@ impl RegoService {
 
     /// Creates or replaces a module. Returns whether anything changed.
     pub fn put_module(&self, id: &str, text: String) -> Result<bool, OpaError> {
+        let _guard = self.lock();
+        // Under the write lock: a reload (which refreshes what is under rollout) cannot run
+        // between the check and the write.
         self.guard_module(id)?;
-        self.put_module_unguarded(id, text)
+        self.put_module_locked(id, text)
     }
 
-    fn put_module_unguarded(&self, id: &str, text: String) -> Result<bool, OpaError> {
+    fn put_module_locked(&self, id: &str, text: String) -> Result<bool, OpaError> {
         if id.trim_matches('/').is_empty() {
             return Err(OpaError::BadRequest("a policy id must not be empty".into()));
         }
-        self.change(vec![DocWrite::Put {
+        self.change_locked(vec![DocWrite::Put {
             kind: DocKind::RegoModule,
             name: id.to_owned(),
             body: text,
@@ -89,11 +92,12 @@ impl RegoService {
     }
 
     pub fn delete_module(&self, id: &str) -> Result<(), OpaError> {
+        let _guard = self.lock();
         self.guard_module(id)?;
         if self.store.get_document(DocKind::RegoModule, id)?.is_none() {
             return Err(OpaError::NotFound(format!("policy id {id:?}")));
         }
-        self.change(vec![DocWrite::Delete {
+        self.change_locked(vec![DocWrite::Delete {
             kind: DocKind::RegoModule,
             name: id.to_owned(),
         }])
@@ -112,12 +116,12 @@ impl RegoService {
 
     /// Makes `value` the data at `path` (OPA's `PUT /v1/data/{path}`).
     pub fn put_data(&self, path: &str, value: Value) -> Result<bool, OpaError> {
+        let _guard = self.lock();
         self.guard_data(path)?;
-        self.put_data_unguarded(path, value)
+        self.put_data_locked(path, value)
     }
 
-    fn put_data_unguarded(&self, path: &str, value: Value) -> Result<bool, OpaError> {
-        let _guard = self.lock();
+    fn put_data_locked(&self, path: &str, value: Value) -> Result<bool, OpaError> {
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::put(&docs, path, value)?;
         self.change_locked(writes)
@@ -130,8 +134,8 @@ impl RegoService {
     /// documents of their own (their history, their rollback). All or nothing.
     pub fn patch_data(&self, path: &str, patch: &json_patch::Patch) -> Result<bool, OpaError> {
         use json_patch::PatchOperation;
-        self.guard_data(path)?;
         let _guard = self.lock();
+        self.guard_data(path)?;
         let mut docs = self.store.list_documents(DocKind::Data)?;
         let mut tree = data_tree::tree(&docs)?;
         let base: Vec<String> = data_tree::normalize(path)
@@ -206,8 +210,8 @@ impl RegoService {
 
     /// Removes the data at `path` (OPA's `DELETE /v1/data/{path}`).
     pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
-        self.guard_data(path)?;
         let _guard = self.lock();
+        self.guard_data(path)?;
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::delete(&docs, path)?;
         self.change_locked(writes).map(|_| ())
@@ -309,11 +313,6 @@ impl RegoService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn change(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
-        let _guard = self.lock();
-        self.change_locked(writes)
-    }
-
     /// Compiles the state `writes` lead to; only if it compiles, commits them and swaps it in.
     fn change_locked(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
         let mut modules = self.store.list_documents(DocKind::RegoModule)?;
@@ -396,14 +395,15 @@ impl RegoService {
                 Ok(set)
             }
             Err(err) => {
+                // Without the candidates: if that fails too, the fault is not theirs.
+                let plain = self.build_plain(modules, data)?;
                 error!(rollouts = ?applied, error = %err, "canary candidates do not compile here; running without them");
                 for rollout in applied {
                     if !failures.iter().any(|(r, _)| *r == rollout) {
                         failures.push((rollout, err.to_string()));
                     }
                 }
-                drop(failures);
-                self.build_plain(modules, data)
+                Ok(plain)
             }
         }
     }
@@ -490,30 +490,59 @@ impl RegoService {
         Ok(base)
     }
 
-    /// Writes a rollout's module candidate (the one write its open rollout lets through);
+    /// Writes a rollout's module candidate (the one write its open rollout lets through),
+    /// unless the module moved on from `base` (its version when the rollout started) meanwhile;
     /// returns the module's version.
-    pub fn write_candidate_module(&self, id: &str, text: String) -> Result<u64, OpaError> {
-        self.put_module_unguarded(id, text)?;
+    pub fn write_candidate_module(
+        &self,
+        id: &str,
+        text: String,
+        base: Option<u64>,
+    ) -> Result<u64, OpaError> {
+        let _guard = self.lock();
+        let current = self.store.get_document(DocKind::RegoModule, id)?;
+        if current.as_ref().is_none_or(|c| c.body != text) {
+            let now = current.as_ref().map(|c| c.version);
+            if now != base {
+                return Err(OpaError::Changed(format!(
+                    "module {id:?} changed during its rollout: the candidate was made from version {base:?}, it is at {now:?}"
+                )));
+            }
+            self.put_module_locked(id, text)?;
+        }
         Ok(self.get_module(id)?.version)
     }
 
-    /// Writes a rollout's data candidate; returns the version of the document at `path`, or
-    /// of the document holding it.
-    pub fn write_candidate_data(&self, path: &str, value: Value) -> Result<u64, OpaError> {
-        self.put_data_unguarded(path, value)?;
+    /// Writes a rollout's data candidate, unless the document at `path` moved on from `base`
+    /// meanwhile; returns the version of the document at `path` (0 if the value went into a
+    /// document above it).
+    pub fn write_candidate_data(
+        &self,
+        path: &str,
+        value: Value,
+        base: Option<u64>,
+    ) -> Result<u64, OpaError> {
+        let _guard = self.lock();
         let normalized = data_tree::normalize(path);
-        Ok(self
+        let version_at = |store: &Store| -> Result<Option<u64>, OpaError> {
+            Ok(store
+                .get_document(DocKind::Data, &normalized)?
+                .map(|d| d.version))
+        };
+        let now = version_at(&self.store)?;
+        let unchanged = self
             .store
-            .list_documents(DocKind::Data)?
-            .iter()
-            .filter(|d| {
-                d.name == normalized
-                    || normalized.starts_with(&format!("{}/", d.name))
-                    || d.name.is_empty()
-            })
-            .map(|d| d.version)
-            .max()
-            .unwrap_or(0))
+            .get_document(DocKind::Data, &normalized)?
+            .is_some_and(|d| serde_json::from_str::<Value>(&d.body).ok().as_ref() == Some(&value));
+        if !unchanged {
+            if now != base {
+                return Err(OpaError::Changed(format!(
+                    "data at {normalized:?} changed during its rollout: the candidate was made from version {base:?}, it is at {now:?}"
+                )));
+            }
+            self.put_data_locked(path, value)?;
+        }
+        Ok(version_at(&self.store)?.unwrap_or(0))
     }
 
     fn guard_module(&self, id: &str) -> Result<(), OpaError> {

@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::opa::data_tree::normalize;
+
 /// What a rollout changes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -20,6 +22,23 @@ pub enum Subject {
     RegoModule { id: String },
     /// A data document, by its `/`-separated path under `data`.
     Data { path: String },
+}
+
+impl Subject {
+    /// Whether a rollout of `self` and one of `other` would change the same thing: the same
+    /// subject, or data documents one of which holds the other.
+    pub fn overlaps(&self, other: &Subject) -> bool {
+        match (self, other) {
+            (Subject::Data { path: a }, Subject::Data { path: b }) => {
+                let (a, b) = (normalize(a), normalize(b));
+                let within = |outer: &str, inner: &str| {
+                    outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"))
+                };
+                within(&a, &b) || within(&b, &a)
+            }
+            _ => self == other,
+        }
+    }
 }
 
 impl std::fmt::Display for Subject {

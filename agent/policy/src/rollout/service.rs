@@ -15,11 +15,17 @@ use agent_store::{DocWrite, Store, StoreError};
 use super::model::{CanaryPlan, Candidate, Plan, Rollout, State, Subject};
 use super::overlay::read_rollouts;
 use super::rank::canary_nodes;
+use crate::opa::data_tree;
 use crate::opa::{OpaError, RegoService};
 use crate::{PolicyError, PolicyPatch, PolicyService};
 
 /// The longest bake time accepted: a day.
 const MAX_BAKE_SEC: u64 = 86_400;
+/// Open rollouts at most: each is in every node's gossip report and every reload.
+pub const MAX_OPEN: usize = 32;
+/// Ended rollouts kept at most (the newest), and for at most this long.
+pub const KEEP_ENDED: usize = 100;
+pub const KEEP_ENDED_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A canary plan as a caller gives it.
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +172,12 @@ impl RolloutService {
                 ),
             ));
         }
+        let subject = match subject {
+            Subject::Data { path } => Subject::Data {
+                path: data_tree::normalize(&path),
+            },
+            other => other,
+        };
         let _guard = self.lock();
         self.refuse_open(&subject)?;
         let (candidate, base) = match (&subject, candidate) {
@@ -237,14 +249,29 @@ impl RolloutService {
                 rollout.state.name()
             )));
         }
-        let version = self.write_candidate(&rollout)?;
-        rollout.state = State::Completed {
-            at_ms: now_ms(),
-            by: self.store.node_id().to_owned(),
-            version,
+        rollout.state = match self.write_candidate(&rollout) {
+            Ok(version) => State::Completed {
+                at_ms: now_ms(),
+                by: self.store.node_id().to_owned(),
+                version,
+            },
+            // The store failing is not the candidate's fault: try again later.
+            Err(RolloutError::Store(err)) => return Err(RolloutError::Store(err)),
+            Err(RolloutError::Policy(PolicyError::Store(err))) => {
+                return Err(RolloutError::Policy(PolicyError::Store(err)));
+            }
+            Err(RolloutError::Opa(OpaError::Store(err))) => {
+                return Err(RolloutError::Opa(OpaError::Store(err)));
+            }
+            // It cannot be written (the subject moved on, or no longer compiles with the rest).
+            Err(err) => State::Failed {
+                at_ms: now_ms(),
+                by: self.store.node_id().to_owned(),
+                reason: format!("the candidate could not be written: {err}"),
+            },
         };
         self.write(&rollout)?;
-        info!(rollout = %id, version, "canary rollout completed");
+        info!(rollout = %id, state = rollout.state.name(), "canary rollout judged");
         Ok(rollout)
     }
 
@@ -291,17 +318,20 @@ impl RolloutService {
         Ok(())
     }
 
-    /// Writes the candidate as its subject's next version; returns that version.
+    /// Writes the candidate as its subject's next version, unless the subject moved on from
+    /// the version the rollout started from; returns the version written.
     fn write_candidate(&self, rollout: &Rollout) -> Result<u64, RolloutError> {
+        let base = rollout.base_version;
         match (&rollout.subject, &rollout.candidate) {
-            (Subject::Policy { id }, Candidate::Policy(candidate)) => {
-                Ok(self.policies.write_candidate(*id, candidate)?.version)
-            }
+            (Subject::Policy { id }, Candidate::Policy(candidate)) => Ok(self
+                .policies
+                .write_candidate(*id, candidate, base.unwrap_or(0))?
+                .version),
             (Subject::RegoModule { id }, Candidate::RegoModule(text)) => {
-                Ok(self.rego.write_candidate_module(id, text.clone())?)
+                Ok(self.rego.write_candidate_module(id, text.clone(), base)?)
             }
             (Subject::Data { path }, Candidate::Data(value)) => {
-                Ok(self.rego.write_candidate_data(path, value.clone())?)
+                Ok(self.rego.write_candidate_data(path, value.clone(), base)?)
             }
             (subject, _) => Err(RolloutError::Conflict(format!(
                 "rollout {}'s candidate does not fit its subject ({subject})",
@@ -310,14 +340,105 @@ impl RolloutService {
         }
     }
 
+    /// Refuses a new rollout of `subject` while one of it (or of data overlapping it) is open,
+    /// and past [`MAX_OPEN`] open rollouts.
     fn refuse_open(&self, subject: &Subject) -> Result<(), RolloutError> {
-        match self.open_for(subject)? {
-            Some(open) => Err(RolloutError::Conflict(format!(
-                "{subject} already has rollout {} open ({}); promote, cancel or wait for it",
-                open.id,
-                open.state.name()
-            ))),
-            None => Ok(()),
+        let open: Vec<Rollout> = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.state.is_open())
+            .collect();
+        if let Some(other) = open.iter().find(|r| r.subject.overlaps(subject)) {
+            return Err(RolloutError::Conflict(format!(
+                "{} already has rollout {} open ({}); promote, cancel or wait for it",
+                other.subject,
+                other.id,
+                other.state.name()
+            )));
+        }
+        if open.len() >= MAX_OPEN {
+            return Err(RolloutError::Conflict(format!(
+                "{} rollouts are open, the most there may be; end one first",
+                open.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes ended rollouts past the newest [`KEEP_ENDED`] or older than [`KEEP_ENDED_MS`];
+    /// returns how many. (Deleting is a replicated change: one node does it for the mesh.)
+    pub fn prune(&self, ids: &[String]) -> Result<usize, RolloutError> {
+        let _guard = self.lock();
+        let writes: Vec<DocWrite> = ids
+            .iter()
+            .map(|id| DocWrite::Delete {
+                kind: DocKind::Rollout,
+                name: id.clone(),
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let deleted = self.store.write_documents(writes)?.len();
+        Ok(deleted)
+    }
+
+    /// Undoes a completion that lost to a failure or a cancellation written at the same time
+    /// elsewhere (two coordinators during a partition, a cancel racing the bake's end): if the
+    /// subject holds the candidate, written as the version after the rollout's base, the base
+    /// version is written back. Returns whether it did.
+    pub fn reconcile(&self, rollout: &Rollout) -> Result<bool, RolloutError> {
+        if !matches!(
+            rollout.state,
+            State::Failed { .. } | State::Cancelled { .. }
+        ) {
+            return Ok(false);
+        }
+        let Some(base) = rollout.base_version else {
+            return Ok(false);
+        };
+        let _guard = self.lock();
+        match (&rollout.subject, &rollout.candidate) {
+            (Subject::Policy { id }, Candidate::Policy(candidate)) => {
+                let Ok(current) = self.policies.get(*id) else {
+                    return Ok(false);
+                };
+                let holds = current.version == base + 1
+                    && current.name == candidate.name
+                    && current.description == candidate.description
+                    && current.active == candidate.active
+                    && current.priority == candidate.priority
+                    && serde_json::from_str::<Value>(&current.definition_json)
+                        .ok()
+                        .as_ref()
+                        == Some(&candidate.definition);
+                if holds {
+                    self.policies.rollback(*id, base)?;
+                }
+                Ok(holds)
+            }
+            (Subject::RegoModule { id }, Candidate::RegoModule(text)) => {
+                let Ok(current) = self.rego.get_module(id) else {
+                    return Ok(false);
+                };
+                let holds = current.version == base + 1 && current.body == *text;
+                if holds {
+                    self.rego.rollback(DocKind::RegoModule, id, base)?;
+                }
+                Ok(holds)
+            }
+            (Subject::Data { path }, Candidate::Data(value)) => {
+                let Some(current) = self.store.get_document(DocKind::Data, path)? else {
+                    return Ok(false);
+                };
+                let holds = current.version == base + 1
+                    && serde_json::from_str::<Value>(&current.body).ok().as_ref() == Some(value);
+                if holds {
+                    self.rego.rollback(DocKind::Data, path, base)?;
+                }
+                Ok(holds)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -330,8 +451,17 @@ impl RolloutService {
         base_version: Option<u64>,
     ) -> Rollout {
         let created_at_ms = now_ms();
+        // Unique on this node (ids carry the node's id): the next free millisecond.
+        let mut at = created_at_ms;
+        let id = loop {
+            let id = format!("r-{at}-{}", self.store.node_id());
+            match self.store.get_document(DocKind::Rollout, &id) {
+                Ok(None) | Err(_) => break id,
+                Ok(Some(_)) => at += 1,
+            }
+        };
         Rollout {
-            id: format!("r-{created_at_ms}-{}", self.store.node_id()),
+            id,
             subject,
             candidate,
             plan,
