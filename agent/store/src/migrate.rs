@@ -51,6 +51,7 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
                 v7_to_v8(&txn)?;
             }
             // 8 -> 9 only changes the format of new audit entries; old ones are read as they are.
+            // 9 -> 10 adds a table (below); 10 -> 11 only allows a new document kind.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.

@@ -23,11 +23,13 @@
 //!   schema 8 could not read the new entries.
 //! - 10: adds `outbox_decision_logs` (`OUTBOX_DECISION_LOGS`), the outbox's lane of decision logs
 //!   (`[decision_logs] sink = "mqtt"`). A build of schema 9 would never send the new lane.
+//! - 11: documents may be OPA bundles (`DocKind::Bundle`, keys `bundle:<name>`), in the same
+//!   tables. A build of schema 10 could not decode them (its replica scans decode every entry).
 
 use redb::TableDefinition;
 
 /// The layout this build writes. `migrate` brings older files up to it.
-pub const SCHEMA_VERSION: u64 = 10;
+pub const SCHEMA_VERSION: u64 = 11;
 
 /// Small named counters: schema version, store revision, last issued id, clock.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -57,7 +59,7 @@ pub const POLICY_HISTORY: TableDefinition<(u64, u64), &[u8]> =
 /// The audit ring: sequence number -> encoded `AuditRecord`. Owned by `audit_ring`.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-/// Rego modules and data documents: `DocKind::key(name)` -> encoded `DocumentRecord`.
+/// Rego modules, data documents and bundles: `DocKind::key(name)` -> encoded `DocumentRecord`.
 pub const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
 /// Every change to a document: (key, version) -> encoded `DocumentChange`.
