@@ -1,8 +1,11 @@
-//! The one way Rego modules and data documents change: check that the result compiles, write the
-//! store, then swap the compiled set into the engine. A change that does not compile is refused and
-//! the previous version stays in force.
+//! The one way Rego modules, data documents and bundles change: check that the result compiles,
+//! write the store, then swap the compiled set into the engine. A change that does not compile is
+//! refused and the previous version stays in force. Bundles (`bundles.rs`) join the set beside
+//! the modules and data written one by one, and own their roots.
 
-use std::sync::{Arc, Mutex};
+mod bundles;
+
+use std::sync::{Arc, Mutex, RwLock};
 
 use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord};
 use serde_json::Value;
@@ -12,8 +15,11 @@ use agent_engine::rego::{ModuleSource, RegoEngine, RegoSet, RegoSettings};
 use agent_store::{DocWrite, Store};
 
 use super::OpaError;
+use super::bundle::{Limits, Verification};
 use super::data_tree;
 use super::metrics::OpaMetrics;
+
+pub use bundles::{BundleInfo, BundleStatus, PollNote, PutBundle};
 
 /// Rego module and data reads and writes, keeping the engine in step with the store.
 pub struct RegoService {
@@ -24,6 +30,11 @@ pub struct RegoService {
     /// The most bytes all data documents may take together (`rego.max_data_bytes`).
     max_data_bytes: u64,
     write_lock: Mutex<()>,
+    /// The keys bundles are verified with on this node, and the limits they are read under.
+    verification: Arc<Verification>,
+    limits: Limits,
+    /// The bundles in the set now, and every bundle's status.
+    bundles: RwLock<bundles::BundleState>,
 }
 
 impl RegoService {
@@ -35,6 +46,26 @@ impl RegoService {
         settings: RegoSettings,
         metrics: OpaMetrics,
     ) -> Result<RegoService, OpaError> {
+        Self::with_bundles(
+            store,
+            engine,
+            settings,
+            metrics,
+            Verification::default(),
+            bundles::DEFAULT_LIMITS,
+        )
+    }
+
+    /// [`new`](Self::new), verifying bundles with `verification` and reading them under `limits`
+    /// (`[bundles]`). Stored bundles are verified with these keys before they are activated.
+    pub fn with_bundles(
+        store: Arc<Store>,
+        engine: Arc<RegoEngine>,
+        settings: RegoSettings,
+        metrics: OpaMetrics,
+        verification: Verification,
+        limits: Limits,
+    ) -> Result<RegoService, OpaError> {
         let service = RegoService {
             store,
             engine,
@@ -42,14 +73,12 @@ impl RegoService {
             metrics,
             max_data_bytes: u64::MAX,
             write_lock: Mutex::new(()),
+            verification: Arc::new(verification),
+            limits,
+            bundles: RwLock::new(bundles::BundleState::default()),
         };
-        let modules = service.store.list_documents(DocKind::RegoModule)?;
-        let data = service.store.list_documents(DocKind::Data)?;
-        match service.build(&modules, &data) {
-            Ok(set) => service.swap(set.at_revision(service.store.revision()?)),
-            Err(err) => {
-                error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
-            }
+        if let Err(err) = service.load_all("start") {
+            error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
         }
         Ok(service)
     }
@@ -66,7 +95,9 @@ impl RegoService {
         if id.trim_matches('/').is_empty() {
             return Err(OpaError::BadRequest("a policy id must not be empty".into()));
         }
-        self.change(vec![DocWrite::Put {
+        let _guard = self.lock();
+        self.check_module_scope(id, Some(&text))?;
+        self.change_locked(vec![DocWrite::Put {
             kind: DocKind::RegoModule,
             name: id.to_owned(),
             body: text,
@@ -74,29 +105,41 @@ impl RegoService {
     }
 
     pub fn delete_module(&self, id: &str) -> Result<(), OpaError> {
+        let _guard = self.lock();
+        self.check_module_scope(id, None)?;
         if self.store.get_document(DocKind::RegoModule, id)?.is_none() {
             return Err(OpaError::NotFound(format!("policy id {id:?}")));
         }
-        self.change(vec![DocWrite::Delete {
+        self.change_locked(vec![DocWrite::Delete {
             kind: DocKind::RegoModule,
             name: id.to_owned(),
         }])
         .map(|_| ())
     }
 
+    /// A module by id: one written through the API or policy files, or one of a bundle's.
     pub fn get_module(&self, id: &str) -> Result<DocumentRecord, OpaError> {
-        self.store
-            .get_document(DocKind::RegoModule, id)?
+        if let Some(module) = self.store.get_document(DocKind::RegoModule, id)? {
+            return Ok(module);
+        }
+        self.bundle_modules()
+            .into_iter()
+            .find(|m| m.name == id)
             .ok_or_else(|| OpaError::NotFound(format!("policy id {id:?}")))
     }
 
+    /// Every module, those of bundles included (under their ids, `<bundle>/<path>`), by id.
     pub fn list_modules(&self) -> Result<Vec<DocumentRecord>, OpaError> {
-        Ok(self.store.list_documents(DocKind::RegoModule)?)
+        let mut modules = self.store.list_documents(DocKind::RegoModule)?;
+        modules.extend(self.bundle_modules());
+        modules.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(modules)
     }
 
     /// Makes `value` the data at `path` (OPA's `PUT /v1/data/{path}`).
     pub fn put_data(&self, path: &str, value: Value) -> Result<bool, OpaError> {
         let _guard = self.lock();
+        self.check_path_scope(path)?;
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::put(&docs, path, value)?;
         self.change_locked(writes)
@@ -110,6 +153,7 @@ impl RegoService {
     pub fn patch_data(&self, path: &str, patch: &json_patch::Patch) -> Result<bool, OpaError> {
         use json_patch::PatchOperation;
         let _guard = self.lock();
+        self.check_path_scope(path)?;
         let mut docs = self.store.list_documents(DocKind::Data)?;
         let mut tree = data_tree::tree(&docs)?;
         let base: Vec<String> = data_tree::normalize(path)
@@ -185,6 +229,7 @@ impl RegoService {
     /// Removes the data at `path` (OPA's `DELETE /v1/data/{path}`).
     pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
         let _guard = self.lock();
+        self.check_path_scope(path)?;
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::delete(&docs, path)?;
         self.change_locked(writes).map(|_| ())
@@ -195,7 +240,7 @@ impl RegoService {
     pub fn history(&self, kind: DocKind, name: &str) -> Result<Vec<DocumentChange>, OpaError> {
         let name = match kind {
             DocKind::Data => data_tree::normalize(name),
-            DocKind::RegoModule => name.to_owned(),
+            DocKind::RegoModule | DocKind::Bundle => name.to_owned(),
         };
         let history = self.store.document_history(kind, &name)?;
         if history.is_empty() {
@@ -236,6 +281,17 @@ impl RegoService {
                 self.put_data(&target.document.name, value).map(|_| ())
             }
             DocKind::RegoModule => self.put_module(&target.document.name, body).map(|_| ()),
+            // A bundle's old version is pushed again: verified with today's keys first.
+            DocKind::Bundle => {
+                let stored = super::bundle::StoredBundle::parse(&body)?;
+                self.put_bundle(PutBundle {
+                    name: &target.document.name,
+                    archive: &stored.archive()?,
+                    source: &stored.source,
+                    etag: &stored.etag,
+                })
+                .map(|_| ())
+            }
         }
     }
 
@@ -249,24 +305,13 @@ impl RegoService {
     }
 
     /// Recompiles what the store holds and swaps it in: after the mesh merged changes from peers.
-    /// If the merged set does not compile here (it compiled at its author), the set in force stays.
+    /// Every bundle that changed is verified again with this node's keys; one that does not
+    /// verify or compile is not activated (its status says why). If the merged modules do not
+    /// compile here (they compiled at their author), the set in force stays.
     pub fn reload(&self) -> Result<(), OpaError> {
         let _guard = self.lock();
-        let modules = self.store.list_documents(DocKind::RegoModule)?;
-        let data = self.store.list_documents(DocKind::Data)?;
-        let revision = self.store.revision()?;
-        match self.build(&modules, &data) {
-            Ok(set) => {
-                info!(
-                    revision,
-                    modules = modules.len(),
-                    "Rego policy set loaded (merged from the mesh)"
-                );
-                self.swap(set.at_revision(revision));
-            }
-            Err(err) => {
-                error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
-            }
+        if let Err(err) = self.load_all("merged from the mesh") {
+            error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
         }
         Ok(())
     }
@@ -275,11 +320,6 @@ impl RegoService {
         self.write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn change(&self, writes: Vec<DocWrite>) -> Result<bool, OpaError> {
-        let _guard = self.lock();
-        self.change_locked(writes)
     }
 
     /// Compiles the state `writes` lead to; only if it compiles, commits them and swaps it in.
@@ -309,7 +349,8 @@ impl RegoService {
                 self.max_data_bytes
             )));
         }
-        let set = self.build(&modules, &data)?;
+        let active = self.active_bundles();
+        let set = self.build(&modules, &data, &active)?;
         let written = self.store.write_documents(writes)?;
         if written.is_empty() {
             return Ok(false);
@@ -320,20 +361,31 @@ impl RegoService {
         Ok(true)
     }
 
+    /// Compiles modules, data documents and bundles into one set. A bundle's data takes the place
+    /// of whatever lies under its roots (it owns them); its modules join the others.
     fn build(
         &self,
         modules: &[DocumentRecord],
         data: &[DocumentRecord],
+        bundles: &[Arc<super::bundle::Bundle>],
     ) -> Result<RegoSet, OpaError> {
-        let sources: Vec<ModuleSource> = modules
+        let mut sources: Vec<ModuleSource> = modules
             .iter()
             .map(|m| ModuleSource {
                 id: m.name.clone(),
                 text: m.body.clone(),
             })
             .collect();
-        let tree = data_tree::tree(data)?;
-        Ok(RegoSet::build(&sources, tree, 0, self.settings)?)
+        let mut tree = data_tree::tree(data)?;
+        let mut revisions = std::collections::BTreeMap::new();
+        for bundle in bundles {
+            sources.extend(bundle.modules.iter().cloned());
+            for root in &bundle.manifest.roots {
+                data_tree::replace_at(&mut tree, root, bundle.data_at(root).cloned());
+            }
+            revisions.insert(bundle.name.clone(), bundle.manifest.revision.clone());
+        }
+        Ok(RegoSet::build(&sources, tree, 0, self.settings)?.with_bundles(revisions))
     }
 
     fn swap(&self, set: RegoSet) {
