@@ -292,3 +292,5 @@ fn check_data_roots(node: &Value, at: &mut Vec<String>, roots: &[String]) -> Res
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testing;

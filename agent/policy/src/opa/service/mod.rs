@@ -393,3 +393,6 @@ impl RegoService {
         self.engine.replace(set);
     }
 }
+
+#[cfg(test)]
+mod tests;
