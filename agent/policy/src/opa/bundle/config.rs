@@ -130,15 +130,6 @@ impl BundlesConfig {
                 "must be between 1 and 100000",
             ));
         }
-        if !self.keyid.is_empty() && !self.keys.contains_key(&self.keyid) {
-            return Err(InvalidSetting::new(
-                "bundles.keyid",
-                format!(
-                    "names key {:?}, which is not under [bundles.keys]",
-                    self.keyid
-                ),
-            ));
-        }
         if let Some(id) = self.keys.keys().find(|id| id.is_empty()) {
             return Err(InvalidSetting::new(
                 "bundles.keys",

@@ -80,6 +80,12 @@ impl std::fmt::Debug for Verification {
 impl Verification {
     /// Reads the key files of `[bundles.keys]`. An error names the key and the file.
     pub fn load(config: &BundlesConfig) -> Result<Verification, String> {
+        if !config.keyid.is_empty() && !config.keys.contains_key(&config.keyid) {
+            return Err(format!(
+                "bundles.keyid names key {:?}, which is not under [bundles.keys]",
+                config.keyid
+            ));
+        }
         let mut keys = BTreeMap::new();
         for (id, key) in &config.keys {
             let bytes = std::fs::read(&key.key_file).map_err(|err| {
