@@ -24,6 +24,8 @@ pub struct Decision {
     pub cached: bool,
     /// Revision of the policy set that answered.
     pub revision: u64,
+    /// The revision of each bundle in that set, by name.
+    pub bundles: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// Makes decisions: cache lookup, evaluation, metrics.
@@ -68,6 +70,7 @@ impl Evaluator {
                 eval_ns: 0,
                 cached: true,
                 revision: set.revision(),
+                bundles: set.bundle_revisions(),
             };
         }
         let started = Instant::now();
@@ -99,6 +102,7 @@ impl Evaluator {
             eval_ns: elapsed.as_nanos() as u64,
             cached: false,
             revision: set.revision(),
+            bundles: set.bundle_revisions(),
         }
     }
 }
