@@ -96,7 +96,13 @@ fn targz(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 
 /// A bundle owning `data.acme.<package>`, whose rule allows the users in its data. Signed with
 /// `key` when given; `tamper` changes the module after signing (it then allows everyone).
-fn bundle(package: &str, revision: &str, users: &[&str], key: Option<&Key>, tamper: bool) -> Vec<u8> {
+fn bundle(
+    package: &str,
+    revision: &str,
+    users: &[&str],
+    key: Option<&Key>,
+    tamper: bool,
+) -> Vec<u8> {
     // serde_json writes compact JSON with sorted keys: the canonical form OPA hashes.
     let manifest = json!({"revision": revision, "roots": [format!("acme/{package}")]});
     let module = format!(
@@ -106,7 +112,10 @@ fn bundle(package: &str, revision: &str, users: &[&str], key: Option<&Key>, tamp
     let mut files = vec![
         (".manifest".to_string(), manifest.to_string().into_bytes()),
         (format!("acme/{package}/policy.rego"), module.into_bytes()),
-        (format!("acme/{package}/data.json"), data.to_string().into_bytes()),
+        (
+            format!("acme/{package}/data.json"),
+            data.to_string().into_bytes(),
+        ),
     ];
     if let Some(key) = key {
         let listed: Vec<Value> = files
@@ -116,18 +125,22 @@ fn bundle(package: &str, revision: &str, users: &[&str], key: Option<&Key>, tamp
         let token = jwt(key, &json!({"files": listed}));
         let signatures = serde_json::to_vec_pretty(&json!({"signatures": [token]})).unwrap();
         if tamper {
-            files[1].1 = format!("package acme.{package}\nimport rego.v1\nallow := true\n").into_bytes();
+            files[1].1 =
+                format!("package acme.{package}\nimport rego.v1\nallow := true\n").into_bytes();
         }
         files.push((".signatures.json".to_string(), signatures));
     }
     targz(&files)
 }
 
+/// What the bundle server serves: (ETag, archive), or nothing yet.
+type Served = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+
 /// A bundle server: serves one archive under an ETag (404 until there is one), answers `304`
 /// to `If-None-Match` with the current ETag, and counts what it answered.
 struct BundleServer {
     addr: SocketAddr,
-    current: Arc<Mutex<Option<(String, Vec<u8>)>>>,
+    current: Served,
     downloads: Arc<AtomicUsize>,
     not_modified: Arc<AtomicUsize>,
 }
@@ -166,10 +179,16 @@ impl BundleServer {
                 }
                 let current = current.lock().unwrap().clone();
                 let response: Vec<u8> = match current {
-                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                     Some((etag, _)) if if_none_match.as_deref() == Some(etag.as_str()) => {
                         not_modified.fetch_add(1, Ordering::SeqCst);
-                        format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n").into_bytes()
+                        format!(
+                            "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                        )
+                        .into_bytes()
                     }
                     Some((etag, body)) => {
                         downloads.fetch_add(1, Ordering::SeqCst);
@@ -307,7 +326,10 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
     let (status, answer) = put_bundle(&nodes[1], "evil", &unsigned);
     assert_eq!(status, 400, "{answer}");
     assert!(
-        answer["message"].as_str().unwrap().contains("missing .signatures.json"),
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing .signatures.json"),
         "{answer}"
     );
     let tampered = bundle("authz", "v2", &["alice"], Some(&key), true);
@@ -325,7 +347,12 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
     // Writes under the bundle's roots are refused as OPA refuses them.
     let (status, answer) = nodes[4].put("/v1/data/acme/authz/users", &json!(["mallory"]));
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("owned by bundle \"authz\""));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("owned by bundle \"authz\"")
+    );
     // Markers written after the refusals on the nodes that refused: once every node has them,
     // it has everything those nodes wrote before, and no refused bundle is anywhere.
     nodes[1].put("/v1/data/markers/n2", &json!(true));
@@ -351,7 +378,10 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
         _ => NEVER.to_string(),
     };
     let polls_before: Vec<String> = nodes.iter().map(last_request).collect();
-    server.serve("\"p1\"", bundle("polled", "p1", &["carol"], Some(&key), false));
+    server.serve(
+        "\"p1\"",
+        bundle("polled", "p1", &["carol"], Some(&key), false),
+    );
     on_every_node(&nodes, "the polled bundle decides", |n| {
         match allows(n, "polled", "carol") {
             Value::Bool(true) => Ok(()),
@@ -363,7 +393,11 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
         let n = server.not_modified.load(Ordering::SeqCst);
         (n >= 3).then_some(()).ok_or(format!("{n} 304s"))
     });
-    assert_eq!(server.downloads.load(Ordering::SeqCst), 1, "one download per mesh");
+    assert_eq!(
+        server.downloads.load(Ordering::SeqCst),
+        1,
+        "one download per mesh"
+    );
     for node in &nodes {
         assert_eq!(node.get("/health?bundles=true").0, 200);
         assert_eq!(bundle_status(node, "polled")["active_revision"], "p1");
@@ -379,9 +413,15 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
 
     // A new revision on the server: downloaded once more, for everyone.
     let before = server.not_modified.load(Ordering::SeqCst);
-    server.serve("\"p2\"", bundle("polled", "p2", &["dave"], Some(&key), false));
+    server.serve(
+        "\"p2\"",
+        bundle("polled", "p2", &["dave"], Some(&key), false),
+    );
     on_every_node(&nodes, "the new polled revision decides", |n| {
-        match (allows(n, "polled", "dave"), bundle_status(n, "polled")["active_revision"].clone()) {
+        match (
+            allows(n, "polled", "dave"),
+            bundle_status(n, "polled")["active_revision"].clone(),
+        ) {
             (Value::Bool(true), revision) if revision == "p2" => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -390,5 +430,9 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
         let n = server.not_modified.load(Ordering::SeqCst);
         (n >= before + 3).then_some(()).ok_or(format!("{n} 304s"))
     });
-    assert_eq!(server.downloads.load(Ordering::SeqCst), 2, "one download per revision");
+    assert_eq!(
+        server.downloads.load(Ordering::SeqCst),
+        2,
+        "one download per revision"
+    );
 }

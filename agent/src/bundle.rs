@@ -10,8 +10,7 @@ use crate::status::{Client, Target};
 /// Pushes `file` as bundle `name`; returns the revision activated.
 pub fn push(target: &Target, file: &Path, name: &str) -> anyhow::Result<String> {
     agent_policy::opa::bundle::validate_name(name).map_err(anyhow::Error::msg)?;
-    let archive =
-        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let archive = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let client = Client::new(target)?;
     let answer = client.put(&format!("/v1/bundles/{name}"), archive)?;
     Ok(answer["result"]["revision"]

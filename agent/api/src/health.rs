@@ -53,7 +53,10 @@ pub async fn health(
         return Err(ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "bundles_not_activated",
-            format!("configured bundles not activated yet: {}", missing.join(", ")),
+            format!(
+                "configured bundles not activated yet: {}",
+                missing.join(", ")
+            ),
         ));
     }
     Ok(Json(Health {

@@ -88,14 +88,14 @@ pub async fn members(State(state): State<AppState>) -> Result<Json<Members>, Api
         None => vec![MemberView {
             bundles: state.rego.bundle_revisions(),
             member: Member {
-            node_id: state.node_id.to_string(),
-            gossip_addr: String::new(),
-            state: MemberState::Alive,
-            heartbeat_age_ms: 0,
-            policy_revision: Some(revision(&state).await?),
-            agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            generation: 0,
-            is_self: true,
+                node_id: state.node_id.to_string(),
+                gossip_addr: String::new(),
+                state: MemberState::Alive,
+                heartbeat_age_ms: 0,
+                policy_revision: Some(revision(&state).await?),
+                agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                generation: 0,
+                is_self: true,
             },
         }],
     };

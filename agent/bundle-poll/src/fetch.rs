@@ -46,7 +46,9 @@ impl Fetcher {
         let token = match &source.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|err| setup(format!("cannot read token_file {}: {err}", path.display())))?
+                    .map_err(|err| {
+                        setup(format!("cannot read token_file {}: {err}", path.display()))
+                    })?
                     .trim()
                     .to_owned(),
             ),
@@ -119,10 +121,7 @@ impl Fetcher {
             return Ok(None);
         }
         if status != StatusCode::OK {
-            let message = format!(
-                "bundle server {} answered {status}",
-                self.source.url
-            );
+            let message = format!("bundle server {} answered {status}", self.source.url);
             note(false, Some(status.as_u16()), Some(message.clone()));
             return Err(PollError::Request(message));
         }
@@ -206,10 +205,6 @@ fn tls(ca: &Path) -> Result<rustls::ClientConfig, String> {
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map(|builder| {
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-        })
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
         .map_err(|err| format!("TLS setup: {err}"))
 }

@@ -124,7 +124,9 @@ async fn run(
                     "bundle downloaded for the mesh"
                 ),
                 Ok(None) => {}
-                Err(err) => warn!(bundle = %fetcher.source.name, error = %err, "bundle poll failed"),
+                Err(err) => {
+                    warn!(bundle = %fetcher.source.name, error = %err, "bundle poll failed")
+                }
             }
         }
     }

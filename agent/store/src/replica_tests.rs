@@ -247,7 +247,8 @@ fn large_documents_are_paged_by_bytes_and_still_all_arrive() {
         pages += 1;
         let cursor = page.changes.last().map_or(since, |c| c.seq);
         let changes: Vec<SignedChange> = page.changes.into_iter().map(|c| c.change).collect();
-        b.merge_remote("a", incarnation, cursor, changes, &[]).unwrap();
+        b.merge_remote("a", incarnation, cursor, changes, &[])
+            .unwrap();
         since = cursor;
         if !page.more {
             break;

@@ -24,7 +24,9 @@ pub async fn put_bundle(
         })
     })
     .await??;
-    Ok(Json(json!({"result": {"revision": revision, "changed": changed}})))
+    Ok(Json(
+        json!({"result": {"revision": revision, "changed": changed}}),
+    ))
 }
 
 /// `GET /v1/bundles`: every bundle's status, by name.

@@ -94,11 +94,9 @@ impl From<OpaError> for OpaApiError {
                 agent_policy::opa::bundle::BundleErrorKind::TooLarge => {
                     OpaApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", err.message)
                 }
-                agent_policy::opa::bundle::BundleErrorKind::Unverified => OpaApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bundle_unverified",
-                    err.message,
-                ),
+                agent_policy::opa::bundle::BundleErrorKind::Unverified => {
+                    OpaApiError::new(StatusCode::BAD_REQUEST, "bundle_unverified", err.message)
+                }
                 agent_policy::opa::bundle::BundleErrorKind::Invalid => {
                     OpaApiError::invalid(err.message)
                 }

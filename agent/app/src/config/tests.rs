@@ -303,7 +303,9 @@ fn bundles_come_from_the_file_and_are_checked() {
     let https = write(
         "[[bundles.sources]]\nname = \"authz\"\nurl = \"https://bundles.example/b.tar.gz\"\n",
     );
-    let err = Config::load(Some(https.path()), env(&[])).unwrap_err().to_string();
+    let err = Config::load(Some(https.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bundles.sources.ca_file"), "{err}");
     let err = Config::load(None, env(&[("MESH_AGENT_BUNDLES_SOURCES", "x")]))
         .unwrap_err()

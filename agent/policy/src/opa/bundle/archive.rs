@@ -115,16 +115,15 @@ pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleE
         }
         let mut bytes = Vec::with_capacity(size as usize);
         if let Err(err) = entry.read_to_end(&mut bytes) {
-            drop(entry);
-            drop(tar);
             if budget.exceeded {
                 return Err(too_large(limits));
             }
-            return Err(BundleError::invalid(format!("{path}: cannot be read: {err}")));
+            return Err(BundleError::invalid(format!(
+                "{path}: cannot be read: {err}"
+            )));
         }
         files.push(ArchiveFile { path, bytes });
     }
-    drop(tar);
     if budget.exceeded {
         return Err(too_large(limits));
     }
@@ -138,10 +137,9 @@ fn archive_error(err: std::io::Error, last: Option<&ArchiveFile>) -> BundleError
         );
     }
     match last {
-        Some(file) => BundleError::invalid(format!(
-            "archive read failed after {}: {err}",
-            file.path
-        )),
+        Some(file) => {
+            BundleError::invalid(format!("archive read failed after {}: {err}", file.path))
+        }
         None => BundleError::invalid(format!("archive read failed: {err}")),
     }
 }
@@ -155,9 +153,8 @@ fn clean_path(raw: &[u8]) -> Result<String, BundleError> {
             shown()
         )));
     }
-    let text = std::str::from_utf8(raw).map_err(|_| {
-        BundleError::invalid(format!("{}: an entry name is not UTF-8", shown()))
-    })?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| BundleError::invalid(format!("{}: an entry name is not UTF-8", shown())))?;
     if text.chars().any(|c| c.is_control() || c == '\\') {
         return Err(BundleError::invalid(format!(
             "{}: an entry name holds a control character or a backslash",
@@ -193,8 +190,18 @@ mod tests {
         assert_eq!(clean_path(b"/a/./b.rego").unwrap(), "a/b.rego");
         assert_eq!(clean_path(b"./.manifest").unwrap(), ".manifest");
         assert_eq!(clean_path(b"data.json").unwrap(), "data.json");
-        for bad in [&b"../x.rego"[..], b"/a/../../etc/passwd", b"a\\b", b"/", b"a\nb"] {
-            assert!(clean_path(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"../x.rego"[..],
+            b"/a/../../etc/passwd",
+            b"a\\b",
+            b"/",
+            b"a\nb",
+        ] {
+            assert!(
+                clean_path(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(clean_path(&[b'a'; MAX_PATH_BYTES + 1]).is_err());
         assert!(clean_path(&[0xff, 0xfe]).is_err());

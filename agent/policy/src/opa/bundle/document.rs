@@ -28,13 +28,7 @@ pub struct StoredBundle {
 }
 
 impl StoredBundle {
-    pub fn new(
-        archive: &[u8],
-        revision: &str,
-        source: &str,
-        etag: &str,
-        at: &str,
-    ) -> StoredBundle {
+    pub fn new(archive: &[u8], revision: &str, source: &str, etag: &str, at: &str) -> StoredBundle {
         StoredBundle {
             archive: base64::engine::general_purpose::STANDARD.encode(archive),
             revision: revision.to_owned(),

@@ -171,9 +171,15 @@ impl Reader<'_> {
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => Ok(Node::Text(self.string()?)),
-            Some(b't') => self.expect(b"true").map(|_| Node::Literal(b"true".to_vec())),
-            Some(b'f') => self.expect(b"false").map(|_| Node::Literal(b"false".to_vec())),
-            Some(b'n') => self.expect(b"null").map(|_| Node::Literal(b"null".to_vec())),
+            Some(b't') => self
+                .expect(b"true")
+                .map(|_| Node::Literal(b"true".to_vec())),
+            Some(b'f') => self
+                .expect(b"false")
+                .map(|_| Node::Literal(b"false".to_vec())),
+            Some(b'n') => self
+                .expect(b"null")
+                .map(|_| Node::Literal(b"null".to_vec())),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("unexpected character")),
             None => Err(self.error("unexpected end")),
@@ -389,7 +395,10 @@ mod tests {
         let spaced = file_digest("SHA-256", "x/policy.rego", b"{\"b\": 1, \"a\": 2}").unwrap();
         assert_ne!(spaced, a);
         // sha256 of `{"a":2,"b":1}`, computed apart (sha256sum).
-        assert_eq!(a, "d3626ac30a87e6f7a6428233b3c68299976865fa5508e4267c5415c76af7a772");
+        assert_eq!(
+            a,
+            "d3626ac30a87e6f7a6428233b3c68299976865fa5508e4267c5415c76af7a772"
+        );
         assert!(file_digest("MD5", "a.rego", b"").is_err());
     }
 }

@@ -43,7 +43,9 @@ impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, BundleError> {
         let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
         let raw: Raw = serde_json::from_slice(bytes).map_err(|err| {
-            BundleError::invalid(format!(".manifest: bundle load failed on manifest decode: {err}"))
+            BundleError::invalid(format!(
+                ".manifest: bundle load failed on manifest decode: {err}"
+            ))
         })?;
         if raw.wasm.is_some_and(|w| !w.is_empty()) {
             return Err(BundleError::invalid(
@@ -121,14 +123,17 @@ mod tests {
 
     #[test]
     fn manifests_are_read_with_their_defaults() {
-        let m = Manifest::parse(br#"{"revision": "r1", "roots": ["/acme/authz/", "other"]}"#)
-            .unwrap();
+        let m =
+            Manifest::parse(br#"{"revision": "r1", "roots": ["/acme/authz/", "other"]}"#).unwrap();
         assert_eq!(m.revision, "r1");
         assert_eq!(m.roots, ["acme/authz", "other"]);
         let m = Manifest::parse(br#"{"revision": "r2"}"#).unwrap();
         assert_eq!(m.roots, [""]);
         let err = Manifest::parse(br#"{"roots": ["a", "a/b"]}"#).unwrap_err();
-        assert!(err.message.contains("overlapped roots: 'a' and 'a/b'"), "{err}");
+        assert!(
+            err.message.contains("overlapped roots: 'a' and 'a/b'"),
+            "{err}"
+        );
         assert!(Manifest::parse(br#"{"revision": 3}"#).is_err());
         assert!(Manifest::parse(b"not json").is_err());
     }

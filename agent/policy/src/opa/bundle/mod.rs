@@ -140,7 +140,10 @@ impl Bundle {
             match base(path) {
                 ".manifest" => {}
                 "data.json" => {
-                    let text = file.bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&file.bytes);
+                    let text = file
+                        .bytes
+                        .strip_prefix(b"\xef\xbb\xbf")
+                        .unwrap_or(&file.bytes);
                     let value: Value = serde_json::from_slice(text).map_err(|err| {
                         BundleError::invalid(format!("{path}: bundle load failed: {err}"))
                     })?;
@@ -174,9 +177,8 @@ impl Bundle {
                         BundleError::invalid(format!("{path}: a Rego module is not UTF-8 text"))
                     })?;
                     let id = format!("{name}/{path}");
-                    let parsed = outline(&id, text).map_err(|err| {
-                        BundleError::invalid(format!("{path}: {}", err.message))
-                    })?;
+                    let parsed = outline(&id, text)
+                        .map_err(|err| BundleError::invalid(format!("{path}: {}", err.message)))?;
                     let package = parsed.package[1..].join("/");
                     if !manifest::any_contains(&manifest.roots, &package) {
                         return Err(BundleError::invalid(format!(
@@ -248,8 +250,9 @@ fn merge(into: &mut Value, from: Value) -> Result<(), String> {
         (Value::Object(a), Value::Object(b)) => {
             for (key, value) in b {
                 match a.get_mut(&key) {
-                    Some(existing) => merge(existing, value)
-                        .map_err(|_| format!("failed to insert data file at {key:?}: it meets other data"))?,
+                    Some(existing) => merge(existing, value).map_err(|_| {
+                        format!("failed to insert data file at {key:?}: it meets other data")
+                    })?,
                     None => {
                         a.insert(key, value);
                     }
@@ -262,7 +265,11 @@ fn merge(into: &mut Value, from: Value) -> Result<(), String> {
 }
 
 /// Every value of the data tree must lie inside a root (OPA's check in `validateAndInjectDefaults`).
-fn check_data_roots(node: &Value, at: &mut Vec<String>, roots: &[String]) -> Result<(), BundleError> {
+fn check_data_roots(
+    node: &Value,
+    at: &mut Vec<String>,
+    roots: &[String],
+) -> Result<(), BundleError> {
     let path = at.join("/");
     if manifest::any_contains(roots, &path) {
         return Ok(());
@@ -291,6 +298,6 @@ fn check_data_roots(node: &Value, at: &mut Vec<String>, roots: &[String]) -> Res
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

@@ -226,14 +226,19 @@ impl Verification {
     }
 
     fn verify_token(&self, token: &str) -> Result<Payload, BundleError> {
-        let unverified = |message: String| BundleError::unverified(format!(".signatures.json: {message}"));
+        let unverified =
+            |message: String| BundleError::unverified(format!(".signatures.json: {message}"));
         let header = jsonwebtoken::decode_header(token)
             .map_err(|err| unverified(format!("the JWT cannot be read: {err}")))?;
         // The payload's (deprecated) keyid claim is read before verifying, to find the key.
         let claimed_keyid = token
             .split('.')
             .nth(1)
-            .and_then(|part| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok())
+            .and_then(|part| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(part)
+                    .ok()
+            })
             .and_then(|bytes| serde_json::from_slice::<Payload>(&bytes).ok())
             .and_then(|payload| payload.keyid);
         let keyid = if !self.keyid.is_empty() {
@@ -256,12 +261,13 @@ impl Verification {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<Payload>(token, &key.key, &validation).map_err(|err| {
-            unverified(format!(
-                "the JWT does not verify with key {keyid} ({:?}): {err}",
-                key.algorithm
-            ))
-        })?;
+        let data =
+            jsonwebtoken::decode::<Payload>(token, &key.key, &validation).map_err(|err| {
+                unverified(format!(
+                    "the JWT does not verify with key {keyid} ({:?}): {err}",
+                    key.algorithm
+                ))
+            })?;
         let scope = data.claims.scope.clone().unwrap_or_default();
         if scope != key.scope {
             return Err(unverified("scope mismatch".into()));
@@ -322,7 +328,11 @@ fn decoding_key(algorithm: Algorithm, bytes: &[u8]) -> Result<DecodingKey, Strin
         "CERTIFICATE" => {
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(block.contents())
                 .map_err(|err| format!("not a certificate: {err}"))?;
-            cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec()
+            cert.tbs_certificate
+                .subject_pki
+                .subject_public_key
+                .data
+                .to_vec()
         }
         other => {
             return Err(format!(

@@ -113,4 +113,3 @@ pub fn signed_with(
     all.push(("/.signatures.json", &sigs));
     archive(&all)
 }
-

@@ -87,7 +87,10 @@ fn unsigned_bundles_are_refused_when_a_key_is_configured_and_taken_otherwise() {
         Some("k1"),
     );
     let err = Bundle::read("authz", &signed, &Verification::default(), &LIMITS).unwrap_err();
-    assert!(err.message.contains("verification key not provided"), "{err}");
+    assert!(
+        err.message.contains("verification key not provided"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -119,30 +122,49 @@ fn tampered_files_wrong_keys_and_incomplete_signatures_are_refused() {
     let err = Bundle::read("authz", &archive(&all), &verification, &LIMITS).unwrap_err();
     assert_eq!(err.kind, BundleErrorKind::Unverified);
     assert!(
-        err.message.starts_with("acme/authz/policy.rego: digest mismatch"),
+        err.message
+            .starts_with("acme/authz/policy.rego: digest mismatch"),
         "{err}"
     );
     // Data reformatted (same JSON) still verifies; data changed does not.
     let mut all = files.clone();
-    all[2] = ("/acme/authz/data.json", br#"{"limits":{"a":1.0,"b":2},"admins":["alice"]}"#);
+    all[2] = (
+        "/acme/authz/data.json",
+        br#"{"limits":{"a":1.0,"b":2},"admins":["alice"]}"#,
+    );
     all.push(("/.signatures.json", &sigs));
     Bundle::read("authz", &archive(&all), &verification, &LIMITS).unwrap();
     let mut all = files.clone();
-    all[2] = ("/acme/authz/data.json", br#"{"admins":["mallory"],"limits":{"a":1.0,"b":2}}"#);
+    all[2] = (
+        "/acme/authz/data.json",
+        br#"{"admins":["mallory"],"limits":{"a":1.0,"b":2}}"#,
+    );
     all.push(("/.signatures.json", &sigs));
     let err = Bundle::read("authz", &archive(&all), &verification, &LIMITS).unwrap_err();
-    assert!(err.message.starts_with("acme/authz/data.json: digest mismatch"), "{err}");
+    assert!(
+        err.message
+            .starts_with("acme/authz/data.json: digest mismatch"),
+        "{err}"
+    );
 
     // A file added, a file removed.
     let mut all = files.clone();
     all.push(("/acme/authz/extra.rego", b"package acme.authz.extra\n"));
     all.push(("/.signatures.json", &sigs));
     let err = Bundle::read("authz", &archive(&all), &verification, &LIMITS).unwrap_err();
-    assert!(err.message.contains("extra.rego: file not included in bundle signature"), "{err}");
+    assert!(
+        err.message
+            .contains("extra.rego: file not included in bundle signature"),
+        "{err}"
+    );
     let mut all = files[..2].to_vec();
     all.push(("/.signatures.json", &sigs));
     let err = Bundle::read("authz", &archive(&all), &verification, &LIMITS).unwrap_err();
-    assert!(err.message.contains("[acme/authz/data.json] specified in bundle signatures but not found"), "{err}");
+    assert!(
+        err.message
+            .contains("[acme/authz/data.json] specified in bundle signatures but not found"),
+        "{err}"
+    );
 
     // Signed with another key; with the right key but another scope; an unknown key id.
     let (other, _) = es256();
@@ -176,12 +198,19 @@ fn modules_and_data_must_lie_inside_the_roots() {
     ]);
     let err = Bundle::read("authz", &outside, &none, &LIMITS).unwrap_err();
     assert!(
-        err.message.contains("do not permit 'package other' in module 'other/policy.rego'"),
+        err.message
+            .contains("do not permit 'package other' in module 'other/policy.rego'"),
         "{err}"
     );
-    let stray_data = archive(&[("/.manifest", MANIFEST), ("/other/data.json", b"{\"x\": 1}")]);
+    let stray_data = archive(&[
+        ("/.manifest", MANIFEST),
+        ("/other/data.json", b"{\"x\": 1}"),
+    ]);
     let err = Bundle::read("authz", &stray_data, &none, &LIMITS).unwrap_err();
-    assert!(err.message.contains("do not permit data at path '/other'"), "{err}");
+    assert!(
+        err.message.contains("do not permit data at path '/other'"),
+        "{err}"
+    );
     // Data at the root is fine where it only leads to the roots.
     let leading = archive(&[
         ("/.manifest", MANIFEST),
@@ -219,7 +248,10 @@ fn bundles_whose_roots_overlap_are_told_apart() {
     let rootless = Bundle::read("d", &archive(&[]), &none, &LIMITS).unwrap();
     assert!(a.overlaps(&b) && b.overlaps(&a));
     assert!(!a.overlaps(&c) && !b.overlaps(&c));
-    assert!(rootless.overlaps(&c), "a bundle without roots owns all of data");
+    assert!(
+        rootless.overlaps(&c),
+        "a bundle without roots owns all of data"
+    );
 }
 
 #[test]
@@ -252,8 +284,7 @@ fn gzip_bombs_traversal_and_junk_are_refused_with_reasons() {
     assert!(err.message.contains("bundles.max_files"), "{err}");
     // Names that climb out, absolute or not.
     for name in ["../evil.rego", "/acme/../../etc/passwd"] {
-        let err = Bundle::read("b", &archive(&[(name, b"package x")]), &none, &LIMITS)
-            .unwrap_err();
+        let err = Bundle::read("b", &archive(&[(name, b"package x")]), &none, &LIMITS).unwrap_err();
         assert!(err.message.contains("must not hold `..`"), "{err}");
     }
     // Not gzip; gzip of junk; a module that does not parse; bad names.
@@ -268,7 +299,10 @@ fn gzip_bombs_traversal_and_junk_are_refused_with_reasons() {
     assert!(Bundle::read("..", &archive(&[]), &none, &LIMITS).is_err());
     let delta = archive(&[("/patch.json", b"{\"data\": []}")]);
     let err = Bundle::read("b", &delta, &none, &LIMITS).unwrap_err();
-    assert!(err.message.contains("delta bundles are not supported"), "{err}");
+    assert!(
+        err.message.contains("delta bundles are not supported"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -192,8 +192,7 @@ impl RegoService {
             .build(&modules, &data, &bundles)
             .inspect_err(|_| self.metrics.bundle_refused())?;
         let at = rfc3339(now_us());
-        let body =
-            StoredBundle::new(put.archive, &revision, put.source, put.etag, &at).to_json();
+        let body = StoredBundle::new(put.archive, &revision, put.source, put.etag, &at).to_json();
         let written = self.store.write_documents(vec![DocWrite::Put {
             kind: DocKind::Bundle,
             name: put.name.to_owned(),
@@ -263,6 +262,7 @@ impl RegoService {
     /// Records what a poller's request to the bundle server of `name` gave.
     pub fn note_poll(&self, note: PollNote<'_>) {
         let mut state = self.bundles_write();
+        let active = state.active.contains_key(note.name);
         let status = state
             .status
             .entry(note.name.to_owned())
@@ -277,10 +277,8 @@ impl RegoService {
             status.code = "bundle_error".into();
             status.message = message;
             status.errors.clear();
-        } else if note.ok && state.active.contains_key(note.name) {
-            if let Some(status) = state.status.get_mut(note.name) {
-                status.clear_error();
-            }
+        } else if note.ok && active {
+            status.clear_error();
         }
     }
 
@@ -303,9 +301,7 @@ impl RegoService {
             source: active.map_or_else(String::new, |a| a.source.clone()),
             etag: active.map_or_else(String::new, |a| a.etag.clone()),
             version: active.map_or(0, |a| a.document_version),
-            metadata: active.map_or_else(Default::default, |a| {
-                a.bundle.manifest.metadata.clone()
-            }),
+            metadata: active.map_or_else(Default::default, |a| a.bundle.manifest.metadata.clone()),
         })
     }
 
@@ -398,8 +394,7 @@ impl RegoService {
                         },
                     ));
                 }
-                let all: Vec<Arc<Bundle>> =
-                    kept.values().map(|a| Arc::clone(&a.bundle)).collect();
+                let all: Vec<Arc<Bundle>> = kept.values().map(|a| Arc::clone(&a.bundle)).collect();
                 self.build(&modules, &data, &all)?
             }
             Err(err) => return Err(err),
@@ -414,7 +409,9 @@ impl RegoService {
             let entry = status
                 .entry(name.clone())
                 .or_insert_with(|| BundleStatus::new(&name));
-            entry.active_revision.clone_from(&candidate.bundle.manifest.revision);
+            entry
+                .active_revision
+                .clone_from(&candidate.bundle.manifest.revision);
             entry.last_successful_download = downloaded_at;
             entry.last_successful_activation.clone_from(&now);
             entry.size = candidate.bundle.size;

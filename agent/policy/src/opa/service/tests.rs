@@ -80,7 +80,11 @@ fn a_pushed_bundle_is_stored_activated_and_owns_its_roots() {
     assert_eq!(allow(&node.service, "alice"), Some(json!(true)));
     assert_eq!(allow(&node.service, "bob"), Some(json!(false)));
     assert_eq!(
-        node.service.current_set().bundle_revisions().get("authz").map(String::as_str),
+        node.service
+            .current_set()
+            .bundle_revisions()
+            .get("authz")
+            .map(String::as_str),
         Some("r1")
     );
     // The same archive again changes nothing.
@@ -98,12 +102,19 @@ fn a_pushed_bundle_is_stored_activated_and_owns_its_roots() {
         .service
         .put_module("authz/acme/authz/policy.rego", "package x".into())
         .unwrap_err();
-    assert!(err.to_string().contains("is owned by bundle \"authz\""), "{err}");
+    assert!(
+        err.to_string().contains("is owned by bundle \"authz\""),
+        "{err}"
+    );
     let err = node
         .service
         .put_module("mine", "package acme.authz.more\nx := 1\n".into())
         .unwrap_err();
-    assert!(err.to_string().contains("path acme/authz/more is owned by bundle \"authz\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("path acme/authz/more is owned by bundle \"authz\""),
+        "{err}"
+    );
     node.service
         .put_module("mine", "package elsewhere\nx := 1\n".into())
         .unwrap();
@@ -121,11 +132,17 @@ fn a_pushed_bundle_is_stored_activated_and_owns_its_roots() {
     assert_eq!(status[0].kind, "snapshot");
     assert!(status[0].code.is_empty());
     assert!(node.service.bundles_activated(&["authz".into()]));
-    assert!(!node.service.bundles_activated(&["authz".into(), "other".into()]));
+    assert!(
+        !node
+            .service
+            .bundles_activated(&["authz".into(), "other".into()])
+    );
     // Removed: its rules and data go, and its roots are free again.
     node.service.delete_bundle("authz").unwrap();
     assert_eq!(allow(&node.service, "alice"), None);
-    node.service.put_data("acme/authz/admins", json!([])).unwrap();
+    node.service
+        .put_data("acme/authz/admins", json!([]))
+        .unwrap();
     assert!(node.service.bundle_status().is_empty());
 }
 
@@ -141,13 +158,17 @@ fn overlapping_or_uncompilable_bundles_change_nothing() {
         .put_bundle(push("wide", &overlapping))
         .unwrap_err();
     assert!(
-        err.to_string().contains("detected overlapping roots in bundle manifest with: [authz]"),
+        err.to_string()
+            .contains("detected overlapping roots in bundle manifest with: [authz]"),
         "{err}"
     );
     let broken = archive(&[
         ("/.manifest", br#"{"revision": "y", "roots": ["other"]}"#),
         // Parses, but does not compile: rules that depend on themselves.
-        ("/other/p.rego", b"package other\nimport rego.v1\na if b\nb if a\n"),
+        (
+            "/other/p.rego",
+            b"package other\nimport rego.v1\na if b\nb if a\n",
+        ),
     ]);
     let err = node
         .service
@@ -191,7 +212,11 @@ fn a_stored_bundle_that_does_not_verify_here_is_not_activated() {
     let status = &node.service.bundle_status()[0];
     assert_eq!(status.active_revision, "r1");
     assert_eq!(status.code, "bundle_error");
-    assert!(status.message.contains("digest mismatch"), "{}", status.message);
+    assert!(
+        status.message.contains("digest mismatch"),
+        "{}",
+        status.message
+    );
 
     // A node that starts with only the tampered version in its store activates nothing.
     let fresh = RegoService::with_bundles(
