@@ -84,12 +84,22 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     let rego_settings = config.rego.settings();
     agent_engine::rego::set_memory_limit(config.rego.max_memory_bytes);
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
+    // Bundle keys are read before anything is activated: a bad key file stops the start.
+    let verification = agent_policy::opa::bundle::Verification::load(&config.bundles)
+        .map_err(anyhow::Error::msg)?;
+    let bundle_limits = agent_policy::opa::bundle::Limits {
+        max_bytes: config.bundles.max_bytes,
+        max_uncompressed_bytes: config.bundles.max_uncompressed_bytes,
+        max_files: config.bundles.max_files,
+    };
     let rego = Arc::new(
-        RegoService::new(
+        RegoService::with_bundles(
             Arc::clone(&store),
             Arc::clone(&rego_engine),
             rego_settings,
             metrics.opa.clone(),
+            verification,
+            bundle_limits,
         )?
         .with_max_data_bytes(config.rego.max_data_bytes),
     );
@@ -240,6 +250,15 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         Arc::clone(&rollout_wake),
         rollout_report.clone(),
     );
+    // Bundle servers are polled by one node of the mesh at a time; every node gossips the
+    // revisions of its active bundles.
+    let poller = agent_bundle_poll::spawn(
+        Arc::clone(&rego),
+        mesh.clone(),
+        node_id.clone(),
+        config.bundles.sources.clone(),
+        config.bundles.max_bytes,
+    )?;
 
     let evaluate_limit =
         agent_http::EvaluateLimit::new(&config.limits, metrics.http.rate_limited.clone());
@@ -272,6 +291,10 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         rollouts,
         rollout_wake,
         rollout_report,
+        bundles: api::BundlesApi {
+            max_bytes: usize::try_from(config.bundles.max_bytes).unwrap_or(usize::MAX),
+            configured: config.bundles.configured_names().into(),
+        },
     };
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -326,8 +349,9 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         watchdog.abort();
     }
     reloads.abort();
-    // It holds the mesh too.
+    // Both hold the mesh too.
     rollout_controller.stop().await;
+    poller.stop().await;
     if let Some(link) = mesh_link {
         // The link holds the mesh: once it has let go, the mesh can be shut down.
         link.stop().await;

@@ -9,6 +9,7 @@ use agent_app::{policy_test, telemetry};
 use agent_identity::certs;
 use clap::{Args, Parser, Subcommand};
 
+mod bundle;
 mod daemon;
 mod reload;
 mod status;
@@ -64,6 +65,31 @@ enum Command {
         /// Print once and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Work with OPA bundles on a running agent.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Push an OPA bundle (.tar.gz, signed when the agents have [bundles.keys]) to an agent:
+    /// it is verified and activated there, then rolled out to the whole mesh.
+    Push {
+        /// The bundle archive.
+        file: PathBuf,
+        /// The bundle's name (its modules' ids start with it).
+        #[arg(long)]
+        name: String,
+        /// The agent's API.
+        #[arg(long, default_value = "http://127.0.0.1:8004")]
+        url: String,
+        /// A file holding an admin token (the agent's [auth] admin_token_file will do).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// CA certificate (PEM) of the API's HTTPS certificate.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
     },
 }
 
@@ -213,6 +239,26 @@ fn main() -> ExitCode {
             let interval = std::time::Duration::from_secs(interval_sec.max(1));
             match status::run(&target, interval, once) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&format!("{err:#}")),
+            }
+        }
+        Command::Bundle(BundleCommand::Push {
+            file,
+            name,
+            url,
+            token_file,
+            cacert,
+        }) => {
+            let target = status::Target {
+                url,
+                token_file,
+                cacert,
+            };
+            match bundle::push(&target, &file, &name) {
+                Ok(revision) => {
+                    println!("bundle {name} activated at revision {revision:?}");
+                    ExitCode::SUCCESS
+                }
                 Err(err) => fail(&format!("{err:#}")),
             }
         }

@@ -21,14 +21,14 @@ pub struct Target {
     pub cacert: Option<PathBuf>,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::blocking::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(target: &Target) -> anyhow::Result<Client> {
+    pub(crate) fn new(target: &Target) -> anyhow::Result<Client> {
         let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5));
         if let Some(ca) = &target.cacert {
             builder = builder.use_preconfigured_tls(tls(ca)?);
@@ -55,6 +55,34 @@ impl Client {
             base: target.url.trim_end_matches('/').to_string(),
             token,
         })
+    }
+
+    /// `PUT path` with `body` (bytes): the answer's JSON, or the agent's error as the message.
+    pub(crate) fn put(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/gzip")
+            .timeout(Duration::from_secs(60))
+            .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .with_context(|| format!("cannot reach the agent at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .with_context(|| format!("PUT {path}: {status}, and the answer is not JSON"))?;
+        if !status.is_success() {
+            let message = body["message"]
+                .as_str()
+                .or(body["error"]["message"].as_str())
+                .unwrap_or("");
+            anyhow::bail!("PUT {path}: {status} {message}");
+        }
+        Ok(body)
     }
 
     fn get(&self, path: &str) -> anyhow::Result<Value> {

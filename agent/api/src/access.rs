@@ -4,7 +4,7 @@
 //! - `read`: every `GET`, and the routes that evaluate without changing anything (`/evaluate`,
 //!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`, `/v1/batch/data/...`, OPA's default decision `POST /`,
 //!   `/policies/.../replay`);
-//! - `admin`: every other write (policies, Rego modules, data documents).
+//! - `admin`: every other write (policies, Rego modules, data documents, bundles).
 //!
 //! The table goes by method and path, not by the router's routes: a `GET` added later is `read`,
 //! any other method `admin` unless it is said here to be less.
@@ -68,6 +68,9 @@ mod tests {
             (Method::POST, "/", Some(Scope::Read)),
             (Method::POST, "/v1/batch/data/a/b", Some(Scope::Read)),
             (Method::POST, "/v1/compile/a", Some(Scope::Read)),
+            (Method::PUT, "/v1/bundles/authz", Some(Scope::Admin)),
+            (Method::DELETE, "/v1/bundles/authz", Some(Scope::Admin)),
+            (Method::GET, "/v1/bundles/authz", Some(Scope::Read)),
         ];
         for (method, path, expected) in cases {
             assert_eq!(scope(&method, path), expected, "{method} {path}");

@@ -27,7 +27,38 @@ pub struct Health {
     upstream: Option<agent_mqtt::UpstreamView>,
 }
 
-pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+/// `?bundles=true` (OPA's): healthy only once every configured bundle is activated.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct HealthQuery {
+    #[serde(default)]
+    bundles: Option<String>,
+}
+
+pub async fn health(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Health>, ApiError> {
+    let wants_bundles = query
+        .ok()
+        .and_then(|q| q.0.bundles)
+        .is_some_and(|v| v.is_empty() || v.eq_ignore_ascii_case("true"));
+    if wants_bundles && !state.rego.bundles_activated(&state.bundles.configured) {
+        let missing: Vec<&str> = state
+            .bundles
+            .configured
+            .iter()
+            .filter(|name| !state.rego.bundles_activated(std::slice::from_ref(name)))
+            .map(String::as_str)
+            .collect();
+        return Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "bundles_not_activated",
+            format!(
+                "configured bundles not activated yet: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
     Ok(Json(Health {
         status: "healthy",
         timestamp: rfc3339(now_us()),

@@ -55,6 +55,16 @@ pub struct AppState {
     pub rollout_wake: Arc<tokio::sync::Notify>,
     /// This node's report on the open rollouts (its peers' come by gossip).
     pub rollout_report: agent_rollout::LocalReport,
+    pub bundles: BundlesApi,
+}
+
+/// What the bundle routes need of `[bundles]`.
+#[derive(Clone, Debug, Default)]
+pub struct BundlesApi {
+    /// Largest archive `PUT /v1/bundles/{name}` takes (`bundles.max_bytes`).
+    pub max_bytes: usize,
+    /// The polled bundles (`[[bundles.sources]]`): `GET /health?bundles=true` waits for them.
+    pub configured: Arc<[String]>,
 }
 
 /// What guards the routes: who may call which ([`access`]), and how often a client may evaluate.
@@ -67,6 +77,7 @@ pub struct Guards {
 /// The API's routes, with request bodies limited to `max_body_bytes`; every request is checked
 /// by `guards.auth` first, and the evaluation routes are rate limited per client.
 pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router {
+    let bundles_max_bytes = state.bundles.max_bytes;
     let limited = |route: MethodRouter<AppState>| {
         route.route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&guards.evaluate_limit),
@@ -145,6 +156,18 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
             limited(post(opa::batch_decisions)),
         )
         .route("/", limited(post(opa::default_decision)))
+        .route("/v1/bundles", get(opa::list_bundles))
+        .route("/v1/bundles/", get(opa::list_bundles))
+        .route(
+            "/v1/bundles/{name}",
+            get(opa::get_bundle)
+                .delete(opa::delete_bundle)
+                // A bundle is larger than other bodies: its own limit.
+                .merge(
+                    axum::routing::put(opa::put_bundle)
+                        .layer(DefaultBodyLimit::max(bundles_max_bytes.max(max_body_bytes))),
+                ),
+        )
         .route("/v1/config", get(opa::config))
         .route("/v1/status", get(opa::status))
         .route("/v1/validate", limited(post(opa::validate)))

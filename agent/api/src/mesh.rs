@@ -51,21 +51,52 @@ pub async fn view(State(state): State<AppState>) -> Result<Json<MeshView>, ApiEr
 
 #[derive(Serialize)]
 pub struct Members {
-    members: Vec<Member>,
+    members: Vec<MemberView>,
 }
+
+/// A member, with the revision of each OPA bundle it has activated (its gossiped
+/// `bundles` value: a bundle is a unit of rollout).
+#[derive(Serialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    member: Member,
+    bundles: std::collections::BTreeMap<String, String>,
+}
+
+/// The shared value each node gossips with its active bundles' revisions (JSON, name -> revision).
+pub const BUNDLES_KEY: &str = "bundles";
 
 pub async fn members(State(state): State<AppState>) -> Result<Json<Members>, ApiError> {
     let members = match &state.mesh {
-        Some(mesh) => mesh.members().await,
-        None => vec![Member {
-            node_id: state.node_id.to_string(),
-            gossip_addr: String::new(),
-            state: MemberState::Alive,
-            heartbeat_age_ms: 0,
-            policy_revision: Some(revision(&state).await?),
-            agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            generation: 0,
-            is_self: true,
+        Some(mesh) => {
+            let view = mesh.shared_view().await;
+            mesh.members()
+                .await
+                .into_iter()
+                .map(|member| {
+                    let bundles = view
+                        .members
+                        .iter()
+                        .find(|m| m.node_id == member.node_id)
+                        .and_then(|m| m.values.iter().find(|(k, _)| k == BUNDLES_KEY))
+                        .and_then(|(_, v)| serde_json::from_str(v).ok())
+                        .unwrap_or_default();
+                    MemberView { member, bundles }
+                })
+                .collect()
+        }
+        None => vec![MemberView {
+            bundles: state.rego.bundle_revisions(),
+            member: Member {
+                node_id: state.node_id.to_string(),
+                gossip_addr: String::new(),
+                state: MemberState::Alive,
+                heartbeat_age_ms: 0,
+                policy_revision: Some(revision(&state).await?),
+                agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                generation: 0,
+                is_self: true,
+            },
         }],
     };
     Ok(Json(Members { members }))

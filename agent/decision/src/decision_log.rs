@@ -156,6 +156,9 @@ pub struct Entry {
     pub result: Value,
     /// The policy revision the decision was made with.
     pub revision: u64,
+    /// The revision of each OPA bundle in the set that decided, by bundle name (OPA's
+    /// `bundles: {name: {revision}}`).
+    pub bundles: std::collections::BTreeMap<String, String>,
     /// Time the evaluation took.
     pub eval_ns: u64,
 }
@@ -260,7 +263,11 @@ impl DecisionLog {
             "metrics": { "timer_rego_query_eval_ns": entry.eval_ns },
             "labels": { "id": self.node_id, "version": env!("CARGO_PKG_VERSION") },
             "revision": entry.revision.to_string(),
-            "bundles": {},
+            "bundles": entry
+                .bundles
+                .iter()
+                .map(|(name, revision)| (name.clone(), serde_json::json!({"revision": revision})))
+                .collect::<serde_json::Map<_, _>>(),
         });
         let mut erased = Vec::new();
         for (path, pointer) in self.mask.iter().zip(&self.erased) {

@@ -24,6 +24,10 @@ use crate::error::MeshError;
 
 /// Changes per page of a pull.
 pub const PAGE: u32 = 512;
+/// Encoded bytes of changes a page holds at most (one change always fits, however large): pages
+/// of large documents (bundles, megabytes each) stay well under the transport's response cap
+/// (64 MiB), and one slow page does not hold a pull for long.
+pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Pulls in flight at most (one per peer).
 pub const PULLS_PER_ROUND: usize = 2;
 
@@ -70,7 +74,7 @@ pub fn serve(store: &Store, stale: &AtomicBool, request: Request) -> Response {
                 );
             }
             let limit = pull.limit.clamp(1, PAGE) as usize;
-            let page = match store.log_since(pull.since, limit) {
+            let page = match store.log_since(pull.since, limit, PAGE_BYTES) {
                 Ok(page) => page,
                 Err(err) => return Response::Refused(format!("store error: {err}")),
             };

@@ -50,8 +50,9 @@ pub fn to_current(db: &Database, node_id: &str) -> Result<(), StoreError> {
             if v < 8 {
                 v7_to_v8(&txn)?;
             }
-            // 8 -> 9 and 10 -> 11 only change the format of new audit entries (and 10 -> 11 adds a
-            // document kind); old ones are read as they are.
+            // 8 -> 9 only changes the format of new audit entries; old ones are read as they are.
+            // 9 -> 10 adds a table (below); 10 -> 11 changes the format of new audit entries and
+            // allows new document kinds.
         }
     }
     // Creating every table up front lets readers open them without a write transaction.

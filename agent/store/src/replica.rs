@@ -264,15 +264,23 @@ impl Store {
         })
     }
 
-    /// The entries of this node's log after `since`, oldest first, at most `limit`.
-    pub fn log_since(&self, since: u64, limit: usize) -> Result<LogPage, StoreError> {
-        self.read_log(since, limit, false)
+    /// The entries of this node's log after `since`, oldest first, at most `limit`, and no more
+    /// than `max_bytes` of encoded entries (a page always holds one entry, however large: a
+    /// bundle document is megabytes, and 512 of them would not fit one response).
+    pub fn log_since(
+        &self,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read_log(since, limit, max_bytes, false)
     }
 
     fn read_log(
         &self,
         since: u64,
         limit: usize,
+        max_bytes: usize,
         with_unsigned: bool,
     ) -> Result<LogPage, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
@@ -282,6 +290,7 @@ impl Store {
         let log = txn.open_table(REPLICA_LOG).ctx("open replica log")?;
         let replica = txn.open_table(REPLICA).ctx("open replica")?;
         let mut changes = Vec::new();
+        let mut bytes_taken = 0usize;
         let mut more = false;
         for entry in log
             .range(since.saturating_add(1)..)
@@ -295,9 +304,15 @@ impl Store {
             let Some(bytes) = replica.get(key.value()).ctx("read replica entry")? else {
                 continue;
             };
+            let size = bytes.value().len();
+            if !changes.is_empty() && bytes_taken.saturating_add(size) > max_bytes {
+                more = true;
+                break;
+            }
             let logged = decode_entry(bytes.value())?;
             // Unsigned entries (a node that ran alone, before it signed them) are not handed on.
             if with_unsigned || !logged.change.signature.is_empty() {
+                bytes_taken = bytes_taken.saturating_add(size);
                 changes.push(logged);
             }
         }
@@ -317,7 +332,18 @@ impl Store {
         since: u64,
         limit: usize,
     ) -> Result<LogPage, StoreError> {
-        self.read_log(since, limit, true)
+        self.read_log(since, limit, usize::MAX, true)
+    }
+
+    /// [`log_since_unsigned`](Self::log_since_unsigned) with a byte budget.
+    #[cfg(test)]
+    pub(crate) fn log_since_unsigned_bytes(
+        &self,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read_log(since, limit, max_bytes, true)
     }
 
     /// The certificates this node holds for `authors` (DER).

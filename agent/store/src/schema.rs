@@ -23,9 +23,10 @@
 //!   schema 8 could not read the new entries.
 //! - 10: adds `outbox_decision_logs` (`OUTBOX_DECISION_LOGS`), the outbox's lane of decision logs
 //!   (`[decision_logs] sink = "mqtt"`). A build of schema 9 would never send the new lane.
-//! - 11: new audit entries are format 4 (`AuditRecord` carries shadow verdicts); documents gain
-//!   the `Rollout` kind (shadow versions and canary rollouts, replicated like every document).
-//!   Format 3 entries are read as they are. A build of schema 10 could read neither.
+//! - 11: new audit entries are format 4 (`AuditRecord` carries shadow verdicts); documents may be
+//!   OPA bundles (`DocKind::Bundle`, keys `bundle:<name>`) and rollouts (`DocKind::Rollout`:
+//!   shadow versions and canary rollouts), in the same tables. Format 3 entries are read as they
+//!   are. A build of schema 10 could read neither (its replica scans decode every entry).
 
 use redb::TableDefinition;
 
@@ -60,7 +61,7 @@ pub const POLICY_HISTORY: TableDefinition<(u64, u64), &[u8]> =
 /// The audit ring: sequence number -> encoded `AuditRecord`. Owned by `audit_ring`.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-/// Rego modules and data documents: `DocKind::key(name)` -> encoded `DocumentRecord`.
+/// Rego modules, data documents and bundles: `DocKind::key(name)` -> encoded `DocumentRecord`.
 pub const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
 /// Every change to a document: (key, version) -> encoded `DocumentChange`.

@@ -1,10 +1,11 @@
 //! OPA's REST API, with OPA's request and response shapes, so that OPA clients work against the
 //! agent unchanged: `policies.rs` (`/v1/policies`), `data.rs` (`/v1/data`), `decisions.rs`
 //! (`/v1/validate`, the default decision, batches), `query.rs` (`/v1/query`, `/v1/compile`),
-//! `server.rs` (`/v1/config`, `/v1/status`), and the agent's own `versions.rs` (history and
-//! rollback of modules and data documents). This file has what they share: OPA's error shape,
+//! `server.rs` (`/v1/config`, `/v1/status`), `bundles.rs` (`/v1/bundles`), and the agent's own
+//! `versions.rs` (history and rollback of modules and data documents). This file has what they share: OPA's error shape,
 //! its query parameters, and the one decision path.
 
+mod bundles;
 mod data;
 mod decisions;
 mod policies;
@@ -12,6 +13,7 @@ mod query;
 mod server;
 mod versions;
 
+pub use bundles::*;
 pub use data::*;
 pub use decisions::*;
 pub use policies::*;
@@ -94,6 +96,17 @@ impl From<OpaError> for OpaApiError {
                 format!("storage_not_found_error: /{path}: document does not exist"),
             ),
             OpaError::Data(other) => OpaApiError::invalid(other.to_string()),
+            OpaError::Bundle(err) => match err.kind {
+                agent_policy::opa::bundle::BundleErrorKind::TooLarge => {
+                    OpaApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", err.message)
+                }
+                agent_policy::opa::bundle::BundleErrorKind::Unverified => {
+                    OpaApiError::new(StatusCode::BAD_REQUEST, "bundle_unverified", err.message)
+                }
+                agent_policy::opa::bundle::BundleErrorKind::Invalid => {
+                    OpaApiError::invalid(err.message)
+                }
+            },
             OpaError::Store(err) => {
                 tracing::error!(error = %err, "OPA API request failed");
                 OpaApiError::new(
@@ -192,6 +205,7 @@ fn decide(
             input: input.cloned().unwrap_or(Value::Null),
             result: result.as_deref().cloned().unwrap_or(Value::Null),
             revision: decision.revision,
+            bundles: decision.bundles.as_ref().clone(),
             eval_ns: decision.eval_ns,
         });
     }

@@ -23,6 +23,7 @@ pub use agent_decision::summary::SummaryConfig;
 pub use agent_http::{AuthConfig, HttpConfig, LimitsConfig};
 pub use agent_mesh::MeshConfig;
 pub use agent_mqtt::{MqttConfig, UpstreamConfig};
+pub use agent_policy::opa::bundle::BundlesConfig;
 pub use agent_policy::opa::{FailMode, RegoConfig};
 
 /// Prefix of environment variables that override config keys (`audit.capacity` is
@@ -90,6 +91,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
+    pub bundles: BundlesConfig,
     pub mesh: MeshConfig,
     pub mqtt: MqttConfig,
     pub outbox: OutboxConfig,
@@ -115,6 +117,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
+            bundles: BundlesConfig::default(),
             mesh: MeshConfig::default(),
             mqtt: MqttConfig::default(),
             outbox: OutboxConfig::default(),
@@ -137,6 +140,9 @@ enum Kind {
     /// `true` or `false`.
     Bool,
 }
+
+/// Keys that hold tables or lists of tables: the config file sets them, no variable can.
+const FILE_ONLY_KEYS: &[&str] = &["bundles.keys", "bundles.sources"];
 
 /// Every key, with its type; an environment variable for any other key is refused as a typo.
 const KEYS: &[(&str, Kind)] = &[
@@ -167,6 +173,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("rego.cache_entries", Kind::Integer),
     ("rego.max_data_bytes", Kind::Integer),
     ("rego.max_memory_bytes", Kind::Integer),
+    ("bundles.max_bytes", Kind::Integer),
+    ("bundles.max_uncompressed_bytes", Kind::Integer),
+    ("bundles.max_files", Kind::Integer),
+    ("bundles.keyid", Kind::Text),
     ("mesh.tls_dir", Kind::Text),
     ("mesh.cluster_id", Kind::Text),
     ("mesh.gossip_listen", Kind::Text),
@@ -251,6 +261,7 @@ impl Config {
         self.limits.validate()?;
         self.audit.validate()?;
         self.rego.validate()?;
+        self.bundles.validate()?;
         self.mesh.validate()?;
         self.mqtt.validate()?;
         self.summary.validate()?;
@@ -320,6 +331,12 @@ fn apply_env(
         let Some(suffix) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if let Some(key) = FILE_ONLY_KEYS.iter().find(|key| env_var_name(key) == var) {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!("`{key}` holds tables: set it in the config file"),
+            });
+        }
         let Some((key, kind)) = KEYS.iter().find(|(key, _)| env_var_name(key) == var) else {
             let known: Vec<String> = KEYS.iter().map(|(k, _)| env_var_name(k)).collect();
             return Err(ConfigError::Env {

@@ -71,6 +71,10 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_REGO_FAIL_MODE", "fail_open"),
             ("MESH_AGENT_REGO_CACHE_TTL_SEC", "0"),
             ("MESH_AGENT_REGO_CACHE_ENTRIES", "3"),
+            ("MESH_AGENT_BUNDLES_MAX_BYTES", "2048"),
+            ("MESH_AGENT_BUNDLES_MAX_UNCOMPRESSED_BYTES", "4096"),
+            ("MESH_AGENT_BUNDLES_MAX_FILES", "5"),
+            ("MESH_AGENT_BUNDLES_KEYID", "k1"),
             ("MESH_AGENT_MESH_TLS_DIR", "/tls"),
             ("MESH_AGENT_MESH_CLUSTER_ID", "c"),
             ("MESH_AGENT_MESH_GOSSIP_LISTEN", "127.0.0.1:2"),
@@ -154,6 +158,13 @@ fn every_key_has_an_env_var_that_works() {
             max_data_bytes: 16 * 1024 * 1024,
             max_memory_bytes: 512 * 1024 * 1024,
         },
+        bundles: BundlesConfig {
+            max_bytes: 2048,
+            max_uncompressed_bytes: 4096,
+            max_files: 5,
+            keyid: "k1".into(),
+            ..BundlesConfig::default()
+        },
         mesh: MeshConfig {
             tls_dir: Some("/tls".into()),
             cluster_id: "c".into(),
@@ -225,6 +236,7 @@ fn every_key_has_an_env_var_that_works() {
     }
     found.sort();
     let mut listed: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
+    listed.extend(FILE_ONLY_KEYS.iter().map(|k| k.to_string()));
     listed.sort();
     assert_eq!(found, listed);
 }
@@ -276,4 +288,27 @@ fn errors_say_where_and_what() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("node_id") && err.contains("` `"), "{err}");
+}
+
+#[test]
+fn bundles_come_from_the_file_and_are_checked() {
+    let file = write(
+        "[bundles.keys.k1]\nalgorithm = \"ES256\"\nkey_file = \"/k.pem\"\n\
+         [[bundles.sources]]\nname = \"authz\"\nurl = \"http://127.0.0.1:9/b.tar.gz\"\n",
+    );
+    let config = Config::load(Some(file.path()), env(&[])).unwrap();
+    assert_eq!(config.bundles.sources[0].min_delay_sec, 60);
+    assert_eq!(config.bundles.sources[0].max_delay_sec, 120);
+    assert_eq!(config.bundles.configured_names(), ["authz"]);
+    let https = write(
+        "[[bundles.sources]]\nname = \"authz\"\nurl = \"https://bundles.example/b.tar.gz\"\n",
+    );
+    let err = Config::load(Some(https.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bundles.sources.ca_file"), "{err}");
+    let err = Config::load(None, env(&[("MESH_AGENT_BUNDLES_SOURCES", "x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set it in the config file"), "{err}");
 }

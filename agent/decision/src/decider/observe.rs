@@ -72,6 +72,7 @@ impl Decider {
                 "policies_evaluated": evaluation.verdicts.len(),
             }),
             revision: evaluation.set.revision(),
+            bundles: Default::default(),
             eval_ns: evaluation.elapsed_ns,
         });
     }

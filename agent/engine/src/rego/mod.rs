@@ -13,7 +13,7 @@
 //! data, rules it cannot compile) go to the interpreter.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +123,8 @@ pub struct RegoSet {
     /// Each module's outline (package, rule names), by module id: made once, when the set is
     /// built, for `GET /v1/policies`.
     outlines: HashMap<String, ModuleOutline>,
+    /// The revision of every bundle in the set, by bundle name (decision logs carry them).
+    bundles: Arc<BTreeMap<String, String>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -208,6 +210,7 @@ impl RegoSet {
                 .iter()
                 .filter_map(|m| outline(&m.id, &m.text).ok().map(|o| (m.id.clone(), o)))
                 .collect(),
+            bundles: Arc::default(),
         })
     }
 
@@ -224,6 +227,7 @@ impl RegoSet {
             modules: 0,
             packages: Vec::new(),
             outlines: HashMap::new(),
+            bundles: Arc::default(),
         }
     }
 
@@ -231,6 +235,17 @@ impl RegoSet {
     pub fn at_revision(mut self, revision: u64) -> RegoSet {
         self.revision = revision;
         self
+    }
+
+    /// The same set, saying which bundles (name -> revision) it holds.
+    pub fn with_bundles(mut self, bundles: BTreeMap<String, String>) -> RegoSet {
+        self.bundles = Arc::new(bundles);
+        self
+    }
+
+    /// The revision of every bundle in this set, by name.
+    pub fn bundle_revisions(&self) -> Arc<BTreeMap<String, String>> {
+        Arc::clone(&self.bundles)
     }
 
     /// The store revision this set was built from: part of every cache key.

@@ -118,6 +118,19 @@ pub fn tree(docs: &[DocumentRecord]) -> Result<Value, DataError> {
     Ok(root)
 }
 
+/// Makes `value` the data at `path` of `tree` (`None`: removes what is there): how a bundle's data
+/// takes the place of whatever lies under its roots.
+pub fn replace_at(tree: &mut Value, path: &str, value: Option<Value>) {
+    let path = segments(path);
+    match value {
+        Some(value) => set_at(tree, &path, value),
+        None if path.is_empty() => *tree = Value::Object(Map::new()),
+        None => {
+            remove_at(tree, &path);
+        }
+    }
+}
+
 fn set_at(target: &mut Value, path: &[&str], value: Value) {
     let Some((last, parents)) = path.split_last() else {
         *target = value;

@@ -25,6 +25,8 @@ pub struct Decision {
     pub cached: bool,
     /// Revision of the policy set that answered.
     pub revision: u64,
+    /// The revision of each bundle in that set, by name.
+    pub bundles: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// Makes decisions: cache lookup, evaluation, metrics.
@@ -78,6 +80,7 @@ impl Evaluator {
                 eval_ns: 0,
                 cached: true,
                 revision: set.revision(),
+                bundles: set.bundle_revisions(),
             };
         }
         let started = Instant::now();
@@ -117,6 +120,7 @@ impl Evaluator {
             eval_ns: elapsed.as_nanos() as u64,
             cached: false,
             revision: set.revision(),
+            bundles: set.bundle_revisions(),
         }
     }
 }

@@ -20,6 +20,11 @@ struct OpaOutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BundleOutcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpaErrorLabel {
     error_type: &'static str,
 }
@@ -35,6 +40,8 @@ pub struct OpaMetrics {
     pub cache_hits: Counter,
     pub cache_requests: Counter,
     pub rego_modules: Gauge,
+    bundle_activations: Family<BundleOutcome, Counter>,
+    bundles_active: Gauge,
 }
 
 impl OpaMetrics {
@@ -48,6 +55,8 @@ impl OpaMetrics {
             cache_hits: Counter::default(),
             cache_requests: Counter::default(),
             rego_modules: Gauge::default(),
+            bundle_activations: Family::default(),
+            bundles_active: Gauge::default(),
         };
         registry.register(
             "opa_evaluations",
@@ -79,7 +88,40 @@ impl OpaMetrics {
             "Rego modules loaded",
             metrics.rego_modules.clone(),
         );
+        registry.register(
+            "bundle_activations",
+            "OPA bundles activated on this node, or refused (pushed, downloaded or merged: not \
+             verified, overlapping roots, not compiling), by outcome",
+            metrics.bundle_activations.clone(),
+        );
+        for outcome in ["activated", "refused"] {
+            let _ = metrics
+                .bundle_activations
+                .get_or_create(&BundleOutcome { outcome });
+        }
+        registry.register(
+            "bundles_active",
+            "OPA bundles in the Rego set",
+            metrics.bundles_active.clone(),
+        );
         metrics
+    }
+
+    /// Counts a bundle activated; `active` bundles are in the set now.
+    pub fn bundle_activated(&self, active: usize) {
+        self.bundle_activations
+            .get_or_create(&BundleOutcome {
+                outcome: "activated",
+            })
+            .inc();
+        self.bundles_active.set(active as i64);
+    }
+
+    /// Counts a bundle refused.
+    pub fn bundle_refused(&self) {
+        self.bundle_activations
+            .get_or_create(&BundleOutcome { outcome: "refused" })
+            .inc();
     }
 
     /// Counts one Rego evaluation of `policy` (a data path), its time, and its error if any.

@@ -1,7 +1,9 @@
 //! What replaces the orchestrator's OPA server: Rego modules and data kept in the store
 //! ([`RegoService`]), decisions with a cache and a fail mode ([`Evaluator`]), and the aggregated
-//! validation of several policies ([`validate`]).
+//! validation of several policies ([`validate`]), and OPA bundles ([`bundle`]), which the
+//! service activates beside the modules and data written one by one.
 
+pub mod bundle;
 mod cache;
 mod config;
 pub mod data_tree;
@@ -16,7 +18,7 @@ use agent_store::StoreError;
 pub use config::{FailMode, RegoConfig};
 pub use evaluator::{Decision, Evaluator, fail_decision};
 pub use metrics::OpaMetrics;
-pub use service::RegoService;
+pub use service::{BundleInfo, BundleStatus, PollNote, PutBundle, RegoService};
 
 /// Why a module or data change was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum OpaError {
     Changed(String),
     #[error(transparent)]
     Data(#[from] data_tree::DataError),
+    /// A bundle that was refused (malformed, too large, or not verified).
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     #[error(transparent)]
     Store(Box<StoreError>),
 }

@@ -1,8 +1,11 @@
-//! The one way Rego modules and data documents change: check that the result compiles, write the
-//! store, then swap the compiled set into the engine. A change that does not compile is refused and
-//! the previous version stays in force.
+//! The one way Rego modules, data documents and bundles change: check that the result compiles,
+//! write the store, then swap the compiled set into the engine. A change that does not compile is
+//! refused and the previous version stays in force. Bundles (`bundles.rs`) join the set beside
+//! the modules and data written one by one, and own their roots.
 
-use std::sync::{Arc, Mutex};
+mod bundles;
+
+use std::sync::{Arc, Mutex, RwLock};
 
 use mesh_proto::{ChangeOp, DocKind, DocumentChange, DocumentRecord};
 use serde_json::Value;
@@ -12,9 +15,12 @@ use agent_engine::rego::{ModuleSource, RegoEngine, RegoSet, RegoSettings};
 use agent_store::{DocWrite, Store};
 
 use super::OpaError;
+use super::bundle::{Limits, Verification};
 use super::data_tree;
 use super::metrics::OpaMetrics;
 use crate::rollout::{Overlays, Subject, read_rollouts};
+
+pub use bundles::{BundleInfo, BundleStatus, PollNote, PutBundle};
 
 /// Rego module and data reads and writes, keeping the engine in step with the store.
 pub struct RegoService {
@@ -25,6 +31,11 @@ pub struct RegoService {
     /// The most bytes all data documents may take together (`rego.max_data_bytes`).
     max_data_bytes: u64,
     write_lock: Mutex<()>,
+    /// The keys bundles are verified with on this node, and the limits they are read under.
+    verification: Arc<Verification>,
+    limits: Limits,
+    /// The bundles in the set now, and every bundle's status.
+    bundles: RwLock<bundles::BundleState>,
     /// What open rollouts ask of this node (canary candidates it applies, subjects no ordinary
     /// write may change), read on every reload.
     overlays: Mutex<Overlays>,
@@ -42,6 +53,26 @@ impl RegoService {
         settings: RegoSettings,
         metrics: OpaMetrics,
     ) -> Result<RegoService, OpaError> {
+        Self::with_bundles(
+            store,
+            engine,
+            settings,
+            metrics,
+            Verification::default(),
+            bundles::DEFAULT_LIMITS,
+        )
+    }
+
+    /// [`new`](Self::new), verifying bundles with `verification` and reading them under `limits`
+    /// (`[bundles]`). Stored bundles are verified with these keys before they are activated.
+    pub fn with_bundles(
+        store: Arc<Store>,
+        engine: Arc<RegoEngine>,
+        settings: RegoSettings,
+        metrics: OpaMetrics,
+        verification: Verification,
+        limits: Limits,
+    ) -> Result<RegoService, OpaError> {
         let service = RegoService {
             store,
             engine,
@@ -49,17 +80,15 @@ impl RegoService {
             metrics,
             max_data_bytes: u64::MAX,
             write_lock: Mutex::new(()),
+            verification: Arc::new(verification),
+            limits,
+            bundles: RwLock::new(bundles::BundleState::default()),
             overlays: Mutex::new(Overlays::default()),
             overlay_failures: Mutex::new(Vec::new()),
         };
         service.read_overlays()?;
-        let modules = service.store.list_documents(DocKind::RegoModule)?;
-        let data = service.store.list_documents(DocKind::Data)?;
-        match service.build(&modules, &data) {
-            Ok(set) => service.swap(set.at_revision(service.store.revision()?)),
-            Err(err) => {
-                error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
-            }
+        if let Err(err) = service.load_all("start") {
+            error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
         }
         Ok(service)
     }
@@ -84,6 +113,7 @@ impl RegoService {
         if id.trim_matches('/').is_empty() {
             return Err(OpaError::BadRequest("a policy id must not be empty".into()));
         }
+        self.check_module_scope(id, Some(&text))?;
         self.change_locked(vec![DocWrite::Put {
             kind: DocKind::RegoModule,
             name: id.to_owned(),
@@ -94,6 +124,7 @@ impl RegoService {
     pub fn delete_module(&self, id: &str) -> Result<(), OpaError> {
         let _guard = self.lock();
         self.guard_module(id)?;
+        self.check_module_scope(id, None)?;
         if self.store.get_document(DocKind::RegoModule, id)?.is_none() {
             return Err(OpaError::NotFound(format!("policy id {id:?}")));
         }
@@ -104,14 +135,23 @@ impl RegoService {
         .map(|_| ())
     }
 
+    /// A module by id: one written through the API or policy files, or one of a bundle's.
     pub fn get_module(&self, id: &str) -> Result<DocumentRecord, OpaError> {
-        self.store
-            .get_document(DocKind::RegoModule, id)?
+        if let Some(module) = self.store.get_document(DocKind::RegoModule, id)? {
+            return Ok(module);
+        }
+        self.bundle_modules()
+            .into_iter()
+            .find(|m| m.name == id)
             .ok_or_else(|| OpaError::NotFound(format!("policy id {id:?}")))
     }
 
+    /// Every module, those of bundles included (under their ids, `<bundle>/<path>`), by id.
     pub fn list_modules(&self) -> Result<Vec<DocumentRecord>, OpaError> {
-        Ok(self.store.list_documents(DocKind::RegoModule)?)
+        let mut modules = self.store.list_documents(DocKind::RegoModule)?;
+        modules.extend(self.bundle_modules());
+        modules.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(modules)
     }
 
     /// Makes `value` the data at `path` (OPA's `PUT /v1/data/{path}`).
@@ -122,6 +162,7 @@ impl RegoService {
     }
 
     fn put_data_locked(&self, path: &str, value: Value) -> Result<bool, OpaError> {
+        self.check_path_scope(path)?;
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::put(&docs, path, value)?;
         self.change_locked(writes)
@@ -136,6 +177,7 @@ impl RegoService {
         use json_patch::PatchOperation;
         let _guard = self.lock();
         self.guard_data(path)?;
+        self.check_path_scope(path)?;
         let mut docs = self.store.list_documents(DocKind::Data)?;
         let mut tree = data_tree::tree(&docs)?;
         let base: Vec<String> = data_tree::normalize(path)
@@ -212,6 +254,7 @@ impl RegoService {
     pub fn delete_data(&self, path: &str) -> Result<(), OpaError> {
         let _guard = self.lock();
         self.guard_data(path)?;
+        self.check_path_scope(path)?;
         let docs = self.store.list_documents(DocKind::Data)?;
         let writes = data_tree::delete(&docs, path)?;
         self.change_locked(writes).map(|_| ())
@@ -222,7 +265,7 @@ impl RegoService {
     pub fn history(&self, kind: DocKind, name: &str) -> Result<Vec<DocumentChange>, OpaError> {
         let name = match kind {
             DocKind::Data => data_tree::normalize(name),
-            DocKind::RegoModule => name.to_owned(),
+            DocKind::RegoModule | DocKind::Bundle => name.to_owned(),
             DocKind::Rollout => {
                 return Err(OpaError::BadRequest(
                     "rollouts have no Rego history; see GET /rollouts".into(),
@@ -268,6 +311,17 @@ impl RegoService {
                 self.put_data(&target.document.name, value).map(|_| ())
             }
             DocKind::RegoModule => self.put_module(&target.document.name, body).map(|_| ()),
+            // A bundle's old version is pushed again: verified with today's keys first.
+            DocKind::Bundle => {
+                let stored = super::bundle::StoredBundle::parse(&body)?;
+                self.put_bundle(PutBundle {
+                    name: &target.document.name,
+                    archive: &stored.archive()?,
+                    source: &stored.source,
+                    etag: &stored.etag,
+                })
+                .map(|_| ())
+            }
             DocKind::Rollout => Err(OpaError::BadRequest(
                 "a rollout is not rolled back; cancel it (POST /rollouts/{id}/cancel)".into(),
             )),
@@ -284,25 +338,14 @@ impl RegoService {
     }
 
     /// Recompiles what the store holds and swaps it in: after the mesh merged changes from peers.
-    /// If the merged set does not compile here (it compiled at its author), the set in force stays.
+    /// Every bundle that changed is verified again with this node's keys; one that does not
+    /// verify or compile is not activated (its status says why). If the merged modules do not
+    /// compile here (they compiled at their author), the set in force stays.
     pub fn reload(&self) -> Result<(), OpaError> {
         let _guard = self.lock();
         self.read_overlays()?;
-        let modules = self.store.list_documents(DocKind::RegoModule)?;
-        let data = self.store.list_documents(DocKind::Data)?;
-        let revision = self.store.revision()?;
-        match self.build(&modules, &data) {
-            Ok(set) => {
-                info!(
-                    revision,
-                    modules = modules.len(),
-                    "Rego policy set loaded (merged from the mesh)"
-                );
-                self.swap(set.at_revision(revision));
-            }
-            Err(err) => {
-                error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
-            }
+        if let Err(err) = self.load_all("merged from the mesh") {
+            error!(error = %err, "merged Rego modules do not compile here; the previous set stays in force")
         }
         Ok(())
     }
@@ -340,7 +383,8 @@ impl RegoService {
                 self.max_data_bytes
             )));
         }
-        let set = self.build(&modules, &data)?;
+        let active = self.active_bundles();
+        let set = self.build(&modules, &data, &active)?;
         let written = self.store.write_documents(writes)?;
         if written.is_empty() {
             return Ok(false);
@@ -351,13 +395,14 @@ impl RegoService {
         Ok(true)
     }
 
-    /// The set of `modules` and `data` with this node's canary candidates applied. A candidate
-    /// that does not compile with the rest is left out (and noted, which fails its rollout):
-    /// the set is then built without it.
+    /// The set of `modules`, `data` and `bundles` with this node's canary candidates applied. A
+    /// candidate that does not compile with the rest is left out (and noted, which fails its
+    /// rollout) if the rest compiles without it.
     fn build(
         &self,
         modules: &[DocumentRecord],
         data: &[DocumentRecord],
+        bundles: &[Arc<super::bundle::Bundle>],
     ) -> Result<RegoSet, OpaError> {
         let overlays = self
             .overlays
@@ -365,7 +410,7 @@ impl RegoService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         if overlays.modules.is_empty() && overlays.data.is_empty() {
-            return self.build_plain(modules, data);
+            return self.build_plain(modules, data, bundles);
         }
         let mut with_modules = modules.to_vec();
         let mut with_data = data.to_vec();
@@ -389,14 +434,14 @@ impl RegoService {
             .overlay_failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.build_plain(&with_modules, &with_data) {
+        match self.build_plain(&with_modules, &with_data, bundles) {
             Ok(set) => {
                 failures.retain(|(rollout, _)| !applied.contains(rollout));
                 Ok(set)
             }
             Err(err) => {
                 // Without the candidates: if that fails too, the fault is not theirs.
-                let plain = self.build_plain(modules, data)?;
+                let plain = self.build_plain(modules, data, bundles)?;
                 error!(rollouts = ?applied, error = %err, "canary candidates do not compile here; running without them");
                 for rollout in applied {
                     if !failures.iter().any(|(r, _)| *r == rollout) {
@@ -408,20 +453,31 @@ impl RegoService {
         }
     }
 
+    /// Compiles modules, data documents and bundles into one set. A bundle's data takes the place
+    /// of whatever lies under its roots (it owns them); its modules join the others.
     fn build_plain(
         &self,
         modules: &[DocumentRecord],
         data: &[DocumentRecord],
+        bundles: &[Arc<super::bundle::Bundle>],
     ) -> Result<RegoSet, OpaError> {
-        let sources: Vec<ModuleSource> = modules
+        let mut sources: Vec<ModuleSource> = modules
             .iter()
             .map(|m| ModuleSource {
                 id: m.name.clone(),
                 text: m.body.clone(),
             })
             .collect();
-        let tree = data_tree::tree(data)?;
-        Ok(RegoSet::build(&sources, tree, 0, self.settings)?)
+        let mut tree = data_tree::tree(data)?;
+        let mut revisions = std::collections::BTreeMap::new();
+        for bundle in bundles {
+            sources.extend(bundle.modules.iter().cloned());
+            for root in &bundle.manifest.roots {
+                data_tree::replace_at(&mut tree, root, bundle.data_at(root).cloned());
+            }
+            revisions.insert(bundle.name.clone(), bundle.manifest.revision.clone());
+        }
+        Ok(RegoSet::build(&sources, tree, 0, self.settings)?.with_bundles(revisions))
     }
 
     /// Re-reads what the open rollouts ask of this node.
@@ -462,7 +518,7 @@ impl RegoService {
             body: text.to_owned(),
         }
         .apply_to(&mut modules);
-        self.build_plain(&modules, &data)?;
+        self.build_plain(&modules, &data, &self.active_bundles())?;
         Ok(base)
     }
 
@@ -486,7 +542,7 @@ impl RegoService {
                 self.max_data_bytes
             )));
         }
-        self.build_plain(&modules, &data)?;
+        self.build_plain(&modules, &data, &self.active_bundles())?;
         Ok(base)
     }
 
@@ -587,3 +643,6 @@ impl RegoService {
         self.engine.replace(set);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,438 @@
+//! OPA bundles end to end on five real agents in a gossip mesh, every agent verifying with the
+//! same ES256 key: a signed bundle pushed to one node is activated and evaluated on all five; an
+//! unsigned one and a tampered one are refused (400, saying why) and never appear on any node; a
+//! bundle polled from a bundle server (this test's, counting what it answers, with ETags and
+//! 304s) is downloaded once per revision for the whole mesh and served by all five; and
+//! `/health?bundles=true` answers 200 only once the configured bundle is activated.
+//!
+//! Keys, signatures and archives are made here, independently of the agent's code: ring signs
+//! the JWT of `.signatures.json` in OPA's format (`{"signatures": [JWT]}`, payload
+//! `{"files": [{"name", "hash", "algorithm"}]}`), with JSON files written in their canonical form
+//! so that their SHA-256 is OPA's. Waits are bounded by a generous patience, never asserted on.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::{Value, json};
+use test_support::mesh::Ca;
+use test_support::{Agent, wait_until};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// An ES256 key: the pair to sign with, and its public key as the agents' key file holds it.
+struct Key {
+    pair: EcdsaKeyPair,
+    public_pem: String,
+}
+
+fn key() -> Key {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    // SubjectPublicKeyInfo of a P-256 key: the fixed algorithm identifier, then the point.
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let body = base64::engine::general_purpose::STANDARD.encode(&spki);
+    let public_pem = format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n");
+    Key { pair, public_pem }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A compact JWS (ES256, `kid`), as `opa sign` makes it.
+fn jwt(key: &Key, payload: &Value) -> String {
+    let header = json!({"alg": "ES256", "kid": "test", "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(payload.to_string().as_bytes())
+    );
+    let signature = key
+        .pair
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    format!("{input}.{}", b64url(signature.as_ref()))
+}
+
+/// A `.tar.gz` with the names as `opa build` writes them (a leading `/`).
+fn targz(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    for (name, bytes) in files {
+        // The tar crate refuses to write absolute names: the header field is set directly.
+        let mut header = tar::Header::new_gnu();
+        let path = format!("/{name}");
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, bytes.as_slice()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A bundle owning `data.acme.<package>`, whose rule allows the users in its data. Signed with
+/// `key` when given; `tamper` changes the module after signing (it then allows everyone).
+fn bundle(
+    package: &str,
+    revision: &str,
+    users: &[&str],
+    key: Option<&Key>,
+    tamper: bool,
+) -> Vec<u8> {
+    // serde_json writes compact JSON with sorted keys: the canonical form OPA hashes.
+    let manifest = json!({"revision": revision, "roots": [format!("acme/{package}")]});
+    let module = format!(
+        "package acme.{package}\nimport rego.v1\ndefault allow := false\nallow if input.user in data.acme.{package}.users\n"
+    );
+    let data = json!({"users": users});
+    let mut files = vec![
+        (".manifest".to_string(), manifest.to_string().into_bytes()),
+        (format!("acme/{package}/policy.rego"), module.into_bytes()),
+        (
+            format!("acme/{package}/data.json"),
+            data.to_string().into_bytes(),
+        ),
+    ];
+    if let Some(key) = key {
+        let listed: Vec<Value> = files
+            .iter()
+            .map(|(name, bytes)| json!({"name": name, "hash": sha256_hex(bytes), "algorithm": "SHA-256"}))
+            .collect();
+        let token = jwt(key, &json!({"files": listed}));
+        let signatures = serde_json::to_vec_pretty(&json!({"signatures": [token]})).unwrap();
+        if tamper {
+            files[1].1 =
+                format!("package acme.{package}\nimport rego.v1\nallow := true\n").into_bytes();
+        }
+        files.push((".signatures.json".to_string(), signatures));
+    }
+    targz(&files)
+}
+
+/// What the bundle server serves: (ETag, archive), or nothing yet.
+type Served = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+
+/// A bundle server: serves one archive under an ETag (404 until there is one), answers `304`
+/// to `If-None-Match` with the current ETag, and counts what it answered.
+struct BundleServer {
+    addr: SocketAddr,
+    current: Served,
+    downloads: Arc<AtomicUsize>,
+    not_modified: Arc<AtomicUsize>,
+}
+
+impl BundleServer {
+    fn start() -> BundleServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = BundleServer {
+            addr: listener.local_addr().unwrap(),
+            current: Arc::default(),
+            downloads: Arc::default(),
+            not_modified: Arc::default(),
+        };
+        let (current, downloads, not_modified) = (
+            Arc::clone(&server.current),
+            Arc::clone(&server.downloads),
+            Arc::clone(&server.not_modified),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut if_none_match = None;
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("if-none-match")
+                    {
+                        if_none_match = Some(value.trim().to_string());
+                    }
+                }
+                let current = current.lock().unwrap().clone();
+                let response: Vec<u8> = match current {
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                    Some((etag, _)) if if_none_match.as_deref() == Some(etag.as_str()) => {
+                        not_modified.fetch_add(1, Ordering::SeqCst);
+                        format!(
+                            "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                        )
+                        .into_bytes()
+                    }
+                    Some((etag, body)) => {
+                        downloads.fetch_add(1, Ordering::SeqCst);
+                        let mut out = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/gzip\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        out.extend_from_slice(&body);
+                        out
+                    }
+                };
+                let _ = stream.write_all(&response);
+                let _ = stream.flush();
+                let mut rest = [0u8; 64];
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+                let _ = stream.read(&mut rest);
+            }
+        });
+        server
+    }
+
+    fn serve(&self, etag: &str, body: Vec<u8>) {
+        *self.current.lock().unwrap() = Some((etag.to_string(), body));
+    }
+}
+
+fn put_bundle(node: &Agent, name: &str, archive: &[u8]) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .put(node.url(&format!("/v1/bundles/{name}")))
+        .body(archive.to_vec())
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+/// Waits until `check` holds on every node.
+fn on_every_node(nodes: &[Agent], what: &str, check: impl Fn(&Agent) -> Result<(), String>) {
+    wait_until(PATIENCE, || {
+        let failing: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| check(n).err().map(|why| format!("n{}: {why}", i + 1)))
+            .collect();
+        failing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{what}: {failing:?}"))
+    });
+}
+
+fn allows(node: &Agent, package: &str, user: &str) -> Value {
+    let (_, answer) = node.post(
+        &format!("/v1/data/acme/{package}/allow"),
+        &json!({"input": {"user": user}}),
+    );
+    answer["result"].clone()
+}
+
+fn bundle_status(node: &Agent, name: &str) -> Value {
+    node.get("/v1/status").1["result"]["bundles"][name].clone()
+}
+
+#[test]
+fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
+    let key = key();
+    let server = BundleServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("bundle-key.pem");
+    std::fs::write(&key_file, &key.public_pem).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n\n\
+             [[bundles.sources]]\nname = \"polled\"\nurl = \"http://{}/bundles/polled.tar.gz\"\n\
+             min_delay_sec = 1\nmax_delay_sec = 1\n",
+            key_file.display().to_string(),
+            server.addr
+        ),
+    )
+    .unwrap();
+
+    let ca = Ca::new();
+    let config_arg = config.display().to_string();
+    let nodes = test_support::mesh::start(&ca, "bundles", 5, |options, _| {
+        options.arg("--config").arg(config_arg.clone())
+    });
+    on_every_node(&nodes, "all five alive", |n| {
+        let alive = test_support::mesh::alive_count(n);
+        (alive == 5).then_some(()).ok_or(format!("{alive} alive"))
+    });
+
+    // The configured bundle is not served yet: not healthy with ?bundles=true, healthy without.
+    for node in &nodes {
+        assert_eq!(node.get("/health?bundles=true").0, 500);
+        assert_eq!(node.get("/health").0, 200);
+    }
+
+    // A signed bundle pushed to n1 is activated and evaluated on all five.
+    let signed = bundle("authz", "v1", &["alice"], Some(&key), false);
+    let (status, answer) = put_bundle(&nodes[0], "authz", &signed);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["revision"], "v1");
+    on_every_node(&nodes, "the pushed bundle decides", |n| {
+        match (allows(n, "authz", "alice"), allows(n, "authz", "bob")) {
+            (Value::Bool(true), Value::Bool(false)) => Ok(()),
+            other => Err(format!("alice, bob: {other:?}")),
+        }
+    });
+    for node in &nodes {
+        let status = bundle_status(node, "authz");
+        assert_eq!(status["active_revision"], "v1", "{status}");
+        assert_eq!(status["type"], "snapshot");
+        assert_ne!(status["last_successful_activation"], NEVER);
+        assert!(status.get("code").is_none(), "{status}");
+    }
+    // Every member gossips the revision it runs.
+    wait_until(PATIENCE, || {
+        let members = nodes[0].get("/mesh/members").1["members"].clone();
+        let revisions: Vec<Value> = members
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["bundles"]["authz"].clone())
+            .collect();
+        (revisions.len() == 5 && revisions.iter().all(|r| r == "v1"))
+            .then_some(())
+            .ok_or(format!("{revisions:?}"))
+    });
+
+    // Unsigned and tampered bundles are refused where they are pushed, saying why.
+    let unsigned = bundle("evil", "e1", &["mallory"], None, false);
+    let (status, answer) = put_bundle(&nodes[1], "evil", &unsigned);
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing .signatures.json"),
+        "{answer}"
+    );
+    let tampered = bundle("authz", "v2", &["alice"], Some(&key), true);
+    let (status, answer) = put_bundle(&nodes[2], "authz", &tampered);
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("acme/authz/policy.rego: digest mismatch"),
+        "{answer}"
+    );
+    let (status, answer) = put_bundle(&nodes[3], "junk", b"not a bundle at all");
+    assert_eq!(status, 400, "{answer}");
+    // Writes under the bundle's roots are refused as OPA refuses them.
+    let (status, answer) = nodes[4].put("/v1/data/acme/authz/users", &json!(["mallory"]));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("owned by bundle \"authz\"")
+    );
+    // Markers written after the refusals on the nodes that refused: once every node has them,
+    // it has everything those nodes wrote before, and no refused bundle is anywhere.
+    nodes[1].put("/v1/data/markers/n2", &json!(true));
+    nodes[2].put("/v1/data/markers/n3", &json!(true));
+    on_every_node(&nodes, "markers", |n| {
+        let (_, answer) = n.get("/v1/data/markers");
+        (answer["result"] == json!({"n2": true, "n3": true}))
+            .then_some(())
+            .ok_or(answer.to_string())
+    });
+    for node in &nodes {
+        assert_eq!(node.get("/v1/bundles/evil").0, 404);
+        assert_eq!(node.get("/v1/bundles/junk").0, 404);
+        assert_eq!(bundle_status(node, "authz")["active_revision"], "v1");
+        assert_eq!(allows(node, "authz", "bob"), Value::Bool(false));
+        assert_eq!(allows(node, "evil", "mallory"), Value::Null);
+    }
+
+    // The polled bundle: once the server has it, one node downloads it and all five serve it.
+    // When each node last asked the server (never: no status yet, or Go's zero time).
+    let last_request = |n: &Agent| match bundle_status(n, "polled")["last_request"].as_str() {
+        Some(at) if at != NEVER => at.to_string(),
+        _ => NEVER.to_string(),
+    };
+    let polls_before: Vec<String> = nodes.iter().map(last_request).collect();
+    server.serve(
+        "\"p1\"",
+        bundle("polled", "p1", &["carol"], Some(&key), false),
+    );
+    on_every_node(&nodes, "the polled bundle decides", |n| {
+        match allows(n, "polled", "carol") {
+            Value::Bool(true) => Ok(()),
+            other => Err(format!("carol: {other}")),
+        }
+    });
+    // The poller goes on asking with the ETag the mesh holds, and is told nothing changed.
+    wait_until(PATIENCE, || {
+        let n = server.not_modified.load(Ordering::SeqCst);
+        (n >= 3).then_some(()).ok_or(format!("{n} 304s"))
+    });
+    assert_eq!(
+        server.downloads.load(Ordering::SeqCst),
+        1,
+        "one download per mesh"
+    );
+    for node in &nodes {
+        assert_eq!(node.get("/health?bundles=true").0, 200);
+        assert_eq!(bundle_status(node, "polled")["active_revision"], "p1");
+    }
+    // Exactly one node asked the server since it started serving.
+    let pollers: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| last_request(n) != polls_before[*i])
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(pollers.len(), 1, "nodes that polled: {pollers:?}");
+
+    // A new revision on the server: downloaded once more, for everyone.
+    let before = server.not_modified.load(Ordering::SeqCst);
+    server.serve(
+        "\"p2\"",
+        bundle("polled", "p2", &["dave"], Some(&key), false),
+    );
+    on_every_node(&nodes, "the new polled revision decides", |n| {
+        match (
+            allows(n, "polled", "dave"),
+            bundle_status(n, "polled")["active_revision"].clone(),
+        ) {
+            (Value::Bool(true), revision) if revision == "p2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    wait_until(PATIENCE, || {
+        let n = server.not_modified.load(Ordering::SeqCst);
+        (n >= before + 3).then_some(()).ok_or(format!("{n} 304s"))
+    });
+    assert_eq!(
+        server.downloads.load(Ordering::SeqCst),
+        2,
+        "one download per revision"
+    );
+}
