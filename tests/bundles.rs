@@ -436,3 +436,126 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
         "one download per revision"
     );
 }
+
+/// Which revision of the bundle `authz` decided on `node` (decisions carry bundle revisions in
+/// their provenance); each call with an input of its own, so none is answered from the cache.
+fn decided_revision(node: &Agent) -> Option<String> {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let (_, answer) = node.post(
+        "/v1/data/acme/authz/allow?provenance=true",
+        &json!({"input": {"user": format!("caller-{call}")}}),
+    );
+    answer["provenance"]["bundles"]["authz"]["revision"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_bundle_is_a_unit_of_rollout_canary_and_rollback() {
+    let key = key();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("bundle-key.pem");
+    std::fs::write(&key_file, &key.public_pem).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let ca = Ca::new();
+    let config_arg = config.display().to_string();
+    let nodes = test_support::mesh::start(&ca, "bundle-rollout", 5, |options, _| {
+        options.arg("--config").arg(config_arg.clone())
+    });
+    on_every_node(&nodes, "all five alive", |n| {
+        let alive = test_support::mesh::alive_count(n);
+        (alive == 5).then_some(()).ok_or(format!("{alive} alive"))
+    });
+    let v1 = bundle("authz", "v1", &["alice"], Some(&key), false);
+    let (status, answer) = put_bundle(&nodes[0], "authz", &v1);
+    assert_eq!(status, 200, "{answer}");
+    on_every_node(&nodes, "v1 decides", |n| match decided_revision(n) {
+        Some(rev) if rev == "v1" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+
+    // v2 with a canary plan: 202, the rollout; its canary nodes decide with v2 first.
+    let v2 = bundle("authz", "v2", &["alice", "bob"], Some(&key), false);
+    let response = reqwest::blocking::Client::new()
+        .put(
+            nodes[1]
+                .url("/v1/bundles/authz?canary_fraction=0.4&bake_sec=4&min_canary_evaluations=2"),
+        )
+        .body(v2)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let rollout: Value = response.json().unwrap();
+    assert_eq!(
+        rollout["subject"],
+        json!({"kind": "bundle", "name": "authz"})
+    );
+    assert_eq!(
+        rollout["candidate"]["bundle"]["revision"], "v2",
+        "{rollout}"
+    );
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    // An ordinary push of the bundle waits for the rollout.
+    let again = bundle("authz", "v3", &["carol"], Some(&key), false);
+    let (status, refused) = put_bundle(&nodes[1], "authz", &again);
+    assert_eq!(status, 409, "{refused}");
+    let canaries: Vec<usize> = rollout["plan"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap()[1..].parse::<usize>().unwrap() - 1)
+        .collect();
+    for &i in &canaries {
+        wait_until(PATIENCE, || match decided_revision(&nodes[i]) {
+            Some(rev) if rev == "v2" => Ok(()),
+            other => {
+                let (_, r) = nodes[i].get(&format!("/rollouts/{id}"));
+                (r["state"] != "baking")
+                    .then_some(())
+                    .ok_or(format!("n{}: {other:?}", i + 1))
+            }
+        });
+    }
+    // Healthy: it completes, and every node then decides with v2 (bob is allowed everywhere).
+    on_every_node(&nodes, "the completed bundle rollout", |n| {
+        decided_revision(n);
+        let (_, r) = n.get(&format!("/rollouts/{id}"));
+        (r["state"] == "completed")
+            .then_some(())
+            .ok_or(r.to_string())
+    });
+    on_every_node(&nodes, "v2 everywhere", |n| {
+        match (decided_revision(n), allows(n, "authz", "bob")) {
+            (Some(rev), Value::Bool(true)) if rev == "v2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // The ended rollout keeps no archive.
+    let (_, ended) = nodes[4].get(&format!("/rollouts/{id}"));
+    assert_eq!(ended["candidate"]["bundle"]["archive"], "", "{ended}");
+
+    // Rolled back to its first version from another node: v1 everywhere again.
+    let (_, versions) = nodes[3].get("/rego/versions?bundle=authz");
+    assert_eq!(
+        versions["result"].as_array().map(Vec::len),
+        Some(2),
+        "{versions}"
+    );
+    let (status, body) = nodes[3].post("/rego/rollback", &json!({"bundle": "authz", "version": 1}));
+    assert_eq!(status, 200, "{body}");
+    on_every_node(&nodes, "v1 again", |n| {
+        match (decided_revision(n), allows(n, "authz", "bob")) {
+            (Some(rev), Value::Bool(false)) if rev == "v1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}

@@ -138,6 +138,10 @@ pub struct StartRequest {
     /// For a data document: its new value.
     #[serde(default)]
     data: Option<Value>,
+    /// For a bundle: its `.tar.gz`, base64 (or `PUT /v1/bundles/{name}?canary_fraction=...`
+    /// with the archive as the body).
+    #[serde(default)]
+    bundle: Option<String>,
     canary: CanarySettings,
 }
 
@@ -162,32 +166,47 @@ pub async fn start(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let request: StartRequest = json::parse(&body?)?;
-    let candidate = match (
-        &request.subject,
-        request.policy,
-        request.module,
-        request.data,
-    ) {
-        (Subject::Policy { .. }, Some(patch), None, None) => {
-            CandidateInput::Policy(Box::new(patch))
-        }
-        (Subject::RegoModule { .. }, None, Some(text), None) => CandidateInput::RegoModule(text),
-        (Subject::Data { .. }, None, None, Some(value)) => CandidateInput::Data(value),
-        (subject, ..) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_rollout",
-                format!(
-                    "a rollout of a {} takes exactly one of `policy`, `module`, `data`: `{}`",
-                    subject_kind(subject),
-                    match subject {
-                        Subject::Policy { .. } => "policy",
-                        Subject::RegoModule { .. } => "module",
-                        Subject::Data { .. } => "data",
-                    }
-                ),
-            ));
-        }
+    let given = [
+        request.policy.is_some(),
+        request.module.is_some(),
+        request.data.is_some(),
+        request.bundle.is_some(),
+    ];
+    let wanted = match request.subject {
+        Subject::Policy { .. } => 0,
+        Subject::RegoModule { .. } => 1,
+        Subject::Data { .. } => 2,
+        Subject::Bundle { .. } => 3,
+    };
+    if given.iter().filter(|g| **g).count() != 1 || !given[wanted] {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rollout",
+            format!(
+                "a rollout of a {} takes exactly one of `policy`, `module`, `data`, `bundle`: `{}`",
+                subject_kind(&request.subject),
+                ["policy", "module", "data", "bundle"][wanted]
+            ),
+        ));
+    }
+    let candidate = if let Some(patch) = request.policy {
+        CandidateInput::Policy(Box::new(patch))
+    } else if let Some(text) = request.module {
+        CandidateInput::RegoModule(text)
+    } else if let Some(value) = request.data {
+        CandidateInput::Data(value)
+    } else {
+        let text = request.bundle.unwrap_or_default();
+        let archive =
+            agent_policy::opa::bundle::StoredBundle::decode_archive(&text).map_err(|err| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_rollout",
+                    format!("`bundle` must be the archive in base64: {err}"),
+                )
+                .with("field", "bundle")
+            })?;
+        CandidateInput::Bundle(archive)
     };
     canary(&state, request.subject, candidate, request.canary).await
 }
@@ -197,6 +216,7 @@ fn subject_kind(subject: &Subject) -> &'static str {
         Subject::Policy { .. } => "policy",
         Subject::RegoModule { .. } => "Rego module",
         Subject::Data { .. } => "data document",
+        Subject::Bundle { .. } => "bundle",
     }
 }
 

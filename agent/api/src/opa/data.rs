@@ -75,7 +75,7 @@ pub async fn get_data(
         &state,
         &path,
         input.as_ref(),
-        query.metrics,
+        Asked::from(&query),
         None,
     )))
 }
@@ -116,7 +116,7 @@ pub async fn post_data(
         &state,
         &path,
         input.as_ref(),
-        query.metrics,
+        Asked::from(&query),
         warning,
     )))
 }

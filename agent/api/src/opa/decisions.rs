@@ -32,7 +32,13 @@ pub async fn default_decision(
     } else {
         Some(parse_json(&body)?)
     };
-    let decided = decide(&state, "system/main", input.as_ref(), false, None);
+    let decided = decide(
+        &state,
+        "system/main",
+        input.as_ref(),
+        Asked::default(),
+        None,
+    );
     if let Some(error) = decided.error {
         return Err(OpaApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,10 +106,11 @@ pub async fn batch_decisions(
                         decision_id: uuid::Uuid::new_v4().to_string(),
                         metrics: None,
                         warning: None,
+                        provenance: None,
                     };
                     return (id, skipped);
                 }
-                let decided = decide(&state, &path, Some(&input), false, None);
+                let decided = decide(&state, &path, Some(&input), Asked::default(), None);
                 (id, decided)
             })
             .collect::<Vec<_>>()

@@ -149,6 +149,9 @@ impl From<tokio::task::JoinError> for OpaApiError {
 pub struct OpaQuery {
     #[serde(default, deserialize_with = "go_bool")]
     metrics: bool,
+    /// `?provenance=true`: which build and which bundle revisions answered (OPA's shape).
+    #[serde(default, deserialize_with = "go_bool")]
+    provenance: bool,
     /// `GET /v1/data?input=<JSON>`: the input, URL-encoded JSON (OPA takes it on GET too).
     input: Option<String>,
 }
@@ -178,6 +181,24 @@ pub struct DecisionBody {
     metrics: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provenance: Option<Value>,
+}
+
+/// What a decision says of its answer with `?provenance=true`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Asked {
+    metrics: bool,
+    provenance: bool,
+}
+
+impl From<&OpaQuery> for Asked {
+    fn from(query: &OpaQuery) -> Asked {
+        Asked {
+            metrics: query.metrics,
+            provenance: query.provenance,
+        }
+    }
 }
 
 /// Makes one decision. The result is shared with the cache, not copied.
@@ -185,7 +206,7 @@ fn decide(
     state: &AppState,
     path: &str,
     input: Option<&Value>,
-    metrics: bool,
+    asked: Asked,
     warning: Option<Value>,
 ) -> DecisionBody {
     let started = Instant::now();
@@ -213,7 +234,21 @@ fn decide(
         result,
         error,
         decision_id,
-        metrics: metrics.then(|| {
+        provenance: asked.provenance.then(|| {
+            let bundles: Map<String, Value> = decision
+                .bundles
+                .iter()
+                .map(|(name, revision)| (name.clone(), json!({"revision": revision})))
+                .collect();
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "build_commit": "",
+                "build_timestamp": "",
+                "build_hostname": "",
+                "bundles": bundles,
+            })
+        }),
+        metrics: asked.metrics.then(|| {
             json!({
                 "timer_rego_query_eval_ns": decision.eval_ns,
                 "timer_server_handler_ns": started.elapsed().as_nanos() as u64,

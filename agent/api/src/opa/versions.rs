@@ -1,24 +1,27 @@
-//! The agent's own (not OPA's): the history of a Rego module or data document, and rollback.
+//! The agent's own (not OPA's): the history of a Rego module, data document or bundle, and
+//! rollback.
 
 use super::*;
 
-/// Which document: `?module=ID` or `?data=PATH` (in a query or a rollback body).
+/// Which document: `?module=ID`, `?data=PATH` or `?bundle=NAME` (in a query or a rollback body).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentRef {
     module: Option<String>,
     data: Option<String>,
+    bundle: Option<String>,
     /// Rollback only: the version to write back.
     version: Option<u64>,
 }
 
 impl DocumentRef {
     fn target(&self) -> Result<(mesh_proto::DocKind, &str), OpaApiError> {
-        match (&self.module, &self.data) {
-            (Some(module), None) => Ok((mesh_proto::DocKind::RegoModule, module)),
-            (None, Some(data)) => Ok((mesh_proto::DocKind::Data, data)),
+        match (&self.module, &self.data, &self.bundle) {
+            (Some(module), None, None) => Ok((mesh_proto::DocKind::RegoModule, module)),
+            (None, Some(data), None) => Ok((mesh_proto::DocKind::Data, data)),
+            (None, None, Some(bundle)) => Ok((mesh_proto::DocKind::Bundle, bundle)),
             _ => Err(OpaApiError::invalid(
-                "name one document: `module` (a policy id) or `data` (a data path)",
+                "name one document: `module` (a policy id), `data` (a data path) or `bundle` (a bundle name)",
             )),
         }
     }

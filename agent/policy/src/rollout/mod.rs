@@ -16,7 +16,9 @@ mod overlay;
 pub mod rank;
 mod service;
 
-pub use model::{CanaryPlan, Candidate, Plan, PolicyCandidate, Rollout, State, Subject};
+pub use model::{
+    BundleCandidate, CanaryPlan, Candidate, Plan, PolicyCandidate, Rollout, State, Subject,
+};
 pub use overlay::{Overlays, candidate_record, read_rollouts};
 pub use service::{
     CanarySettings, CandidateInput, KEEP_ENDED, KEEP_ENDED_MS, MAX_OPEN, RolloutError,

@@ -22,6 +22,8 @@ pub enum Subject {
     RegoModule { id: String },
     /// A data document, by its `/`-separated path under `data`.
     Data { path: String },
+    /// An OPA bundle, by name: a unit of rollout (its modules and data change together).
+    Bundle { name: String },
 }
 
 impl Subject {
@@ -47,6 +49,7 @@ impl std::fmt::Display for Subject {
             Subject::Policy { id } => write!(f, "policy {id}"),
             Subject::RegoModule { id } => write!(f, "Rego module {id:?}"),
             Subject::Data { path } => write!(f, "data document {path:?}"),
+            Subject::Bundle { name } => write!(f, "bundle {name:?}"),
         }
     }
 }
@@ -61,6 +64,19 @@ pub enum Candidate {
     RegoModule(String),
     /// The data document's value.
     Data(Value),
+    /// The bundle's new version.
+    Bundle(BundleCandidate),
+}
+
+/// A bundle as the candidate of a rollout: its archive exactly as pushed (every node verifies it
+/// with its own keys), and its revision. Once the rollout ends the archive is dropped from it
+/// (the bundle document holds it if it was written): ended rollouts stay small.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleCandidate {
+    pub revision: String,
+    /// The `.tar.gz`, base64 (standard alphabet); empty once the rollout ended.
+    pub archive: String,
 }
 
 /// An incident rule's fields, as the candidate of a rollout.

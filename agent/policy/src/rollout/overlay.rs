@@ -23,6 +23,8 @@ pub struct Overlays {
     pub modules: Vec<(String, String, String)>,
     /// Data documents this node runs a canary candidate of: (rollout, path, value).
     pub data: Vec<(String, String, Value)>,
+    /// Bundles this node runs a canary candidate of: (rollout, name, archive in base64).
+    pub bundles: Vec<(String, String, String)>,
     /// Every subject with an open rollout, on any node, and the rollout's id.
     pub open: HashMap<Subject, String>,
 }
@@ -53,6 +55,9 @@ impl Overlays {
                 (Subject::Data { path }, Candidate::Data(value)) if !shadow => {
                     overlays.data.push((id, path.clone(), value.clone()))
                 }
+                (Subject::Bundle { name }, Candidate::Bundle(bundle)) if !shadow => overlays
+                    .bundles
+                    .push((id, name.clone(), bundle.archive.clone())),
                 _ => {
                     warn!(rollout = %rollout.id, subject = %rollout.subject, "rollout's candidate does not fit its subject; ignored")
                 }

@@ -12,9 +12,10 @@ use tracing::info;
 use agent_base::clock::now_ms;
 use agent_store::{DocWrite, Store, StoreError};
 
-use super::model::{CanaryPlan, Candidate, Plan, Rollout, State, Subject};
+use super::model::{BundleCandidate, CanaryPlan, Candidate, Plan, Rollout, State, Subject};
 use super::overlay::read_rollouts;
 use super::rank::canary_nodes;
+use crate::opa::bundle::StoredBundle;
 use crate::opa::data_tree;
 use crate::opa::{OpaError, RegoService};
 use crate::{PolicyError, PolicyPatch, PolicyService};
@@ -193,6 +194,16 @@ impl RolloutService {
                 let base = self.rego.check_data(path, &value)?;
                 (Candidate::Data(value), base)
             }
+            (Subject::Bundle { name }, CandidateInput::Bundle(archive)) => {
+                let (revision, base) = self.rego.check_bundle(name, &archive)?;
+                (
+                    Candidate::Bundle(BundleCandidate {
+                        revision,
+                        archive: StoredBundle::encode_archive(&archive),
+                    }),
+                    base,
+                )
+            }
             (subject, _) => {
                 return Err(RolloutError::invalid(
                     "candidate",
@@ -333,6 +344,11 @@ impl RolloutService {
             (Subject::Data { path }, Candidate::Data(value)) => {
                 Ok(self.rego.write_candidate_data(path, value.clone(), base)?)
             }
+            (Subject::Bundle { name }, Candidate::Bundle(bundle)) => {
+                let archive =
+                    StoredBundle::decode_archive(&bundle.archive).map_err(OpaError::from)?;
+                Ok(self.rego.write_candidate_bundle(name, &archive, base)?)
+            }
             (subject, _) => Err(RolloutError::Conflict(format!(
                 "rollout {}'s candidate does not fit its subject ({subject})",
                 rollout.id
@@ -427,6 +443,19 @@ impl RolloutService {
                 }
                 Ok(holds)
             }
+            (Subject::Bundle { name }, Candidate::Bundle(bundle)) => {
+                let Some(current) = self.store.get_document(DocKind::Bundle, name)? else {
+                    return Ok(false);
+                };
+                let revision = StoredBundle::parse(&current.body)
+                    .map(|stored| stored.revision)
+                    .unwrap_or_default();
+                let holds = current.version == base + 1 && revision == bundle.revision;
+                if holds {
+                    self.rego.rollback(DocKind::Bundle, name, base)?;
+                }
+                Ok(holds)
+            }
             (Subject::Data { path }, Candidate::Data(value)) => {
                 let Some(current) = self.store.get_document(DocKind::Data, path)? else {
                     return Ok(false);
@@ -472,12 +501,19 @@ impl RolloutService {
         }
     }
 
-    /// Stores `rollout` and applies it here.
+    /// Stores `rollout` and applies it here. An ended rollout keeps no bundle archive: the
+    /// bundle's document holds it if it was written, and ended rollouts are kept for a week.
     fn write(&self, rollout: &Rollout) -> Result<(), RolloutError> {
+        let mut stored = rollout.clone();
+        if !stored.state.is_open()
+            && let Candidate::Bundle(bundle) = &mut stored.candidate
+        {
+            bundle.archive.clear();
+        }
         self.store.write_documents(vec![DocWrite::Put {
             kind: DocKind::Rollout,
-            name: rollout.id.clone(),
-            body: rollout.encode(),
+            name: stored.id.clone(),
+            body: stored.encode(),
         }])?;
         self.reload()
     }
@@ -489,10 +525,12 @@ impl RolloutService {
     }
 }
 
-/// A candidate as a caller gives it: a patch of an incident rule, a module's source, a value.
+/// A candidate as a caller gives it: a patch of an incident rule, a module's source, a value,
+/// a bundle's archive.
 #[derive(Debug, Clone)]
 pub enum CandidateInput {
     Policy(Box<PolicyPatch>),
     RegoModule(String),
     Data(Value),
+    Bundle(Vec<u8>),
 }

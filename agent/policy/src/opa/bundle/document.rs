@@ -52,10 +52,20 @@ impl StoredBundle {
 
     /// The archive's bytes.
     pub fn archive(&self) -> Result<Vec<u8>, BundleError> {
+        Self::decode_archive(&self.archive)
+    }
+
+    /// An archive as bundle documents and rollouts carry it (base64), in bytes.
+    pub fn decode_archive(base64_text: &str) -> Result<Vec<u8>, BundleError> {
         base64::engine::general_purpose::STANDARD
-            .decode(&self.archive)
+            .decode(base64_text)
             .map_err(|err| {
                 BundleError::invalid(format!("the stored bundle's archive is not base64: {err}"))
             })
+    }
+
+    /// Bytes of an archive as bundle documents and rollouts carry it.
+    pub fn encode_archive(archive: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(archive)
     }
 }

@@ -161,6 +161,13 @@ impl RegoService {
     /// anything changed (the same archive pushed again changes nothing).
     pub fn put_bundle(&self, put: PutBundle<'_>) -> Result<(String, bool), OpaError> {
         let _guard = self.lock();
+        // Under the write lock: a bundle with an open rollout changes only through it.
+        self.guard_bundle(put.name)?;
+        self.put_bundle_locked(put)
+    }
+
+    /// [`put_bundle`](Self::put_bundle), under the write lock, past the rollout guard.
+    pub(super) fn put_bundle_locked(&self, put: PutBundle<'_>) -> Result<(String, bool), OpaError> {
         let bundle = Arc::new(
             Bundle::read(put.name, put.archive, &self.verification, &self.limits)
                 .inspect_err(|_| self.metrics.bundle_refused())?,
@@ -230,6 +237,7 @@ impl RegoService {
     /// Removes the bundle `name` (its modules and its data with it).
     pub fn delete_bundle(&self, name: &str) -> Result<(), OpaError> {
         let _guard = self.lock();
+        self.guard_bundle(name)?;
         if self.store.get_document(DocKind::Bundle, name)?.is_none() {
             return Err(OpaError::NotFound(format!("bundle {name:?}")));
         }

@@ -42,6 +42,8 @@ pub struct RegoService {
     /// Canary candidates this node was to apply and could not compile: (rollout, why). A canary
     /// that does not compile on one of its nodes fails.
     overlay_failures: Mutex<Vec<(String, String)>>,
+    /// The bundle candidates of `overlays`, read and verified once: (rollout, bundle).
+    overlay_bundles: Mutex<Vec<(String, Arc<super::bundle::Bundle>)>>,
 }
 
 impl RegoService {
@@ -85,6 +87,7 @@ impl RegoService {
             bundles: RwLock::new(bundles::BundleState::default()),
             overlays: Mutex::new(Overlays::default()),
             overlay_failures: Mutex::new(Vec::new()),
+            overlay_bundles: Mutex::new(Vec::new()),
         };
         service.read_overlays()?;
         if let Err(err) = service.load_all("start") {
@@ -409,12 +412,23 @@ impl RegoService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        if overlays.modules.is_empty() && overlays.data.is_empty() {
+        let candidate_bundles = self
+            .overlay_bundles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if overlays.modules.is_empty() && overlays.data.is_empty() && candidate_bundles.is_empty() {
             return self.build_plain(modules, data, bundles);
         }
         let mut with_modules = modules.to_vec();
         let mut with_data = data.to_vec();
+        let mut with_bundles = bundles.to_vec();
         let mut applied = Vec::new();
+        for (rollout, bundle) in &candidate_bundles {
+            with_bundles.retain(|b| b.name != bundle.name);
+            with_bundles.push(Arc::clone(bundle));
+            applied.push(rollout.clone());
+        }
         for (rollout, id, text) in &overlays.modules {
             DocWrite::Put {
                 kind: DocKind::RegoModule,
@@ -434,7 +448,7 @@ impl RegoService {
             .overlay_failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.build_plain(&with_modules, &with_data, bundles) {
+        match self.build_plain(&with_modules, &with_data, &with_bundles) {
             Ok(set) => {
                 failures.retain(|(rollout, _)| !applied.contains(rollout));
                 Ok(set)
@@ -488,11 +502,122 @@ impl RegoService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|(rollout, _)| overlays.open.values().any(|open| open == rollout));
+        // Bundle candidates are read and verified with this node's keys once per rollout; one
+        // that does not verify here fails its rollout like one that does not compile.
+        let mut parsed = self
+            .overlay_bundles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        parsed.retain(|(rollout, _)| overlays.bundles.iter().any(|(r, _, _)| r == rollout));
+        for (rollout, name, archive) in &overlays.bundles {
+            if parsed.iter().any(|(r, _)| r == rollout) {
+                continue;
+            }
+            let read = super::bundle::StoredBundle::decode_archive(archive).and_then(|bytes| {
+                super::bundle::Bundle::read(name, &bytes, &self.verification, &self.limits)
+            });
+            match read {
+                Ok(bundle) => parsed.push((rollout.clone(), Arc::new(bundle))),
+                Err(err) => {
+                    error!(rollout = %rollout, bundle = %name, error = %err, "the bundle candidate does not verify here; running without it");
+                    let mut failures = self
+                        .overlay_failures
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if !failures.iter().any(|(r, _)| r == rollout) {
+                        failures.push((rollout.clone(), err.to_string()));
+                    }
+                }
+            }
+        }
+        drop(parsed);
         *self
             .overlays
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = overlays;
         Ok(())
+    }
+
+    /// Checks that `archive` as bundle `name` verifies here, owns roots no other bundle owns and
+    /// compiles with everything else; returns its revision and the version of the bundle's
+    /// document now (none if new). Nothing is written.
+    pub fn check_bundle(
+        &self,
+        name: &str,
+        archive: &[u8],
+    ) -> Result<(String, Option<u64>), OpaError> {
+        let bundle = super::bundle::Bundle::read(name, archive, &self.verification, &self.limits)?;
+        let mut bundles = self.active_bundles();
+        bundles.retain(|b| b.name != name);
+        if let Some(other) = bundles.iter().find(|other| bundle.overlaps(other)) {
+            return Err(OpaError::BadRequest(format!(
+                "detected overlapping roots in bundle manifest with: [{}]",
+                other.name
+            )));
+        }
+        let revision = bundle.manifest.revision.clone();
+        bundles.push(Arc::new(bundle));
+        let modules = self.store.list_documents(DocKind::RegoModule)?;
+        let data = self.store.list_documents(DocKind::Data)?;
+        self.build_plain(&modules, &data, &bundles)?;
+        let base = self
+            .store
+            .get_document(DocKind::Bundle, name)?
+            .map(|d| d.version);
+        Ok((revision, base))
+    }
+
+    /// Writes a rollout's bundle candidate (pushed, as a push would be), unless the bundle moved
+    /// on from `base` meanwhile; returns the version of the bundle's document.
+    pub fn write_candidate_bundle(
+        &self,
+        name: &str,
+        archive: &[u8],
+        base: Option<u64>,
+    ) -> Result<u64, OpaError> {
+        let _guard = self.lock();
+        let current = self.store.get_document(DocKind::Bundle, name)?;
+        let holds = current.as_ref().is_some_and(|doc| {
+            super::bundle::StoredBundle::parse(&doc.body)
+                .ok()
+                .and_then(|stored| stored.archive().ok())
+                .is_some_and(|bytes| bytes == archive)
+        });
+        if !holds {
+            let now = current.as_ref().map(|d| d.version);
+            if now != base {
+                return Err(OpaError::Changed(format!(
+                    "bundle {name:?} changed during its rollout: the candidate was made from version {base:?}, it is at {now:?}"
+                )));
+            }
+            self.put_bundle_locked(PutBundle {
+                name,
+                archive,
+                source: "push",
+                etag: "",
+            })?;
+        }
+        Ok(self
+            .store
+            .get_document(DocKind::Bundle, name)?
+            .map_or(0, |d| d.version))
+    }
+
+    /// Refuses an ordinary write of a bundle that has an open rollout.
+    pub(super) fn guard_bundle(&self, name: &str) -> Result<(), OpaError> {
+        let overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let subject = Subject::Bundle {
+            name: name.to_owned(),
+        };
+        match overlays.open_on(&subject) {
+            Some(rollout) => Err(OpaError::InRollout(format!(
+                "{subject} has rollout {rollout} open; cancel it or wait for it (GET /rollouts/{rollout})"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Canary candidates this node should run and cannot compile: (rollout, why).
