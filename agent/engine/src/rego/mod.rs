@@ -26,6 +26,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 mod outline;
 mod parse_cost;
+pub mod partial;
 mod path;
 mod recursion;
 
@@ -123,6 +124,8 @@ pub struct RegoSet {
     /// Each module's outline (package, rule names), by module id: made once, when the set is
     /// built, for `GET /v1/policies`.
     outlines: HashMap<String, ModuleOutline>,
+    /// The parsed modules (shared with the engine), for partial evaluation.
+    modules_ast: Vec<regorus::unstable::Ref<regorus::unstable::Module>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -177,6 +180,7 @@ impl RegoSet {
         }
         // Before anything evaluates: regorus would recurse until the stack overflows.
         recursion::check(engine.get_modules())?;
+        let modules_ast = engine.get_modules().clone();
         let packages = engine
             .get_modules()
             .iter()
@@ -208,6 +212,7 @@ impl RegoSet {
                 .iter()
                 .filter_map(|m| outline(&m.id, &m.text).ok().map(|o| (m.id.clone(), o)))
                 .collect(),
+            modules_ast,
         })
     }
 
@@ -224,6 +229,7 @@ impl RegoSet {
             modules: 0,
             packages: Vec::new(),
             outlines: HashMap::new(),
+            modules_ast: Vec::new(),
         }
     }
 
