@@ -190,6 +190,22 @@ pub(super) fn location(span: &Span) -> Location {
     }
 }
 
+/// Where an expression starts (regorus's spans of references, calls and infix expressions start
+/// at their `.`, `[`, `(` or operator).
+fn start(expr: &Expr) -> &Span {
+    match expr {
+        Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => start(refr),
+        Expr::Call { fcn, .. } => start(fcn),
+        Expr::BinExpr { lhs, .. }
+        | Expr::BoolExpr { lhs, .. }
+        | Expr::ArithExpr { lhs, .. }
+        | Expr::AssignExpr { lhs, .. } => start(lhs),
+        Expr::Membership { key: Some(key), .. } => start(key),
+        Expr::Membership { value, .. } => start(value),
+        other => other.span(),
+    }
+}
+
 fn unsupported(construct: impl Into<String>, span: &Span) -> PartialError {
     PartialError::Unsupported {
         construct: construct.into(),
@@ -652,7 +668,7 @@ impl<'a> Evaluator<'a> {
                             "a rule whose value is the rule `{}`, which depends on unknowns",
                             path_text(&path)
                         ),
-                        expr.span(),
+                        start(expr),
                     ));
                 }
             }),
@@ -792,11 +808,11 @@ impl<'a> Evaluator<'a> {
                          `startswith`, `endswith` and `contains` can take them)",
                         fcn.span().text()
                     ),
-                    expr.span(),
+                    start(fcn),
                 ),
                 _ => unsupported(
                     format!("the expression `{}` over unknowns", expr.span().text()),
-                    expr.span(),
+                    start(expr),
                 ),
             });
         };
@@ -805,7 +821,7 @@ impl<'a> Evaluator<'a> {
                 let Some(Tpl::Ref(base)) = build.templates.get(&root).cloned() else {
                     return Err(unsupported(
                         format!("the variable `{root}` bound to a value computed from unknowns"),
-                        expr.span(),
+                        start(expr),
                     ));
                 };
                 let mut path = base;
@@ -844,7 +860,7 @@ impl<'a> Evaluator<'a> {
                             Term::Ref(u.clone())
                         )
                     };
-                    return Err(unsupported(construct, expr.span()));
+                    return Err(unsupported(construct, start(expr)));
                 }
                 // A rule (or rules) that read unknowns.
                 let paths: Vec<Vec<String>> =
@@ -873,11 +889,11 @@ impl<'a> Evaluator<'a> {
                             path_text(&rule)
                         )
                     };
-                    return Err(unsupported(construct, expr.span()));
+                    return Err(unsupported(construct, start(expr)));
                 }
                 Err(unsupported(
                     format!("the reference `{shown}` over unknowns"),
-                    expr.span(),
+                    start(expr),
                 ))
             }
         }
@@ -943,7 +959,7 @@ impl<'a> Evaluator<'a> {
                 return Err(unsupported("`some` over unknowns", &stmt.span));
             }
         };
-        let location = location(expr.span());
+        let location = location(start(expr));
         let piece = match expr.as_ref() {
             Expr::BoolExpr { op, lhs, rhs, .. } => Piece::Call {
                 op: Op::from_bool_op(op),
@@ -983,7 +999,7 @@ impl<'a> Evaluator<'a> {
                                 "membership in an unknown collection (`{}`)",
                                 collection.span().text()
                             ),
-                            collection.span(),
+                            start(collection),
                         ));
                     }
                 };
@@ -995,7 +1011,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
             Expr::Membership { key: Some(_), .. } => {
-                return Err(unsupported("`key, value in ...` over unknowns", expr.span()));
+                return Err(unsupported("`key, value in ...` over unknowns", start(expr)));
             }
             Expr::Call { fcn, params, .. } => {
                 let name = fcn.span().text();
@@ -1009,14 +1025,14 @@ impl<'a> Evaluator<'a> {
                                 "unknowns inside the call of `{name}` (only comparisons, `in`, \
                                  `startswith`, `endswith` and `contains` can take them)"
                             ),
-                            expr.span(),
+                            start(fcn),
                         ));
                     }
                 };
                 if scope.resolve(name) != Name::Local {
                     return Err(unsupported(
                         format!("a call of the function `{name}` over unknowns"),
-                        expr.span(),
+                        start(expr),
                     ));
                 }
                 let args = [
@@ -1026,7 +1042,7 @@ impl<'a> Evaluator<'a> {
                 if !matches!(args[1], Side::T(Tpl::Hole(_))) {
                     return Err(unsupported(
                         format!("an unknown as the second argument of `{name}`"),
-                        params[1].span(),
+                        start(&params[1]),
                     ));
                 }
                 Piece::Call {
@@ -1044,7 +1060,7 @@ impl<'a> Evaluator<'a> {
             other => {
                 return Err(unsupported(
                     format!("the expression `{}` over unknowns", other.span().text()),
-                    other.span(),
+                    start(other),
                 ));
             }
         };
