@@ -1,10 +1,12 @@
 //! OPA's REST API, with OPA's request and response shapes, so that OPA clients work against the
 //! agent unchanged: `policies.rs` (`/v1/policies`), `data.rs` (`/v1/data`), `decisions.rs`
-//! (`/v1/validate`, the default decision, batches), `query.rs` (`/v1/query`, `/v1/compile`),
+//! (`/v1/validate`, the default decision, batches), `query.rs` (`/v1/query`), `compile.rs`
+//! (`/v1/compile`, `/v1/compile/{path}`: partial evaluation and data filters),
 //! `server.rs` (`/v1/config`, `/v1/status`), and the agent's own `versions.rs` (history and
 //! rollback of modules and data documents). This file has what they share: OPA's error shape,
 //! its query parameters, and the one decision path.
 
+mod compile;
 mod data;
 mod decisions;
 mod policies;
@@ -12,6 +14,7 @@ mod query;
 mod server;
 mod versions;
 
+pub use compile::*;
 pub use data::*;
 pub use decisions::*;
 pub use policies::*;
