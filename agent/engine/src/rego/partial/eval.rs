@@ -1169,7 +1169,8 @@ impl<'a> Evaluator<'a> {
                                 return Err(PartialError::Unsupported {
                                     construct: format!(
                                         "the default value of `{}`, which could decide \
-                                         `{}` (that needs the negation of every body)",
+                                         the comparison at {} (that needs the negation of \
+                                         every body)",
                                         path_text(path),
                                         location_text(location)
                                     ),
