@@ -22,7 +22,8 @@ use test_support::{Agent, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-const HEALTHY: &str = "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": true, \"rev\": 1}\n";
+const HEALTHY: &str =
+    "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": true, \"rev\": 1}\n";
 const FAILING: &str = "package bench.gate\n\nimport rego.v1\n\nresult := {\"allow\": count([[x, y] | some x in numbers.range(1, 20000); some y in numbers.range(1, 20000)]) > 0, \"rev\": 2}\n";
 
 struct Args {

@@ -123,11 +123,7 @@ fn answer(result: Value, content_type: &str) -> Result<Response, OpaApiError> {
             format!("the compiled answer is larger than {MAX_QUERY_ANSWER_BYTES} bytes"),
         ));
     }
-    Ok((
-        [(CONTENT_TYPE, content_type.to_owned())],
-        out.0,
-    )
-        .into_response())
+    Ok(([(CONTENT_TYPE, content_type.to_owned())], out.0).into_response())
 }
 
 fn partial(
@@ -190,7 +186,9 @@ pub async fn compile_filters(
         .unwrap_or_default()
         .to_owned();
     let wanted = if accept.is_empty() {
-        return Err(OpaApiError::invalid("Accept header: missing required header"));
+        return Err(OpaApiError::invalid(
+            "Accept header: missing required header",
+        ));
     } else if accept.contains(',') {
         return Err(OpaApiError::invalid(
             "Accept header: multiple headers not supported",

@@ -16,130 +16,39 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use regorus::Value;
-use regorus::unstable::{AssignOp, Expr, Literal, LiteralStmt, Module, Ref, Rule, RuleHead, Span};
+use regorus::unstable::{AssignOp, Expr, Literal, LiteralStmt, Span};
 
-use super::render::{ModuleNames, Name, Scope, Writer, path_text, static_ref};
+use super::deps::{RefKey, ref_parts, to_values};
+use super::inline::Inlined;
+use super::render::{ModuleNames, Name, Scope, Writer, path_text};
 use super::residual::{Op, Residual, Term};
-use super::{MAX_EVALUATIONS, MAX_INLINE_DEPTH, MAX_RESIDUAL_QUERIES, PartialError};
-use crate::rego::recursion::static_path;
+use super::rules::Rules;
+use super::{MAX_EVALUATIONS, MAX_RESIDUAL_QUERIES, PartialError};
 use crate::rego::{EvalError, Location, RegoSet, parse_cost};
-
-/// One rule definition and the module it is in.
-struct Def {
-    module: usize,
-    rule: Ref<Rule>,
-    /// Its head is a static path (`a.b.c`), not `a[x]`.
-    exact: bool,
-}
-
-/// Every rule of a set by path, and how names resolve in each module.
-pub(super) struct Rules {
-    names: Vec<ModuleNames>,
-    /// The top-level query's names: no package, no imports.
-    pub query_names: ModuleNames,
-    by_path: BTreeMap<Vec<String>, Vec<Def>>,
-    pub packages: Vec<Vec<String>>,
-}
-
-impl Rules {
-    pub fn new(modules: &[Ref<Module>]) -> Rules {
-        let mut names = Vec::new();
-        let mut by_path: BTreeMap<Vec<String>, Vec<Def>> = BTreeMap::new();
-        let mut packages = Vec::new();
-        for (index, module) in modules.iter().enumerate() {
-            let mut package = vec!["data".to_owned()];
-            package.extend(static_path(&module.package.refr));
-            let mut aliases = BTreeMap::new();
-            for import in &module.imports {
-                let path = static_path(&import.refr);
-                if path.first().map(String::as_str) != Some("data") {
-                    continue;
-                }
-                let alias = match &import.r#as {
-                    Some(span) => span.text().to_owned(),
-                    None => match path.last() {
-                        Some(last) => last.clone(),
-                        None => continue,
-                    },
-                };
-                aliases.insert(alias, path);
-            }
-            let mut rules = BTreeSet::new();
-            for rule in &module.policy {
-                let head = match rule.as_ref() {
-                    Rule::Spec { head, .. } => match head {
-                        RuleHead::Compr { refr, .. }
-                        | RuleHead::Set { refr, .. }
-                        | RuleHead::Func { refr, .. } => refr,
-                    },
-                    Rule::Default { refr, .. } => refr,
-                };
-                let prefix = static_path(head);
-                let exact = static_ref(head).is_some_and(|full| full.len() == prefix.len());
-                if let Some(first) = prefix.first() {
-                    rules.insert(first.clone());
-                }
-                let mut path = package.clone();
-                path.extend(prefix);
-                by_path.entry(path).or_default().push(Def {
-                    module: index,
-                    rule: rule.clone(),
-                    exact,
-                });
-            }
-            packages.push(package.clone());
-            names.push(ModuleNames {
-                package,
-                aliases,
-                rules,
-            });
-        }
-        Rules {
-            names,
-            query_names: ModuleNames::default(),
-            by_path,
-            packages,
-        }
-    }
-}
-
-/// What a rule can be inlined as: one alternative per body that can hold.
-struct Inlined {
-    alts: Vec<Alt>,
-    default: Option<Value>,
-    location: Location,
-}
-
-/// One body of a rule: the residual conditions under which it holds, and its value then.
-#[derive(Clone)]
-struct Alt {
-    residuals: Vec<Residual>,
-    value: Term,
-}
 
 /// A residual operand before the known query has run: holes are its bindings.
 #[derive(Clone, Debug)]
-enum Tpl {
+pub(super) enum Tpl {
     Hole(usize),
     Value(Value),
     Ref(Vec<Key>),
 }
 
 #[derive(Clone, Debug)]
-enum Key {
+pub(super) enum Key {
     Known(Value),
     Hole(usize),
 }
 
 /// An operand of a statement that reads unknowns.
-enum Side {
+pub(super) enum Side {
     T(Tpl),
     /// A rule that reads unknowns, inlined when the statement is expanded.
     Rule(Vec<String>),
 }
 
 /// A statement that reads unknowns, before the known query has run.
-enum Piece {
+pub(super) enum Piece {
     Call {
         op: Op,
         args: [Side; 2],
@@ -171,14 +80,15 @@ pub(super) struct BodyOut {
 
 pub(super) struct Evaluator<'a> {
     set: &'a RegoSet,
-    rules: &'a Rules,
+    pub(super) rules: &'a Rules,
     engine: regorus::Engine,
-    unknowns: Vec<Vec<Value>>,
+    pub(super) unknowns: Vec<Vec<Value>>,
     started: Instant,
-    dep: HashMap<Vec<String>, bool>,
-    visiting: BTreeSet<Vec<String>>,
-    inlined: HashMap<Vec<String>, Rc<Inlined>>,
-    depth: usize,
+    /// Whether each rule reads unknowns, as found.
+    pub(super) dep: HashMap<Vec<String>, bool>,
+    pub(super) visiting: BTreeSet<Vec<String>>,
+    pub(super) inlined: HashMap<Vec<String>, Rc<Inlined>>,
+    pub(super) depth: usize,
     evaluations: usize,
 }
 
@@ -206,49 +116,10 @@ fn start(expr: &Expr) -> &Span {
     }
 }
 
-fn unsupported(construct: impl Into<String>, span: &Span) -> PartialError {
+pub(super) fn unsupported(construct: impl Into<String>, span: &Span) -> PartialError {
     PartialError::Unsupported {
         construct: construct.into(),
         location: location(span),
-    }
-}
-
-fn to_values(path: &[String]) -> Vec<Value> {
-    path.iter().map(|s| Value::from(s.as_str())).collect()
-}
-
-/// The parts of a reference: its root variable and its keys (a literal, or an expression).
-enum RefKey<'e> {
-    Static(Value),
-    Dyn(&'e Expr),
-}
-
-fn ref_parts(expr: &Expr) -> Option<(String, Vec<RefKey<'_>>)> {
-    let mut keys = Vec::new();
-    let mut current = expr;
-    loop {
-        match current {
-            Expr::Var { value, .. } => {
-                keys.reverse();
-                return Some((value.as_string().ok()?.to_string(), keys));
-            }
-            Expr::RefDot { refr, field, .. } => {
-                keys.push(RefKey::Static(field.1.clone()));
-                current = refr;
-            }
-            Expr::RefBrack { refr, index, .. } => {
-                match index.as_ref() {
-                    Expr::String { value, .. }
-                    | Expr::RawString { value, .. }
-                    | Expr::Number { value, .. }
-                    | Expr::Bool { value, .. }
-                    | Expr::Null { value, .. } => keys.push(RefKey::Static(value.clone())),
-                    other => keys.push(RefKey::Dyn(other)),
-                }
-                current = refr;
-            }
-            _ => return None,
-        }
     }
 }
 
@@ -297,280 +168,6 @@ impl<'a> Evaluator<'a> {
             inlined: HashMap::new(),
             depth: 0,
             evaluations: 0,
-        }
-    }
-
-    // ---- what depends on unknowns ----
-
-    /// Whether the document at `path` (then `keys`) reads unknowns: it overlaps an unknown, or a
-    /// rule that reads unknowns.
-    fn path_dep(&mut self, path: &[String], keys: &[RefKey<'_>]) -> Result<bool, PartialError> {
-        let mut prefix = to_values(path);
-        for key in keys {
-            match key {
-                RefKey::Static(value) => prefix.push(value.clone()),
-                RefKey::Dyn(_) => break,
-            }
-        }
-        if self
-            .unknowns
-            .iter()
-            .any(|u| prefix.starts_with(u) || u.starts_with(&prefix))
-        {
-            return Ok(true);
-        }
-        if path.first().map(String::as_str) != Some("data") {
-            return Ok(false);
-        }
-        let rules: Vec<Vec<String>> = self
-            .rules
-            .by_path
-            .keys()
-            .filter(|rule| {
-                let rule = to_values(rule);
-                rule.starts_with(&prefix) || prefix.starts_with(&rule)
-            })
-            .cloned()
-            .collect();
-        for rule in rules {
-            if self.rule_dep(&rule)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Whether the rule at `path` reads unknowns (through any definition).
-    fn rule_dep(&mut self, path: &[String]) -> Result<bool, PartialError> {
-        if let Some(&known) = self.dep.get(path) {
-            return Ok(known);
-        }
-        let rules = self.rules;
-        let Some(defs) = rules.by_path.get(path) else {
-            return Ok(false);
-        };
-        if !self.visiting.insert(path.to_vec()) {
-            // The store refuses recursive modules; a cycle here is a group of ref heads.
-            let span = defs[0].rule.span();
-            return Err(unsupported(
-                format!("rule `{}`, which depends on itself", path_text(path)),
-                span,
-            ));
-        }
-        let mut dep = false;
-        for def in defs {
-            if dep {
-                break;
-            }
-            let mut scope = Scope::new(&rules.names[def.module]);
-            let none = BTreeSet::new();
-            dep = match def.rule.as_ref() {
-                Rule::Default { args, value, .. } => {
-                    args.iter().for_each(|arg| scope.bind(arg));
-                    self.expr_dep(value, &mut scope, &none)?
-                }
-                Rule::Spec { head, bodies, .. } => {
-                    let mut head_dep = false;
-                    let head_value = match head {
-                        RuleHead::Compr { assign, .. } => assign.as_ref().map(|a| &a.value),
-                        RuleHead::Set { key, .. } => key.as_ref(),
-                        RuleHead::Func { args, assign, .. } => {
-                            args.iter().for_each(|arg| scope.bind(arg));
-                            assign.as_ref().map(|a| &a.value)
-                        }
-                    };
-                    if bodies.is_empty()
-                        && let Some(value) = head_value
-                    {
-                        head_dep = self.expr_dep(value, &mut scope, &none)?;
-                    }
-                    for body in bodies {
-                        if head_dep {
-                            break;
-                        }
-                        scope.push();
-                        scope.declare_locals(&body.query);
-                        if let Some(value) = head_value {
-                            head_dep |= self.expr_dep(value, &mut scope, &none)?;
-                        }
-                        if let Some(assign) = &body.assign {
-                            head_dep |= self.expr_dep(&assign.value, &mut scope, &none)?;
-                        }
-                        for stmt in &body.query.stmts {
-                            head_dep |= self.stmt_dep(stmt, &mut scope, &none)?;
-                        }
-                        scope.pop();
-                    }
-                    head_dep
-                }
-            };
-        }
-        self.visiting.remove(path);
-        self.dep.insert(path.to_vec(), dep);
-        Ok(dep)
-    }
-
-    fn stmt_dep(
-        &mut self,
-        stmt: &LiteralStmt,
-        scope: &mut Scope<'_>,
-        tainted: &BTreeSet<String>,
-    ) -> Result<bool, PartialError> {
-        let mut dep = false;
-        for with in &stmt.with_mods {
-            dep |= self.expr_dep(&with.refr, scope, tainted)?;
-            dep |= self.expr_dep(&with.r#as, scope, tainted)?;
-        }
-        Ok(dep
-            || match &stmt.literal {
-                Literal::SomeVars { .. } => false,
-                Literal::SomeIn {
-                    key,
-                    value,
-                    collection,
-                    ..
-                } => {
-                    let mut dep = self.expr_dep(collection, scope, tainted)?;
-                    if let Some(key) = key {
-                        dep |= self.expr_dep(key, scope, tainted)?;
-                    }
-                    dep || self.expr_dep(value, scope, tainted)?
-                }
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
-                    self.expr_dep(expr, scope, tainted)?
-                }
-                Literal::Every {
-                    key,
-                    value,
-                    domain,
-                    query,
-                    ..
-                } => {
-                    let mut dep = self.expr_dep(domain, scope, tainted)?;
-                    scope.push();
-                    if let Some(key) = key {
-                        scope.declare(key.text());
-                    }
-                    scope.declare(value.text());
-                    scope.declare_locals(query);
-                    for stmt in &query.stmts {
-                        dep |= self.stmt_dep(stmt, scope, tainted)?;
-                    }
-                    scope.pop();
-                    dep
-                }
-            })
-    }
-
-    /// Whether an expression reads unknowns (an unknown, a rule or function that reads them, or
-    /// a variable bound to one).
-    fn expr_dep(
-        &mut self,
-        expr: &Expr,
-        scope: &mut Scope<'_>,
-        tainted: &BTreeSet<String>,
-    ) -> Result<bool, PartialError> {
-        match expr {
-            Expr::String { .. }
-            | Expr::RawString { .. }
-            | Expr::Number { .. }
-            | Expr::Bool { .. }
-            | Expr::Null { .. } => Ok(false),
-            Expr::Var { .. } | Expr::RefDot { .. } | Expr::RefBrack { .. } => {
-                let Some((root, keys)) = ref_parts(expr) else {
-                    // A reference into a literal or a call's value: its parts decide.
-                    return match expr {
-                        Expr::RefDot { refr, .. } => self.expr_dep(refr, scope, tainted),
-                        Expr::RefBrack { refr, index, .. } => Ok(self
-                            .expr_dep(refr, scope, tainted)?
-                            || self.expr_dep(index, scope, tainted)?),
-                        _ => Ok(false),
-                    };
-                };
-                let mut dep = false;
-                for key in &keys {
-                    if let RefKey::Dyn(index) = key {
-                        dep |= self.expr_dep(index, scope, tainted)?;
-                    }
-                }
-                Ok(dep
-                    || match scope.resolve(&root) {
-                        Name::Local => tainted.contains(&root),
-                        Name::Path(path) => self.path_dep(&path, &keys)?,
-                    })
-            }
-            Expr::Call { fcn, params, .. } => {
-                let mut dep = false;
-                for param in params {
-                    dep |= self.expr_dep(param, scope, tainted)?;
-                }
-                if let Some(path) = static_ref(fcn)
-                    && let Some(first) = path.first()
-                    && let Name::Path(mut full) = scope.resolve(first)
-                {
-                    full.extend(path[1..].iter().cloned());
-                    dep |= self.path_dep(&full, &[])?;
-                }
-                Ok(dep)
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                let mut dep = false;
-                for item in items {
-                    dep |= self.expr_dep(item, scope, tainted)?;
-                }
-                Ok(dep)
-            }
-            Expr::Object { fields, .. } => {
-                let mut dep = false;
-                for (_, key, value) in fields {
-                    dep |= self.expr_dep(key, scope, tainted)?;
-                    dep |= self.expr_dep(value, scope, tainted)?;
-                }
-                Ok(dep)
-            }
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                scope.push();
-                scope.declare_locals(query);
-                let mut dep = self.expr_dep(term, scope, tainted)?;
-                for stmt in &query.stmts {
-                    dep |= self.stmt_dep(stmt, scope, tainted)?;
-                }
-                scope.pop();
-                Ok(dep)
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                scope.push();
-                scope.declare_locals(query);
-                let mut dep = self.expr_dep(key, scope, tainted)?;
-                dep |= self.expr_dep(value, scope, tainted)?;
-                for stmt in &query.stmts {
-                    dep |= self.stmt_dep(stmt, scope, tainted)?;
-                }
-                scope.pop();
-                Ok(dep)
-            }
-            Expr::UnaryExpr { expr, .. } => self.expr_dep(expr, scope, tainted),
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                Ok(self.expr_dep(lhs, scope, tainted)? | self.expr_dep(rhs, scope, tainted)?)
-            }
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                let mut dep = self.expr_dep(value, scope, tainted)?;
-                dep |= self.expr_dep(collection, scope, tainted)?;
-                if let Some(key) = key {
-                    dep |= self.expr_dep(key, scope, tainted)?;
-                }
-                Ok(dep)
-            }
         }
     }
 
@@ -713,11 +310,7 @@ impl<'a> Evaluator<'a> {
 
     /// Runs the known statements with every hole bound; one row of hole values per distinct
     /// solution.
-    fn run(
-        &mut self,
-        known: &[String],
-        holes: &[String],
-    ) -> Result<Vec<Vec<Value>>, PartialError> {
+    fn run(&mut self, known: &[String], holes: &[String]) -> Result<Vec<Vec<Value>>, PartialError> {
         if known.is_empty() && holes.is_empty() {
             return Ok(vec![Vec::new()]);
         }
@@ -749,20 +342,20 @@ impl<'a> Evaluator<'a> {
             .into());
         }
         let shown: String = text.chars().take(200).collect();
-        let results = self
-            .engine
-            .eval_query(text, false)
-            .map_err(|err| match self.set.eval_error(&shown, &err) {
+        let results = self.engine.eval_query(text, false).map_err(|err| {
+            match self.set.eval_error(&shown, &err) {
                 EvalError::InvalidPath { message, .. } => PartialError::InvalidQuery {
                     message: format!("evaluating the known part `{shown}`: {message}"),
                 },
                 other => other.into(),
-            })?;
+            }
+        })?;
         let mut rows = BTreeSet::new();
         for row in results.result {
-            let holds = row.expressions.iter().all(|e| {
-                e.value != Value::Bool(false) && e.value != Value::Undefined
-            });
+            let holds = row
+                .expressions
+                .iter()
+                .all(|e| e.value != Value::Bool(false) && e.value != Value::Undefined);
             if !holds {
                 continue;
             }
@@ -777,7 +370,7 @@ impl<'a> Evaluator<'a> {
                 };
                 values.push(value);
             }
-            if values.iter().any(|v| *v == Value::Undefined) {
+            if values.contains(&Value::Undefined) {
                 continue;
             }
             rows.insert(values);
@@ -842,7 +435,8 @@ impl<'a> Evaluator<'a> {
                     consumed += 1;
                 }
                 if self.unknowns.iter().any(|u| prefix.starts_with(u)) {
-                    let mut path: Vec<Key> = to_values(&root_path).into_iter().map(Key::Known).collect();
+                    let mut path: Vec<Key> =
+                        to_values(&root_path).into_iter().map(Key::Known).collect();
                     for key in &keys {
                         path.push(self.key(key, expr, scope, build)?);
                     }
@@ -863,8 +457,7 @@ impl<'a> Evaluator<'a> {
                     return Err(unsupported(construct, start(expr)));
                 }
                 // A rule (or rules) that read unknowns.
-                let paths: Vec<Vec<String>> =
-                    self.rules.by_path.keys().cloned().collect();
+                let paths: Vec<Vec<String>> = self.rules.by_path.keys().cloned().collect();
                 for rule in paths {
                     let rule_v = to_values(&rule);
                     if !(rule_v.starts_with(&prefix) || prefix.starts_with(&rule_v)) {
@@ -912,7 +505,8 @@ impl<'a> Evaluator<'a> {
             RefKey::Dyn(index) => {
                 let unbound = match index {
                     Expr::Var { value, .. } => value.as_string().is_ok_and(|name| {
-                        scope.resolve(name) == Name::Local && !build.known_vars.contains(name.as_ref())
+                        scope.resolve(name) == Name::Local
+                            && !build.known_vars.contains(name.as_ref())
                     }),
                     _ => false,
                 };
@@ -963,10 +557,7 @@ impl<'a> Evaluator<'a> {
         let piece = match expr.as_ref() {
             Expr::BoolExpr { op, lhs, rhs, .. } => Piece::Call {
                 op: Op::from_bool_op(op),
-                args: [
-                    self.side(lhs, scope, build)?,
-                    self.side(rhs, scope, build)?,
-                ],
+                args: [self.side(lhs, scope, build)?, self.side(rhs, scope, build)?],
                 negated,
                 location,
             },
@@ -977,10 +568,7 @@ impl<'a> Evaluator<'a> {
                 ..
             } => Piece::Call {
                 op: Op::Eq,
-                args: [
-                    self.side(lhs, scope, build)?,
-                    self.side(rhs, scope, build)?,
-                ],
+                args: [self.side(lhs, scope, build)?, self.side(rhs, scope, build)?],
                 negated,
                 location,
             },
@@ -1011,7 +599,10 @@ impl<'a> Evaluator<'a> {
                 }
             }
             Expr::Membership { key: Some(_), .. } => {
-                return Err(unsupported("`key, value in ...` over unknowns", start(expr)));
+                return Err(unsupported(
+                    "`key, value in ...` over unknowns",
+                    start(expr),
+                ));
             }
             Expr::Call { fcn, params, .. } => {
                 let name = fcn.span().text();
@@ -1078,259 +669,6 @@ impl<'a> Evaluator<'a> {
         }
         Ok(piece)
     }
-
-    // ---- expansion ----
-
-    /// The alternatives (OR) a statement becomes for one solution of the known part.
-    fn expand(&mut self, piece: &Piece, row: &[Value]) -> Result<Vec<Vec<Residual>>, PartialError> {
-        match piece {
-            Piece::Truthy {
-                side,
-                negated,
-                location,
-            } => match side {
-                Side::T(tpl) => Ok(vec![vec![Residual::Term {
-                    term: fill(tpl, row),
-                    negated: *negated,
-                    location: location.clone(),
-                }]]),
-                Side::Rule(path) => {
-                    let inlined = self.inline(path)?;
-                    if let Some(default) = &inlined.default
-                        && *default != Value::Bool(false)
-                    {
-                        return Err(PartialError::Unsupported {
-                            construct: format!(
-                                "the default value of `{}`, which would hold when no body \
-                                 does (that needs the negation of every body)",
-                                path_text(path)
-                            ),
-                            location: inlined.location.clone(),
-                        });
-                    }
-                    let mut out = Vec::new();
-                    for alt in &inlined.alts {
-                        match &alt.value {
-                            Term::Value(Value::Bool(false)) => {}
-                            Term::Value(_) => out.push(alt.residuals.clone()),
-                            term @ Term::Ref(_) => {
-                                let mut residuals = alt.residuals.clone();
-                                residuals.push(Residual::Term {
-                                    term: term.clone(),
-                                    negated: false,
-                                    location: location.clone(),
-                                });
-                                out.push(residuals);
-                            }
-                        }
-                    }
-                    Ok(out)
-                }
-            },
-            Piece::Call {
-                op,
-                args,
-                negated,
-                location,
-            } => {
-                let call = |a: Term, b: Term| Residual::Call {
-                    op: *op,
-                    args: [a, b],
-                    negated: *negated,
-                    location: location.clone(),
-                };
-                match args {
-                    [Side::T(a), Side::T(b)] => {
-                        let (a, b) = (fill(a, row), fill(b, row));
-                        if let (Term::Value(x), Term::Value(y)) = (&a, &b)
-                            && let Some(holds) = op.holds(x, y)
-                        {
-                            return Ok(if holds != *negated { vec![vec![]] } else { vec![] });
-                        }
-                        Ok(vec![vec![call(a, b)]])
-                    }
-                    [Side::Rule(_), Side::Rule(_)] => Err(PartialError::Unsupported {
-                        construct: "a comparison of two rules that depend on unknowns".into(),
-                        location: location.clone(),
-                    }),
-                    [Side::Rule(path), Side::T(other)] | [Side::T(other), Side::Rule(path)] => {
-                        let rule_first = matches!(args[0], Side::Rule(_));
-                        let other = fill(other, row);
-                        let inlined = self.inline(path)?;
-                        if let Some(default) = &inlined.default {
-                            let decides = match &other {
-                                Term::Value(v) => {
-                                    let (a, b) = if rule_first { (default, v) } else { (v, default) };
-                                    op.holds(a, b).unwrap_or(true)
-                                }
-                                Term::Ref(_) => true,
-                            };
-                            if decides {
-                                return Err(PartialError::Unsupported {
-                                    construct: format!(
-                                        "the default value of `{}`, which could decide \
-                                         the comparison at {} (that needs the negation of \
-                                         every body)",
-                                        path_text(path),
-                                        location_text(location)
-                                    ),
-                                    location: inlined.location.clone(),
-                                });
-                            }
-                        }
-                        let mut out = Vec::new();
-                        for alt in &inlined.alts {
-                            let (a, b) = if rule_first {
-                                (alt.value.clone(), other.clone())
-                            } else {
-                                (other.clone(), alt.value.clone())
-                            };
-                            if let (Term::Value(x), Term::Value(y)) = (&a, &b)
-                                && let Some(holds) = op.holds(x, y)
-                            {
-                                if holds {
-                                    out.push(alt.residuals.clone());
-                                }
-                                continue;
-                            }
-                            let mut residuals = alt.residuals.clone();
-                            residuals.push(call(a, b));
-                            out.push(residuals);
-                        }
-                        Ok(out)
-                    }
-                }
-            }
-        }
-    }
-
-    /// A rule that reads unknowns, as alternatives: one per body and solution.
-    fn inline(&mut self, path: &[String]) -> Result<Rc<Inlined>, PartialError> {
-        if let Some(done) = self.inlined.get(path) {
-            return Ok(done.clone());
-        }
-        let rules = self.rules;
-        let Some(defs) = rules.by_path.get(path) else {
-            return Err(PartialError::Unsupported {
-                construct: format!("`{}`, which is not a rule", path_text(path)),
-                location: Location {
-                    file: "<query>".into(),
-                    row: 1,
-                    col: 1,
-                },
-            });
-        };
-        if self.depth >= MAX_INLINE_DEPTH {
-            return Err(PartialError::TooLarge(format!(
-                "rules inlined more than {MAX_INLINE_DEPTH} deep"
-            )));
-        }
-        self.depth += 1;
-        let result = self.inline_defs(path, defs);
-        self.depth -= 1;
-        let inlined = Rc::new(result?);
-        self.inlined.insert(path.to_vec(), inlined.clone());
-        Ok(inlined)
-    }
-
-    fn inline_defs(&mut self, path: &[String], defs: &'a [Def]) -> Result<Inlined, PartialError> {
-        let rules = self.rules;
-        let mut inlined = Inlined {
-            alts: Vec::new(),
-            default: None,
-            location: location(defs[0].rule.span()),
-        };
-        let name = path_text(path);
-        for def in defs {
-            let names = &rules.names[def.module];
-            let span = def.rule.span();
-            if !def.exact {
-                return Err(unsupported(
-                    format!("the rule `{name}` with a variable in its head, which depends on unknowns"),
-                    span,
-                ));
-            }
-            match def.rule.as_ref() {
-                Rule::Default { args, value, .. } => {
-                    if !args.is_empty() {
-                        return Err(unsupported(
-                            format!("the function `{name}`, which depends on unknowns"),
-                            span,
-                        ));
-                    }
-                    let outs = self.body(&[], names, HeadValue::Expr(value))?;
-                    inlined.default = match outs.into_iter().next().and_then(|o| o.value) {
-                        Some(Term::Value(value)) => Some(value),
-                        _ => {
-                            return Err(unsupported(
-                                format!("the default value of `{name}`"),
-                                span,
-                            ));
-                        }
-                    };
-                }
-                Rule::Spec { head, bodies, .. } => {
-                    let head_value = match head {
-                        RuleHead::Compr { assign, .. } => assign.as_ref().map(|a| &a.value),
-                        RuleHead::Set { .. } => {
-                            return Err(unsupported(
-                                format!(
-                                    "the partial set rule `{name}` (`contains`), which depends \
-                                     on unknowns"
-                                ),
-                                span,
-                            ));
-                        }
-                        RuleHead::Func { .. } => {
-                            return Err(unsupported(
-                                format!("the function `{name}`, which depends on unknowns"),
-                                span,
-                            ));
-                        }
-                    };
-                    if bodies.is_empty() {
-                        let value = head_value.map_or(HeadValue::True, |v| HeadValue::Expr(v));
-                        for out in self.body(&[], names, value)? {
-                            inlined.alts.push(alt(out));
-                        }
-                    }
-                    for body in bodies {
-                        if body.is_else {
-                            return Err(unsupported(
-                                format!("`else` in the rule `{name}`, which depends on unknowns"),
-                                &body.span,
-                            ));
-                        }
-                        let value = match (&body.assign, head_value) {
-                            (Some(assign), _) => HeadValue::Expr(&assign.value),
-                            (None, Some(value)) => HeadValue::Expr(value),
-                            (None, None) => HeadValue::True,
-                        };
-                        for out in self.body(&body.query.stmts, names, value)? {
-                            inlined.alts.push(alt(out));
-                        }
-                        if inlined.alts.len() > MAX_RESIDUAL_QUERIES {
-                            return Err(PartialError::TooLarge(format!(
-                                "more than {MAX_RESIDUAL_QUERIES} alternatives of `{name}`"
-                            )));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(inlined)
-    }
-}
-
-fn alt(out: BodyOut) -> Alt {
-    Alt {
-        residuals: out.residuals,
-        value: out.value.unwrap_or(Term::Value(Value::Bool(true))),
-    }
-}
-
-fn location_text(location: &Location) -> String {
-    format!("{}:{}:{}", location.file, location.row, location.col)
 }
 
 /// What a body's statements that read unknowns need from its known part.
@@ -1353,7 +691,7 @@ impl Build {
     }
 }
 
-fn fill(tpl: &Tpl, row: &[Value]) -> Term {
+pub(super) fn fill(tpl: &Tpl, row: &[Value]) -> Term {
     match tpl {
         Tpl::Hole(i) => Term::Value(row.get(*i).cloned().unwrap_or(Value::Undefined)),
         Tpl::Value(value) => Term::Value(value.clone()),

@@ -4,8 +4,9 @@
 //! caller names) is left as residual queries, one per way the query can hold.
 //!
 //! The evaluator is restricted, and refuses ([`PartialError::Unsupported`], with the construct
-//! and its `file:row:col`) what it cannot answer exactly: see `eval.rs`. `residual.rs` has what it
-//! leaves, `ast_json.rs` writes that in OPA's AST JSON, `ucast.rs` and `sql.rs` translate it into
+//! and its `file:row:col`) what it cannot answer exactly: `eval.rs` splits bodies into known and
+//! unknown parts, `deps.rs` finds what reads unknowns, `inline.rs` inlines rules, `rules.rs`
+//! indexes them. `residual.rs` has what it leaves, `ast_json.rs` writes that in OPA's AST JSON, `ucast.rs` and `sql.rs` translate it into
 //! data filters (UCAST conditions, SQL `WHERE` clauses) within each target's limits, and
 //! `render.rs` writes the known statements back as Rego for regorus to evaluate.
 //!
@@ -13,9 +14,12 @@
 //! whole request) and by [`MAX_RESIDUAL_QUERIES`], [`MAX_INLINE_DEPTH`] and [`MAX_EVALUATIONS`].
 
 mod ast_json;
+mod deps;
 mod eval;
+mod inline;
 mod render;
 mod residual;
+mod rules;
 pub mod sql;
 pub mod ucast;
 
@@ -125,7 +129,7 @@ impl RegoSet {
                 .map(|u| parse_unknown(u))
                 .collect::<Result<_, _>>()?,
         };
-        let rules = eval::Rules::new(&self.modules_ast);
+        let rules = rules::Rules::new(&self.modules_ast);
         for unknown in &unknowns {
             if unknown[0] == "data"
                 && let Some(package) = rules

@@ -261,9 +261,7 @@ impl<'s, 'a> Writer<'s, 'a> {
                 self.out.push_str(&json(value))
             }
             Expr::Number { span, .. } => self.out.push_str(span.text()),
-            Expr::Bool { value, .. } | Expr::Null { value, .. } => {
-                self.out.push_str(&json(value))
-            }
+            Expr::Bool { value, .. } | Expr::Null { value, .. } => self.out.push_str(&json(value)),
             Expr::Var { value, .. } => match value.as_string() {
                 Ok(name) => self.name(name.as_ref()),
                 Err(_) => self.out.push_str(&json(value)),

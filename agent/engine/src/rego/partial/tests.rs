@@ -36,7 +36,12 @@ fn texts(residuals: &Residuals) -> Option<Vec<String>> {
     residuals.queries.as_ref().map(|queries| {
         queries
             .iter()
-            .map(|q| q.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+            .map(|q| {
+                q.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
             .collect()
     })
 }
@@ -57,7 +62,10 @@ fn comparisons_with_known_parts_substituted() {
             Some(&strings(&["input.fruits"])),
         )
         .unwrap();
-    assert_eq!(texts(&out).unwrap(), vec![r#"eq(input.fruits.colour, "red")"#]);
+    assert_eq!(
+        texts(&out).unwrap(),
+        vec![r#"eq(input.fruits.colour, "red")"#]
+    );
 }
 
 const FILTERS: &str = r#"package filters
@@ -142,7 +150,10 @@ fn opa_ast_json_shape() {
             {"type": "string", "value": "pear"},
         ]})
     );
-    assert_eq!(json["queries"][1][0]["terms"][2], json!({"type": "number", "value": 5}));
+    assert_eq!(
+        json["queries"][1][0]["terms"][2],
+        json!({"type": "number", "value": 5})
+    );
 }
 
 #[test]
@@ -154,7 +165,10 @@ fn always_and_never_true() {
             .unwrap()
     };
     // OPA's table: unknowns default to input; no unknowns and no input is undefined.
-    assert_eq!(texts(&run("input.x > 0", None)).unwrap(), vec!["gt(input.x, 0)"]);
+    assert_eq!(
+        texts(&run("input.x > 0", None)).unwrap(),
+        vec!["gt(input.x, 0)"]
+    );
     assert_eq!(
         texts(&run("input.x > 0", Some(&["input"]))).unwrap(),
         vec!["gt(input.x, 0)"]
@@ -236,8 +250,14 @@ fn a_default_that_cannot_apply_is_inlined_past_and_one_that_could_is_refused() {
             construct,
             location,
         } => {
-            assert!(construct.contains("default value of `data.example.authz.allow`"), "{construct}");
-            assert_eq!((location.file.as_str(), location.row, location.col), ("example/authz.rego", 5, 1));
+            assert!(
+                construct.contains("default value of `data.example.authz.allow`"),
+                "{construct}"
+            );
+            assert_eq!(
+                (location.file.as_str(), location.row, location.col),
+                ("example/authz.rego", 5, 1)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -393,16 +413,52 @@ some_in if some x in input.fruits.list
         json!({}),
     );
     let cases = [
-        ("data.filters.iter", "iteration over an unknown collection", "f.rego:3:27"),
-        ("data.filters.call", "unknowns inside the call of `upper`", "f.rego:5:9"),
-        ("data.filters.not_rule", "`not` over a rule that depends on unknowns", "f.rego:7:13"),
-        ("data.filters.uses_tags", "the rule `data.filters.tags`", "f.rego:15:14"),
-        ("data.filters.uses_else", "`else` in the rule `data.filters.with_else`", "f.rego:17:"),
-        ("data.filters.every_fruit", "`every` over unknowns", "f.rego:21:"),
+        (
+            "data.filters.iter",
+            "iteration over an unknown collection",
+            "f.rego:3:27",
+        ),
+        (
+            "data.filters.call",
+            "unknowns inside the call of `upper`",
+            "f.rego:5:9",
+        ),
+        (
+            "data.filters.not_rule",
+            "`not` over a rule that depends on unknowns",
+            "f.rego:7:13",
+        ),
+        (
+            "data.filters.uses_tags",
+            "the rule `data.filters.tags`",
+            "f.rego:15:14",
+        ),
+        (
+            "data.filters.uses_else",
+            "`else` in the rule `data.filters.with_else`",
+            "f.rego:17:",
+        ),
+        (
+            "data.filters.every_fruit",
+            "`every` over unknowns",
+            "f.rego:21:",
+        ),
         ("data.filters.uses_fn", "`fn`", "f.rego:25:"),
-        ("data.filters.some_in", "iteration over an unknown collection", "f.rego:27:"),
-        ("input.fruits[x].a == 1", "iteration over an unknown collection", "<query>:1:14"),
-        ("input == {}", "holds the unknown `input.fruits` whole", "<query>:1:1"),
+        (
+            "data.filters.some_in",
+            "iteration over an unknown collection",
+            "f.rego:27:",
+        ),
+        (
+            "input.fruits[x].a == 1",
+            "iteration over an unknown collection",
+            "<query>:1:14",
+        ),
+        (
+            "input == {}",
+            "holds the unknown `input.fruits` whole",
+            "<query>:1:1",
+        ),
     ];
     for (query, construct, at) in cases {
         let (got, location) = refused(&set, CompileQuery::Text(query));
@@ -419,11 +475,19 @@ fn invalid_queries_and_unknowns() {
         Err(PartialError::InvalidQuery { .. })
     ));
     assert!(matches!(
-        set.partial(CompileQuery::Text("true"), None, Some(&strings(&["fruits"]))),
+        set.partial(
+            CompileQuery::Text("true"),
+            None,
+            Some(&strings(&["fruits"]))
+        ),
         Err(PartialError::InvalidUnknown { .. })
     ));
     assert!(matches!(
-        set.partial(CompileQuery::Text("true"), None, Some(&strings(&["data.filters"]))),
+        set.partial(
+            CompileQuery::Text("true"),
+            None,
+            Some(&strings(&["data.filters"]))
+        ),
         Err(PartialError::InvalidUnknown { .. })
     ));
     let deep = format!("x := {}1{}", "[".repeat(40), "]".repeat(40));
@@ -461,10 +525,13 @@ fn ucast_of_comparisons_and_membership() {
         ]})
     );
     // Minimal UCAST has no `in`.
-    let errors = ucast::build(&filter_residuals(), Target::Ucast(Variant::Minimal), None)
-        .unwrap_err();
+    let errors =
+        ucast::build(&filter_residuals(), Target::Ucast(Variant::Minimal), None).unwrap_err();
     assert_eq!(errors[0].code, "pe_fragment_error");
-    assert_eq!(errors[0].message, "invalid builtin `in`: unsupported for UCAST");
+    assert_eq!(
+        errors[0].message,
+        "invalid builtin `in`: unsupported for UCAST"
+    );
     assert_eq!(errors[0].location.row, 7);
 }
 
@@ -495,7 +562,11 @@ fn sql_of_comparisons_and_membership_per_dialect() {
         sql::where_clause(mapped.as_ref(), Dialect::Sqlite),
         "WHERE (f.c = 'red' OR (f.price < '5' AND f.name IN ('apple', 'pear')))"
     );
-    assert_eq!(sql::where_clause(None, Dialect::Postgres), "", "always true");
+    assert_eq!(
+        sql::where_clause(None, Dialect::Postgres),
+        "",
+        "always true"
+    );
 }
 
 #[test]
@@ -534,7 +605,8 @@ prefixed if startswith(input.fruits.name, "b_a")
     };
     let all = Target::Ucast(Variant::All);
     let pg = Target::Sql(Dialect::Postgres);
-    let where_pg = |rule: &str| sql::where_clause(build(rule, pg).unwrap().as_ref(), Dialect::Postgres);
+    let where_pg =
+        |rule: &str| sql::where_clause(build(rule, pg).unwrap().as_ref(), Dialect::Postgres);
     assert_eq!(
         ucast::to_json(build("filters/flipped", all).unwrap().as_ref()),
         json!({"type": "field", "operator": "gte", "field": "fruits.price", "value": 10})
@@ -546,10 +618,15 @@ prefixed if startswith(input.fruits.name, "b_a")
             {"type": "field", "operator": "eq", "field": "fruits.name", "value": "o'brien"}
         ]})
     );
-    assert_eq!(where_pg("filters/negated"), r"WHERE NOT fruits.name = E'o\'brien'");
+    assert_eq!(
+        where_pg("filters/negated"),
+        r"WHERE NOT fruits.name = E'o\'brien'"
+    );
     assert_eq!(
         sql::where_clause(
-            build("filters/negated", Target::Sql(Dialect::SqlServer)).unwrap().as_ref(),
+            build("filters/negated", Target::Sql(Dialect::SqlServer))
+                .unwrap()
+                .as_ref(),
             Dialect::SqlServer
         ),
         "WHERE NOT fruits.name = N'o''brien'"
@@ -563,16 +640,26 @@ prefixed if startswith(input.fruits.name, "b_a")
         ucast::to_json(build("filters/columns", all).unwrap().as_ref()),
         json!({"type": "field", "operator": "lt", "field": "fruits.price", "value": {"field": "fruits.max_price"}})
     );
-    assert_eq!(where_pg("filters/columns"), "WHERE fruits.price < fruits.max_price");
+    assert_eq!(
+        where_pg("filters/columns"),
+        "WHERE fruits.price < fruits.max_price"
+    );
     let prisma = build("filters/columns", Target::Ucast(Variant::Prisma)).unwrap_err();
-    assert!(prisma[0].message.contains("\"field-ref\""), "{}", prisma[0].message);
+    assert!(
+        prisma[0].message.contains("\"field-ref\""),
+        "{}",
+        prisma[0].message
+    );
     assert_eq!(where_pg("filters/missing"), "WHERE fruits.owner IS NULL");
     let bare = build("filters/bare", all).unwrap_err();
     assert_eq!(
         bare[0].message,
         "invalid statement \"input.fruits.ripe\": try `input.fruits.ripe != false`"
     );
-    assert_eq!(where_pg("filters/prefixed"), r"WHERE fruits.name LIKE E'b\\_a%'");
+    assert_eq!(
+        where_pg("filters/prefixed"),
+        r"WHERE fruits.name LIKE E'b\\_a%'"
+    );
     let sqlite = build("filters/prefixed", Target::Sql(Dialect::Sqlite)).unwrap_err();
     assert_eq!(
         sqlite[0].message,
@@ -591,5 +678,8 @@ fn targets_from_media_types() {
         Some(Target::Sql(Dialect::Postgres))
     );
     assert_eq!(Target::from_media_type("application/json"), None);
-    assert_eq!(Target::from_dialect("ucast+linq"), Some(Target::Ucast(Variant::Linq)));
+    assert_eq!(
+        Target::from_dialect("ucast+linq"),
+        Some(Target::Ucast(Variant::Linq))
+    );
 }

@@ -90,10 +90,7 @@ impl Target {
     }
 
     fn supports_builtin(self, op: Op) -> bool {
-        let comparison = matches!(
-            op,
-            Op::Eq | Op::Neq | Op::Lt | Op::Lte | Op::Gt | Op::Gte
-        );
+        let comparison = matches!(op, Op::Eq | Op::Neq | Op::Lt | Op::Lte | Op::Gt | Op::Gte);
         match self {
             Target::Ucast(Variant::Minimal) => comparison,
             Target::Ucast(Variant::Linq) | Target::Sql(Dialect::Sqlite) => {
@@ -276,11 +273,11 @@ fn node(expr: &Residual, target: Target, mappings: Option<&Json>) -> Result<Node
         match term {
             Term::Value(_) => Ok(None),
             Term::Ref(path) => match path.as_slice() {
-                [Value::String(root), Value::String(table), Value::String(column)]
-                    if root.as_ref() == "input" =>
-                {
-                    Ok(Some(translate(table, column, mappings)))
-                }
+                [
+                    Value::String(root),
+                    Value::String(table),
+                    Value::String(column),
+                ] if root.as_ref() == "input" => Ok(Some(translate(table, column, mappings))),
                 _ => Err(fragment(
                     location,
                     format!(
