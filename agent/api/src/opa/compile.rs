@@ -178,7 +178,11 @@ pub async fn compile_filters(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpaApiError> {
-    let request = read_request(&body?)?;
+    let mut request = read_request(&body?)?;
+    // As OPA's filter route: no unknowns given (or none) means the default, `input`.
+    if request.unknowns.as_ref().is_some_and(Vec::is_empty) {
+        request.unknowns = None;
+    }
     let accept = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
