@@ -53,11 +53,14 @@ pub(super) enum Piece {
         op: Op,
         args: [Side; 2],
         negated: bool,
+        /// Under `not`: the one known operand, bound to all its values (see [`Build::collect`]).
+        collected: Option<usize>,
         location: Location,
     },
     Truthy {
         side: Side,
         negated: bool,
+        collected: Option<usize>,
         location: Location,
     },
 }
@@ -559,6 +562,7 @@ impl<'a> Evaluator<'a> {
                 op: Op::from_bool_op(op),
                 args: [self.side(lhs, scope, build)?, self.side(rhs, scope, build)?],
                 negated,
+                collected: None,
                 location,
             },
             Expr::AssignExpr {
@@ -570,6 +574,7 @@ impl<'a> Evaluator<'a> {
                 op: Op::Eq,
                 args: [self.side(lhs, scope, build)?, self.side(rhs, scope, build)?],
                 negated,
+                collected: None,
                 location,
             },
             Expr::Membership {
@@ -595,6 +600,7 @@ impl<'a> Evaluator<'a> {
                     op: Op::Member,
                     args: [value, collection],
                     negated,
+                    collected: None,
                     location,
                 }
             }
@@ -640,12 +646,14 @@ impl<'a> Evaluator<'a> {
                     op,
                     args,
                     negated,
+                    collected: None,
                     location,
                 }
             }
             Expr::Var { .. } | Expr::RefDot { .. } | Expr::RefBrack { .. } => Piece::Truthy {
                 side: self.side(expr, scope, build)?,
                 negated,
+                collected: None,
                 location,
             },
             other => {
@@ -655,19 +663,63 @@ impl<'a> Evaluator<'a> {
                 ));
             }
         };
-        if negated {
-            let inlines = match &piece {
-                Piece::Call { args, .. } => args.iter().any(|a| matches!(a, Side::Rule(_))),
-                Piece::Truthy { side, .. } => matches!(side, Side::Rule(_)),
-            };
-            if inlines {
-                return Err(unsupported(
-                    "`not` over a rule that depends on unknowns",
-                    &stmt.span,
-                ));
+        if !negated {
+            return Ok(piece);
+        }
+        let sides: Vec<&Side> = match &piece {
+            Piece::Call { args, .. } => args.iter().collect(),
+            Piece::Truthy { side, .. } => vec![side],
+        };
+        if sides.iter().any(|side| matches!(side, Side::Rule(_))) {
+            return Err(unsupported(
+                "`not` over a rule that depends on unknowns",
+                &stmt.span,
+            ));
+        }
+        // `not e` holds when `e` is undefined, so an undefined known operand must not drop the
+        // body: the operand is collected (all its values, none when undefined) instead.
+        let mut holes = Vec::new();
+        for side in sides {
+            if let Side::T(tpl) = side {
+                tpl.holes(&mut holes);
             }
         }
-        Ok(piece)
+        if holes.len() > 1 {
+            return Err(unsupported(
+                "`not` over an expression with more than one known operand and an unknown",
+                &stmt.span,
+            ));
+        }
+        let collected = holes.first().copied();
+        if let Some(hole) = collected {
+            build.collect(hole);
+        }
+        Ok(match piece {
+            Piece::Call {
+                op,
+                args,
+                negated,
+                location,
+                ..
+            } => Piece::Call {
+                op,
+                args,
+                negated,
+                collected,
+                location,
+            },
+            Piece::Truthy {
+                side,
+                negated,
+                location,
+                ..
+            } => Piece::Truthy {
+                side,
+                negated,
+                collected,
+                location,
+            },
+        })
     }
 }
 
@@ -682,7 +734,27 @@ struct Build {
     tainted: BTreeSet<String>,
 }
 
+impl Tpl {
+    /// The holes this operand reads.
+    fn holes(&self, out: &mut Vec<usize>) {
+        match self {
+            Tpl::Hole(i) => out.push(*i),
+            Tpl::Value(_) => {}
+            Tpl::Ref(keys) => out.extend(keys.iter().filter_map(|k| match k {
+                Key::Hole(i) => Some(*i),
+                Key::Known(_) => None,
+            })),
+        }
+    }
+}
+
 impl Build {
+    /// Binds hole `index` to the array of all its values (empty when it is undefined).
+    fn collect(&mut self, index: usize) {
+        let expr = &self.holes[index];
+        self.holes[index] = format!("[__pe_v{index} | __pe_v{index} := {expr}]");
+    }
+
     fn hole(&mut self, expr: &Expr, scope: &mut Scope<'_>) -> usize {
         let mut writer = Writer::new(scope);
         writer.expr(expr, true);

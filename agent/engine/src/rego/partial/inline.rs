@@ -38,11 +38,46 @@ impl<'a> Evaluator<'a> {
         piece: &Piece,
         row: &[Value],
     ) -> Result<Vec<Vec<Residual>>, PartialError> {
+        let collected = match piece {
+            Piece::Call { collected, .. } | Piece::Truthy { collected, .. } => *collected,
+        };
+        let Some(hole) = collected else {
+            return self.expand_one(piece, row);
+        };
+        // `not e` for every value of the collected operand: all must hold (none: it holds).
+        let values: Vec<Value> = match row.get(hole) {
+            Some(Value::Array(items)) => items.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut all = Vec::new();
+        for value in values {
+            let mut one = row.to_vec();
+            one[hole] = value;
+            let mut alternatives = self.expand_one(piece, &one)?;
+            match alternatives.len() {
+                0 => return Ok(Vec::new()),
+                1 => all.append(&mut alternatives[0]),
+                _ => {
+                    return Err(PartialError::TooLarge(
+                        "a negated expression expanded into alternatives".into(),
+                    ));
+                }
+            }
+        }
+        Ok(vec![all])
+    }
+
+    fn expand_one(
+        &mut self,
+        piece: &Piece,
+        row: &[Value],
+    ) -> Result<Vec<Vec<Residual>>, PartialError> {
         match piece {
             Piece::Truthy {
                 side,
                 negated,
                 location,
+                ..
             } => match side {
                 Side::T(tpl) => Ok(vec![vec![Residual::Term {
                     term: fill(tpl, row),
@@ -87,6 +122,7 @@ impl<'a> Evaluator<'a> {
                 args,
                 negated,
                 location,
+                ..
             } => {
                 let call = |a: Term, b: Term| Residual::Call {
                     op: *op,

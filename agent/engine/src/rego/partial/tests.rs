@@ -683,3 +683,42 @@ fn targets_from_media_types() {
         Some(Target::Ucast(Variant::Linq))
     );
 }
+
+#[test]
+fn not_holds_when_its_known_operand_is_undefined_and_covers_every_value() {
+    let set = set(
+        &[(
+            "f.rego",
+            r#"package filters
+
+missing if not input.fruits.name == input.missing
+
+each if not input.fruits.name == data.banned[_]
+
+one if not input.fruits.name == input.colour
+"#,
+        )],
+        json!({"banned": ["rotten", "mouldy"]}),
+    );
+    let run = |rule: &str| {
+        set.partial(
+            CompileQuery::Rule(rule),
+            fruits("red"),
+            Some(&strings(&["input.fruits"])),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        run("filters/missing").queries,
+        Some(vec![vec![]]),
+        "not undefined holds"
+    );
+    assert_eq!(
+        texts(&run("filters/each")).unwrap(),
+        vec![r#"not eq(input.fruits.name, "rotten"); not eq(input.fruits.name, "mouldy")"#]
+    );
+    assert_eq!(
+        texts(&run("filters/one")).unwrap(),
+        vec![r#"not eq(input.fruits.name, "red")"#]
+    );
+}
