@@ -37,7 +37,7 @@ impl Rules {
             let mut aliases = BTreeMap::new();
             for import in &module.imports {
                 let path = static_path(&import.refr);
-                if path.first().map(String::as_str) != Some("data") {
+                if !matches!(path.first().map(String::as_str), Some("data" | "input")) {
                     continue;
                 }
                 let alias = match &import.r#as {

@@ -722,3 +722,25 @@ one if not input.fruits.name == input.colour
         vec![r#"not eq(input.fruits.name, "red")"#]
     );
 }
+
+#[test]
+fn imports_resolve_to_their_paths() {
+    let set = set(
+        &[(
+            "f.rego",
+            "package filters\n\nimport input.fruits as f\n\ninclude if f.colour == \"red\"\n",
+        )],
+        json!({}),
+    );
+    let out = set
+        .partial(
+            CompileQuery::Rule("filters/include"),
+            None,
+            Some(&strings(&["input.fruits"])),
+        )
+        .unwrap();
+    assert_eq!(
+        texts(&out).unwrap(),
+        vec![r#"eq(input.fruits.colour, "red")"#]
+    );
+}
