@@ -1,6 +1,7 @@
 //! End to end with the OPA TypeScript SDK (`@styra/opa`, the SDK OPA's documentation points to),
-//! unchanged: `tests/opa_ts_sdk/check.mjs` calls every decision method of its `OPAClient` against
-//! a real agent.
+//! unchanged: `tests/opa_ts_sdk/check.mjs` calls every method of its `OPAClient` against a real
+//! agent: the decisions, and the data filters (`getFilters`, `getMultipleFilters`) compiled from
+//! the filter policy loaded here.
 //!
 //! The package is installed with npm into Cargo's target tmp dir, once, and reused. This needs
 //! Node.js 18 or newer and npm, and the npm registry the first time.
@@ -17,6 +18,30 @@ const HOW_TO_FIX: &str = "this test needs Node.js (18 or newer) with npm (e.g. `
      nodejs npm`) and access to the npm registry to install @styra/opa@1.7.10";
 
 const POLICY: &str = "package example.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.user in data.example.admins\n";
+/// Data filters, as OPA's data filtering documentation writes them (the line of `not_apple` is
+/// checked).
+const FILTERS: &str = r#"package filters
+
+import rego.v1
+
+include if input.fruits.colour == input.colour
+
+include if {
+	input.fruits.price < data.shop.budget
+	input.fruits.name in {"apple", "pear"}
+}
+
+owned if {
+	input.user != "nobody"
+	input.fruits.owner == input.user
+}
+
+everything if input.user == "admin"
+
+not_apple if not input.fruits.name == "apple"
+
+tagged if input.fruits.tags[_] == "x"
+"#;
 const MAIN: &str =
     "package system\n\nimport rego.v1\n\nmain := {\"allow\": data.example.authz.allow}\n";
 
@@ -61,6 +86,8 @@ fn the_opa_typescript_sdk_works_unchanged() {
         200
     );
     assert_eq!(agent.put_text("/v1/policies/system/main.rego", MAIN).0, 200);
+    assert_eq!(agent.put_text("/v1/policies/filters.rego", FILTERS).0, 200);
+    assert_eq!(agent.put("/v1/data/shop", &json!({"budget": 5})).0, 204);
     assert_eq!(
         agent
             .put("/v1/data/example", &json!({"admins": ["alice"]}))

@@ -46,7 +46,6 @@ allow if {
     input.user ==
 """
 
-# Library calls the agent does not serve yet, with the reason.
 def step(name):
     print(f"--- {name}", flush=True)
 
@@ -231,15 +230,59 @@ def policy_files(client):
     read_policy(client)
 
 
-def compile_unsupported(client):
+def expression_text(expr):
+    """An expression of OPA's AST JSON as short text: `eq(input.user, "alice")`."""
+
+    def term(t):
+        if t["type"] == "ref":
+            parts = [t["value"][0]["value"]]
+            parts += [p["value"] for p in t["value"][1:]]
+            return ".".join(str(p) for p in parts)
+        if t["type"] in ("array", "set"):
+            return json.dumps([v["value"] for v in t["value"]])
+        return json.dumps(t["value"])
+
+    terms = expr["terms"]
+    text = term(terms) if isinstance(terms, dict) else f"{term(terms[0])}({', '.join(term(t) for t in terms[1:])})"
+    return ("not " if expr.get("negated") else "") + text
+
+
+def compile_queries(client):
     step("compile_query (partial evaluation)")
+    # The user is unknown: allow holds when input.user is one of the admins (the default cannot
+    # make `allow == true` hold, so it is not part of the answer).
+    answer = client.compile_query("data.example.authz.allow == true", unknowns=["input"])
+    queries = answer.get("result", {}).get("queries")
+    assert queries is not None, f"compile_query(): no queries in {answer!r}"
+    got = [[expression_text(e) for e in q] for q in queries]
+    assert got == [['internal.member_2(input.user, ["alice", "bob"])']], f"compile_query(): {got!r}"
+    assert queries[0][0]["index"] == 0, f"compile_query(): {queries!r}"
+
+    # Known input, nothing unknown: always true is one empty query, never true no queries.
+    answer = client.compile_query("data.example.authz.allow == true", {"user": "alice"}, unknowns=[])
+    assert answer == {"result": {"queries": [[]]}}, f"compile_query() always true: {answer!r}"
+    answer = client.compile_query("data.example.authz.allow == true", {"user": "zed"}, unknowns=[])
+    assert answer == {"result": {}}, f"compile_query() never true: {answer!r}"
+
+    # Partly known: the known part is evaluated, the rest stays.
+    answer = client.compile_query(
+        'input.resource.owner == input.user; input.user != "zed"', {"user": "alice"}, unknowns=["input.resource"]
+    )
+    got = [[expression_text(e) for e in q] for q in answer["result"]["queries"]]
+    assert got == [['eq(input.resource.owner, "alice")']], f"compile_query() partly known: {got!r}"
+
+    # What the agent cannot partially evaluate is refused, with where: `allow == false` holds
+    # when no body does, through the default.
     try:
-        client.compile_query("data.example.authz.allow == true", unknowns=["input"])
+        client.compile_query("data.example.authz.allow == false", unknowns=["input"])
     except requests.exceptions.HTTPError as error:
-        assert error.response.status_code == 501, f"compile_query(): {error.response.status_code}"
-        print(f"    not supported, as the agent says: {error.response.json()}", flush=True)
+        body = error.response.json()
+        assert error.response.status_code == 501, f"compile_query(allow == false): {error.response.status_code}"
+        location = body["errors"][0]["location"]
+        assert location == {"file": POLICY_ID, "row": 5, "col": 1}, f"refusal location: {body!r}"
+        print(f"    refused as expected: {body['message']}", flush=True)
     else:
-        raise AssertionError("compile_query() answered: partial evaluation is not implemented")
+        raise AssertionError("compile_query() answered a query whose default decides it")
 
 
 def delete_data(client):
@@ -290,7 +333,7 @@ def main():
         patch_admins(client)
         queries(client)
         policy_files(client)
-        compile_unsupported(client)
+        compile_queries(client)
         upload_broken_policy(client)
         delete_data(client)
         delete_policy(client)

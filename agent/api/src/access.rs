@@ -2,7 +2,8 @@
 //!
 //! - none: `/health`, so that a probe (systemd, Kubernetes, a load balancer) needs no secret;
 //! - `read`: every `GET`, and the routes that evaluate without changing anything (`/evaluate`,
-//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`, `/v1/batch/data/...`, OPA's default decision `POST /`,
+//!   `/evaluate/batch`, OPA's `POST /v1/data...`, `/v1/validate`, `/v1/query`, `/v1/compile[/...]`,
+//!   `/v1/batch/data/...`, OPA's default decision `POST /`,
 //!   `/policies/.../replay`);
 //! - `admin`: every other write (policies, Rego modules, data documents, bundles).
 //!

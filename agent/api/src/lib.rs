@@ -149,8 +149,8 @@ pub fn router(state: AppState, max_body_bytes: usize, guards: Guards) -> Router 
             "/v1/query",
             limited(get(opa::get_query)).merge(limited(post(opa::post_query))),
         )
-        .route("/v1/compile", post(opa::compile))
-        .route("/v1/compile/{*path}", post(opa::compile))
+        .route("/v1/compile", limited(post(opa::compile)))
+        .route("/v1/compile/{*path}", limited(post(opa::compile_filters)))
         .route(
             "/v1/batch/data/{*path}",
             limited(post(opa::batch_decisions)),

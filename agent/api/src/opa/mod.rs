@@ -1,11 +1,13 @@
 //! OPA's REST API, with OPA's request and response shapes, so that OPA clients work against the
 //! agent unchanged: `policies.rs` (`/v1/policies`), `data.rs` (`/v1/data`), `decisions.rs`
-//! (`/v1/validate`, the default decision, batches), `query.rs` (`/v1/query`, `/v1/compile`),
-//! `server.rs` (`/v1/config`, `/v1/status`), `bundles.rs` (`/v1/bundles`), and the agent's own
-//! `versions.rs` (history and rollback of modules and data documents). This file has what they share: OPA's error shape,
-//! its query parameters, and the one decision path.
+//! (`/v1/validate`, the default decision, batches), `query.rs` (`/v1/query`), `compile.rs`
+//! (`/v1/compile`, `/v1/compile/{path}`: partial evaluation and data filters), `server.rs`
+//! (`/v1/config`, `/v1/status`), `bundles.rs` (`/v1/bundles`), and the agent's own `versions.rs`
+//! (history and rollback of modules, data documents and bundles). This file has what they share:
+//! OPA's error shape, its query parameters, and the one decision path.
 
 mod bundles;
+mod compile;
 mod data;
 mod decisions;
 mod policies;
@@ -14,6 +16,7 @@ mod server;
 mod versions;
 
 pub use bundles::*;
+pub use compile::*;
 pub use data::*;
 pub use decisions::*;
 pub use policies::*;

@@ -1,5 +1,4 @@
-//! `/v1/query`: OPA's ad-hoc queries, answered within a byte cap; `/v1/compile`, which needs
-//! partial evaluation the agent does not have.
+//! `/v1/query`: OPA's ad-hoc queries, answered within a byte cap.
 
 use super::*;
 
@@ -16,10 +15,10 @@ pub struct QueryParams {
 
 /// Bytes an ad-hoc query's answer may take: shared values (`[a | a[_]]` nested) cost little to
 /// evaluate and can expand enormously when written out, so the writing stops here.
-const MAX_QUERY_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const MAX_QUERY_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// A writer that refuses to grow past its cap.
-struct Capped(Vec<u8>);
+pub(super) struct Capped(pub(super) Vec<u8>);
 
 impl std::io::Write for Capped {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -95,14 +94,4 @@ pub async fn get_query(
         return Err(OpaApiError::invalid("missing parameter `q` (the query)"));
     };
     tokio::task::spawn_blocking(move || ad_hoc(&state, &q, None)).await?
-}
-
-/// `POST /v1/compile`: OPA's partial evaluation, which regorus does not have. Said plainly, so a
-/// client can fall back to `/v1/query` or `/v1/data`.
-pub async fn compile() -> OpaApiError {
-    OpaApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "partial evaluation (POST /v1/compile) is not supported by this agent; evaluate with POST /v1/data/{path} or POST /v1/query",
-    )
 }

@@ -26,6 +26,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 mod outline;
 mod parse_cost;
+pub mod partial;
 mod path;
 mod recursion;
 
@@ -125,6 +126,8 @@ pub struct RegoSet {
     outlines: HashMap<String, ModuleOutline>,
     /// The revision of every bundle in the set, by bundle name (decision logs carry them).
     bundles: Arc<BTreeMap<String, String>>,
+    /// The parsed modules (shared with the engine), for partial evaluation.
+    modules_ast: Vec<regorus::unstable::Ref<regorus::unstable::Module>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -179,6 +182,7 @@ impl RegoSet {
         }
         // Before anything evaluates: regorus would recurse until the stack overflows.
         recursion::check(engine.get_modules())?;
+        let modules_ast = engine.get_modules().clone();
         let packages = engine
             .get_modules()
             .iter()
@@ -211,6 +215,7 @@ impl RegoSet {
                 .filter_map(|m| outline(&m.id, &m.text).ok().map(|o| (m.id.clone(), o)))
                 .collect(),
             bundles: Arc::default(),
+            modules_ast,
         })
     }
 
@@ -228,6 +233,7 @@ impl RegoSet {
             packages: Vec::new(),
             outlines: HashMap::new(),
             bundles: Arc::default(),
+            modules_ast: Vec::new(),
         }
     }
 

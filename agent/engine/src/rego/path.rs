@@ -24,8 +24,13 @@ pub fn data_path(slash_path: &str) -> String {
 /// `data.a["b-c"].d` -> `["data", "a", "b-c", "d"]`, as [`data_path`] writes paths; `None` for
 /// anything else (it is evaluated as a query instead).
 pub(super) fn path_components(path: &str) -> Option<Vec<String>> {
-    let mut rest = path.strip_prefix("data")?;
-    let mut components = vec!["data".to_owned()];
+    ref_components(path, "data")
+}
+
+/// `root.a["b-c"].d` -> `[root, "a", "b-c", "d"]` (a reference written with static keys only).
+pub(super) fn ref_components(path: &str, root: &str) -> Option<Vec<String>> {
+    let mut rest = path.strip_prefix(root)?;
+    let mut components = vec![root.to_owned()];
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('.') {
             let end = after
