@@ -5,10 +5,8 @@
 //! 304s) is downloaded once per revision for the whole mesh and served by all five; and
 //! `/health?bundles=true` answers 200 only once the configured bundle is activated.
 //!
-//! Keys, signatures and archives are made here, independently of the agent's code: ring signs
-//! the JWT of `.signatures.json` in OPA's format (`{"signatures": [JWT]}`, payload
-//! `{"files": [{"name", "hash", "algorithm"}]}`), with JSON files written in their canonical form
-//! so that their SHA-256 is OPA's. Waits are bounded by a generous patience, never asserted on.
+//! Keys, signatures and archives are made by `test_support::bundles`, independently of the
+//! agent's code, in OPA's formats. Waits are bounded by a generous patience, never asserted on.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -16,83 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
+use test_support::bundles::{Key, key, signatures, targz};
 use test_support::mesh::Ca;
 use test_support::{Agent, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const NEVER: &str = "0001-01-01T00:00:00Z";
-
-/// An ES256 key: the pair to sign with, and its public key as the agents' key file holds it.
-struct Key {
-    pair: EcdsaKeyPair,
-    public_pem: String,
-}
-
-fn key() -> Key {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    // SubjectPublicKeyInfo of a P-256 key: the fixed algorithm identifier, then the point.
-    let mut spki = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let body = base64::engine::general_purpose::STANDARD.encode(&spki);
-    let public_pem = format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n");
-    Key { pair, public_pem }
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A compact JWS (ES256, `kid`), as `opa sign` makes it.
-fn jwt(key: &Key, payload: &Value) -> String {
-    let header = json!({"alg": "ES256", "kid": "test", "typ": "JWT"});
-    let input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(payload.to_string().as_bytes())
-    );
-    let signature = key
-        .pair
-        .sign(&SystemRandom::new(), input.as_bytes())
-        .unwrap();
-    format!("{input}.{}", b64url(signature.as_ref()))
-}
-
-/// A `.tar.gz` with the names as `opa build` writes them (a leading `/`).
-fn targz(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    for (name, bytes) in files {
-        // The tar crate refuses to write absolute names: the header field is set directly.
-        let mut header = tar::Header::new_gnu();
-        let path = format!("/{name}");
-        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, bytes.as_slice()).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
 
 /// A bundle owning `data.acme.<package>`, whose rule allows the users in its data. Signed with
 /// `key` when given; `tamper` changes the module after signing (it then allows everyone).
@@ -118,12 +46,7 @@ fn bundle(
         ),
     ];
     if let Some(key) = key {
-        let listed: Vec<Value> = files
-            .iter()
-            .map(|(name, bytes)| json!({"name": name, "hash": sha256_hex(bytes), "algorithm": "SHA-256"}))
-            .collect();
-        let token = jwt(key, &json!({"files": listed}));
-        let signatures = serde_json::to_vec_pretty(&json!({"signatures": [token]})).unwrap();
+        let signatures = signatures(key, &files);
         if tamper {
             files[1].1 =
                 format!("package acme.{package}\nimport rego.v1\nallow := true\n").into_bytes();

@@ -4,12 +4,17 @@
 //! ```sh
 //! cargo build --release -p mesh-agent --example rollout_bench
 //! target/release/examples/rollout_bench canary-revert --nodes 5 --runs 5
+//! target/release/examples/rollout_bench bundle --nodes 50 --runs 5 --bytes 1000000
 //! ```
 //!
 //! `canary-revert`: a Rego module's canary whose every evaluation runs into the time limit. From the
 //! first decision that fails on a canary node (the canary failing, as its callers see it) until
 //! every node answers with the previous version again (the rollout failed, the mesh carried that
 //! to every node, each reverted). Each run starts a fresh mesh.
+//!
+//! `bundle`: a signed bundle of about `--bytes` (its `.tar.gz`; the data is random, so gzip
+//! cannot shrink it much) pushed to one node, until every node has verified and activated it
+//! (`/v1/status` names its revision). One mesh; each run pushes a new revision to another node.
 //!
 //! The agent binary is the `mesh-agent` beside this example's directory (`target/release/`), or
 //! `MESH_AGENT_BIN`.
@@ -30,6 +35,7 @@ struct Args {
     mode: String,
     nodes: usize,
     runs: usize,
+    bytes: usize,
 }
 
 fn args() -> Args {
@@ -39,12 +45,14 @@ fn args() -> Args {
         mode,
         nodes: 5,
         runs: 5,
+        bytes: 1_000_000,
     };
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--nodes" => args.nodes = value.parse().unwrap_or_else(|_| usage()),
             "--runs" => args.runs = value.parse().unwrap_or_else(|_| usage()),
+            "--bytes" => args.bytes = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -52,20 +60,23 @@ fn args() -> Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rollout_bench canary-revert [--nodes N] [--runs N]");
+    eprintln!("usage: rollout_bench canary-revert|bundle [--nodes N] [--runs N] [--bytes N]");
     std::process::exit(2)
 }
 
 fn main() {
     let args = args();
     let mut times = Vec::new();
-    for run in 1..=args.runs {
-        let took = match args.mode.as_str() {
-            "canary-revert" => canary_revert(args.nodes, run),
-            _ => usage(),
-        };
-        println!("run {run}: {:.3} s", took.as_secs_f64());
-        times.push(took);
+    match args.mode.as_str() {
+        "canary-revert" => {
+            for run in 1..=args.runs {
+                let took = canary_revert(args.nodes, run);
+                println!("run {run}: {:.3} s", took.as_secs_f64());
+                times.push(took);
+            }
+        }
+        "bundle" => times = bundle_rollout(args.nodes, args.runs, args.bytes),
+        _ => usage(),
     }
     times.sort();
     let median = times[times.len() / 2];
@@ -80,12 +91,16 @@ fn main() {
 }
 
 /// `n1`..`nN` in one mesh with the default gossip interval, once all see each other.
-fn mesh(ca: &Ca, cluster: &str, nodes: usize) -> Vec<Agent> {
+fn mesh(ca: &Ca, cluster: &str, nodes: usize, extra: &[&str]) -> Vec<Agent> {
     let agents = test_support::mesh::start(ca, cluster, nodes, |options, _| {
-        options
+        let mut options = options
             .env("MESH_AGENT_MESH_GOSSIP_INTERVAL_MS", "200")
             .env("MESH_AGENT_REGO_TIME_LIMIT_MS", "50")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        for arg in extra {
+            options = options.arg(*arg);
+        }
+        options
     });
     wait_until(PATIENCE, || {
         let seen: Vec<usize> = agents.iter().map(alive_count).collect();
@@ -114,7 +129,7 @@ fn rev(node: &Agent) -> Option<u64> {
 
 fn canary_revert(nodes: usize, run: usize) -> Duration {
     let ca = Ca::new();
-    let agents = mesh(&ca, &format!("bench-canary-{run}"), nodes);
+    let agents = mesh(&ca, &format!("bench-canary-{run}"), nodes, &[]);
     let (status, body) = agents[0].put_text("/v1/policies/gate", HEALTHY);
     assert_eq!(status, 200, "{body}");
     wait_until(PATIENCE, || {
@@ -153,4 +168,70 @@ fn canary_revert(nodes: usize, run: usize) -> Duration {
             .ok_or(format!("{behind} nodes not reverted"))
     });
     failed_at.elapsed()
+}
+
+/// Random text of `bytes` characters (base64 of random bytes: gzip keeps about three quarters).
+fn noise(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut raw = vec![0u8; bytes * 3 / 4];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .expect("random bytes");
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn bundle_rollout(nodes: usize, runs: usize, bytes: usize) -> Vec<Duration> {
+    let key = test_support::bundles::key();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("bundle-key.pem");
+    std::fs::write(&key_file, &key.public_pem).expect("key file");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .expect("config");
+    let ca = Ca::new();
+    let config = config.display().to_string();
+    let agents = mesh(&ca, "bench-bundle", nodes, &["--config", &config]);
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        let revision = format!("r{run}");
+        // Roughly `bytes` of archive: the random text compresses to about 3/4 of itself.
+        let data = serde_json::json!({"users": ["alice"], "padding": noise(bytes * 4 / 3)});
+        let archive = test_support::bundles::signed(&key, "bench/big", &revision, &data);
+        let target = &agents[(run - 1) % agents.len()];
+        let started = Instant::now();
+        let response = reqwest::blocking::Client::new()
+            .put(target.url("/v1/bundles/big"))
+            .body(archive.clone())
+            .timeout(PATIENCE)
+            .send()
+            .expect("push");
+        assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+        wait_until(PATIENCE, || {
+            let behind = agents
+                .iter()
+                .filter(|a| {
+                    a.get("/v1/status").1["result"]["bundles"]["big"]["active_revision"]
+                        != revision.as_str()
+                })
+                .count();
+            (behind == 0)
+                .then_some(())
+                .ok_or(format!("{behind} nodes without {revision}"))
+        });
+        let took = started.elapsed();
+        println!(
+            "run {run}: {:.3} s ({} bytes of archive)",
+            took.as_secs_f64(),
+            archive.len()
+        );
+        times.push(took);
+    }
+    times
 }

@@ -129,7 +129,7 @@ pub fn spawn(
                     }
                 }
             }
-            if started.elapsed() < SETTLE {
+            if started.elapsed() < SETTLE || !converged(mesh.as_deref()).await {
                 continue;
             }
             let coordinates = |key: &str| {
@@ -212,6 +212,25 @@ pub fn spawn(
         }
     });
     RolloutController { task }
+}
+
+/// Whether every live member this node sees holds the same replicated set (the same digest):
+/// only then does it end rollouts. A node that has not pulled what the others have (it just came
+/// back, or a partition healed) could otherwise judge a rollout they already ended, and its late
+/// end would overwrite theirs.
+async fn converged(mesh: Option<&Mesh>) -> bool {
+    let Some(mesh) = mesh else {
+        return true;
+    };
+    let members = mesh.members().await;
+    let mut digests = members
+        .iter()
+        .filter(|m| m.state != agent_mesh::MemberState::Dead)
+        .map(|m| m.policy_revision.as_ref().map(|r| r.digest.as_str()));
+    let Some(first) = digests.next() else {
+        return true;
+    };
+    first.is_some() && digests.all(|d| d == first)
 }
 
 /// When `rollout` ended (Unix ms), if it has.

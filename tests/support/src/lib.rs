@@ -7,6 +7,7 @@
 // `new` here makes things (a CA on disk, a topic space): not what a `Default` would suggest.
 #![allow(clippy::new_without_default)]
 
+pub mod bundles;
 pub mod container;
 pub mod mesh;
 pub mod mqtt;
