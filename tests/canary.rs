@@ -187,21 +187,29 @@ fn a_healthy_canary_completes_and_survives_the_death_of_the_node_that_started_it
             });
         }
     }
-    let (_, view) = nodes[alive[0]].get(&format!("/rollouts/{id}"));
-    if view["state"] == "baking" {
-        for node in view["nodes"].as_array().unwrap() {
-            let index = node["node"].as_str().unwrap()[1..]
-                .parse::<usize>()
-                .unwrap()
-                - 1;
-            let expected = if canaries.contains(&index) {
-                "candidate"
-            } else {
-                "previous"
-            };
-            assert_eq!(node["runs"], expected, "{view}");
+    // What each live node reports it runs reaches the others by gossip: wait for it.
+    wait_until(PATIENCE, || {
+        let (_, view) = nodes[alive[0]].get(&format!("/rollouts/{id}"));
+        if view["state"] != "baking" {
+            return Ok(());
         }
-    }
+        let wrong: Vec<String> = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|node| {
+                let index = node["node"].as_str()?[1..].parse::<usize>().ok()? - 1;
+                let expected = if canaries.contains(&index) {
+                    "candidate"
+                } else {
+                    "previous"
+                };
+                (alive.contains(&index) && node["runs"] != expected)
+                    .then(|| format!("{}: {} (not {expected})", node["node"], node["runs"]))
+            })
+            .collect();
+        wrong.is_empty().then_some(()).ok_or(format!("{wrong:?}"))
+    });
     let survivors: Vec<&Agent> = alive.iter().map(|&i| &nodes[i]).collect();
     wait_until(PATIENCE, || {
         // Callers keep deciding on every live node while it bakes.
