@@ -411,7 +411,7 @@ fn a_bundle_is_a_unit_of_rollout_canary_and_rollback() {
     let response = reqwest::blocking::Client::new()
         .put(
             nodes[1]
-                .url("/v1/bundles/authz?canary_fraction=0.4&bake_sec=4&min_canary_evaluations=2"),
+                .url("/v1/bundles/authz?canary_fraction=0.4&bake_sec=10&min_canary_evaluations=2"),
         )
         .body(v2)
         .send()
@@ -440,13 +440,20 @@ fn a_bundle_is_a_unit_of_rollout_canary_and_rollback() {
     for &i in &canaries {
         wait_until(PATIENCE, || match decided_revision(&nodes[i]) {
             Some(rev) if rev == "v2" => Ok(()),
-            other => {
-                let (_, r) = nodes[i].get(&format!("/rollouts/{id}"));
-                (r["state"] != "baking")
-                    .then_some(())
-                    .ok_or(format!("n{}: {other:?}", i + 1))
-            }
+            other => Err(format!("n{}: {other:?}", i + 1)),
         });
+    }
+    // Meanwhile the others decide with v1 (while it bakes: 10 s).
+    let (_, still) = nodes[0].get(&format!("/rollouts/{id}"));
+    if still["state"] == "baking" {
+        for i in (0..5).filter(|i| !canaries.contains(i)) {
+            assert_eq!(
+                decided_revision(&nodes[i]).as_deref(),
+                Some("v1"),
+                "n{}",
+                i + 1
+            );
+        }
     }
     // Healthy: it completes, and every node then decides with v2 (bob is allowed everywhere).
     on_every_node(&nodes, "the completed bundle rollout", |n| {

@@ -53,6 +53,9 @@ pub struct RolloutView {
     #[serde(flatten)]
     rollout: Rollout,
     nodes: Vec<NodeView>,
+    /// For a bundle: about how large its archive is (the archive itself is left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive_bytes: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -73,7 +76,16 @@ struct NodeView {
     broken: Option<String>,
 }
 
-fn view(rollout: Rollout, reports: &[(String, bool, NodeReport)]) -> RolloutView {
+fn view(mut rollout: Rollout, reports: &[(String, bool, NodeReport)]) -> RolloutView {
+    // A bundle's archive (megabytes of base64) is not echoed: its revision says which it is.
+    let archive_bytes = match &mut rollout.candidate {
+        agent_policy::rollout::Candidate::Bundle(bundle) => {
+            let bytes = bundle.archive.len() / 4 * 3;
+            bundle.archive.clear();
+            Some(bytes)
+        }
+        _ => None,
+    };
     let nodes = reports
         .iter()
         .map(|(node, alive, report)| NodeView {
@@ -96,7 +108,11 @@ fn view(rollout: Rollout, reports: &[(String, bool, NodeReport)]) -> RolloutView
             broken: report.broken.get(&rollout.id).cloned(),
         })
         .collect();
-    RolloutView { rollout, nodes }
+    RolloutView {
+        rollout,
+        nodes,
+        archive_bytes,
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -227,6 +243,18 @@ pub(crate) async fn canary(
     candidate: CandidateInput,
     settings: CanarySettings,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    if let Subject::Bundle { name } = &subject
+        && state.bundles.configured.iter().any(|polled| polled == name)
+    {
+        // Its poller would replace whatever the canary completes with the server's version.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rollout_conflict",
+            format!(
+                "bundle {name:?} is polled from a bundle server ([[bundles.sources]]): its versions come from there, not from a canary"
+            ),
+        ));
+    }
     let members = members(state).await;
     let service = state.rollouts.clone();
     let rollout =

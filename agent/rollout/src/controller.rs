@@ -94,7 +94,7 @@ pub fn spawn(
                 } => {}
             }
             let service = Arc::clone(&rollouts);
-            let all = match agent_base::blocking::run(move || service.list()).await {
+            let all = match agent_base::blocking::run(move || service.list_shared()).await {
                 Ok(Ok(list)) => list,
                 Ok(Err(err)) => {
                     warn!(error = %err, "cannot read rollouts");
@@ -129,7 +129,7 @@ pub fn spawn(
                     }
                 }
             }
-            if started.elapsed() < SETTLE || !converged(mesh.as_deref()).await {
+            if started.elapsed() < SETTLE {
                 continue;
             }
             let coordinates = |key: &str| {
@@ -154,6 +154,9 @@ pub fn spawn(
                     continue;
                 }
                 if !matches!(rollout.state, State::Baking { .. }) {
+                    continue;
+                }
+                if !still_open_everywhere(rollout, &reports, &live) {
                     continue;
                 }
                 match judge(rollout, &reports, &live, now_ms()) {
@@ -214,23 +217,22 @@ pub fn spawn(
     RolloutController { task }
 }
 
-/// Whether every live member this node sees holds the same replicated set (the same digest):
-/// only then does it end rollouts. A node that has not pulled what the others have (it just came
-/// back, or a partition healed) could otherwise judge a rollout they already ended, and its late
-/// end would overwrite theirs.
-async fn converged(mesh: Option<&Mesh>) -> bool {
-    let Some(mesh) = mesh else {
-        return true;
-    };
-    let members = mesh.members().await;
-    let mut digests = members
-        .iter()
-        .filter(|m| m.state != agent_mesh::MemberState::Dead)
-        .map(|m| m.policy_revision.as_ref().map(|r| r.digest.as_str()));
-    let Some(first) = digests.next() else {
-        return true;
-    };
-    first.is_some() && digests.all(|d| d == first)
+/// Whether every live member that reports on rollouts still reports `rollout` as baking: only
+/// then is it ended. A node that has not pulled an end (it just came back, or a partition
+/// healed) sees the rollout baking while the others no longer report it, and must not judge it:
+/// its late end would overwrite theirs. (Members that report nothing, older builds, are not
+/// waited for.)
+fn still_open_everywhere(
+    rollout: &Rollout,
+    reports: &[(String, NodeReport)],
+    live: &[String],
+) -> bool {
+    live.iter().all(|node| {
+        reports
+            .iter()
+            .find(|(n, _)| n == node)
+            .is_none_or(|(_, report)| report.canaries.contains_key(&rollout.id))
+    })
 }
 
 /// When `rollout` ended (Unix ms), if it has.

@@ -75,6 +75,9 @@ pub struct RolloutService {
     rego: Arc<RegoService>,
     /// Serializes read-modify-write of rollouts on this node.
     lock: Mutex<()>,
+    /// The rollouts as of a store revision: read again only after something changed (the
+    /// controller lists them twice a second, and a bundle's candidate is megabytes of JSON).
+    cached: Mutex<Option<(u64, Arc<Vec<Rollout>>)>>,
 }
 
 impl RolloutService {
@@ -88,6 +91,7 @@ impl RolloutService {
             policies,
             rego,
             lock: Mutex::new(()),
+            cached: Mutex::new(None),
         }
     }
 
@@ -97,7 +101,26 @@ impl RolloutService {
 
     /// Every rollout, oldest first.
     pub fn list(&self) -> Result<Vec<Rollout>, RolloutError> {
-        Ok(read_rollouts(&self.store)?)
+        Ok(self.list_shared()?.as_ref().clone())
+    }
+
+    /// Every rollout, oldest first, shared: decoded once per store revision.
+    pub fn list_shared(&self) -> Result<Arc<Vec<Rollout>>, RolloutError> {
+        // Read before the documents: a change committed in between makes the next call read
+        // again, never keeps an older list under a newer revision.
+        let revision = self.store.revision()?;
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, list)) = cached.as_ref()
+            && *at == revision
+        {
+            return Ok(Arc::clone(list));
+        }
+        let list = Arc::new(read_rollouts(&self.store)?);
+        *cached = Some((revision, Arc::clone(&list)));
+        Ok(list)
     }
 
     pub fn get(&self, id: &str) -> Result<Rollout, RolloutError> {

@@ -110,10 +110,12 @@ impl Default for BundlesConfig {
 impl BundlesConfig {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if !(1024..=256 * 1024 * 1024).contains(&self.max_bytes) {
+        // A bundle travels whole in one store document, base64 (4/3), and a pull response
+        // carries at most 64 MiB: 32 MiB of archive leaves room.
+        if !(1024..=32 * 1024 * 1024).contains(&self.max_bytes) {
             return Err(InvalidSetting::new(
                 "bundles.max_bytes",
-                "must be between 1024 and 268435456 (256 MiB): a bundle travels whole in one store document",
+                "must be between 1024 and 33554432 (32 MiB): a bundle travels whole in one store document, and a mesh pull carries at most 64 MiB",
             ));
         }
         if self.max_uncompressed_bytes < self.max_bytes

@@ -313,13 +313,10 @@ impl RegoService {
         })
     }
 
-    /// The revision of every active bundle, by name (`/mesh/members` gossips it).
+    /// The revision of every bundle decisions use now, by name (`/mesh/members` gossips it): on
+    /// a canary node, the candidate's.
     pub fn bundle_revisions(&self) -> BTreeMap<String, String> {
-        self.bundles_read()
-            .active
-            .iter()
-            .map(|(name, a)| (name.clone(), a.bundle.manifest.revision.clone()))
-            .collect()
+        self.engine.current().bundle_revisions().as_ref().clone()
     }
 
     /// Whether every bundle in `names` is active (`GET /health?bundles=true`).

@@ -444,27 +444,32 @@ impl RegoService {
             }
             applied.push(rollout.clone());
         }
-        let mut failures = self
-            .overlay_failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.build_plain(&with_modules, &with_data, &with_bundles) {
-            Ok(set) => {
-                failures.retain(|(rollout, _)| !applied.contains(rollout));
-                Ok(set)
-            }
+        // Compiled before the list of failures is locked: a report reads it meanwhile.
+        let built = self.build_plain(&with_modules, &with_data, &with_bundles);
+        let (set, failed) = match built {
+            Ok(set) => (set, None),
             Err(err) => {
                 // Without the candidates: if that fails too, the fault is not theirs.
                 let plain = self.build_plain(modules, data, bundles)?;
                 error!(rollouts = ?applied, error = %err, "canary candidates do not compile here; running without them");
+                (plain, Some(err.to_string()))
+            }
+        };
+        let mut failures = self
+            .overlay_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match failed {
+            None => failures.retain(|(rollout, _)| !applied.contains(rollout)),
+            Some(why) => {
                 for rollout in applied {
                     if !failures.iter().any(|(r, _)| *r == rollout) {
-                        failures.push((rollout, err.to_string()));
+                        failures.push((rollout, why.clone()));
                     }
                 }
-                Ok(plain)
             }
         }
+        Ok(set)
     }
 
     /// Compiles modules, data documents and bundles into one set. A bundle's data takes the place
@@ -509,8 +514,16 @@ impl RegoService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         parsed.retain(|(rollout, _)| overlays.bundles.iter().any(|(r, _, _)| r == rollout));
+        let failed: Vec<String> = self
+            .overlay_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(rollout, _)| rollout.clone())
+            .collect();
         for (rollout, name, archive) in &overlays.bundles {
-            if parsed.iter().any(|(r, _)| r == rollout) {
+            // Read and verified once per rollout, whether it passed or not.
+            if parsed.iter().any(|(r, _)| r == rollout) || failed.contains(rollout) {
                 continue;
             }
             let read = super::bundle::StoredBundle::decode_archive(archive).and_then(|bytes| {
@@ -634,6 +647,7 @@ impl RegoService {
         if id.trim_matches('/').is_empty() {
             return Err(OpaError::BadRequest("a policy id must not be empty".into()));
         }
+        self.check_module_scope(id, Some(text))?;
         let mut modules = self.store.list_documents(DocKind::RegoModule)?;
         let data = self.store.list_documents(DocKind::Data)?;
         let base = modules.iter().find(|m| m.name == id).map(|m| m.version);
@@ -650,6 +664,7 @@ impl RegoService {
     /// Checks that `value` at `path` makes a data tree that compiles with the modules; returns
     /// the version of the document at `path` (none if there is none). Nothing is written.
     pub fn check_data(&self, path: &str, value: &Value) -> Result<Option<u64>, OpaError> {
+        self.check_path_scope(path)?;
         let modules = self.store.list_documents(DocKind::RegoModule)?;
         let mut data = self.store.list_documents(DocKind::Data)?;
         let normalized = data_tree::normalize(path);
