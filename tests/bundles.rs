@@ -151,17 +151,7 @@ fn put_bundle(node: &Agent, name: &str, archive: &[u8]) -> (u16, Value) {
 
 /// Waits until `check` holds on every node.
 fn on_every_node(nodes: &[Agent], what: &str, check: impl Fn(&Agent) -> Result<(), String>) {
-    wait_until(PATIENCE, || {
-        let failing: Vec<String> = nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| check(n).err().map(|why| format!("n{}: {why}", i + 1)))
-            .collect();
-        failing
-            .is_empty()
-            .then_some(())
-            .ok_or(format!("{what}: {failing:?}"))
-    });
+    test_support::mesh::on_every_node(nodes, PATIENCE, what, check)
 }
 
 fn allows(node: &Agent, package: &str, user: &str) -> Value {

@@ -41,17 +41,7 @@ fn start_mesh(ca: &Ca, cluster: &str) -> Vec<Agent> {
 
 /// Waits until `check` holds on every node.
 fn on_every_node(nodes: &[Agent], what: &str, check: impl Fn(&Agent) -> Result<(), String>) {
-    wait_until(PATIENCE, || {
-        let failing: Vec<String> = nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| check(n).err().map(|why| format!("n{}: {why}", i + 1)))
-            .collect();
-        failing
-            .is_empty()
-            .then_some(())
-            .ok_or(format!("{what}: {failing:?}"))
-    });
+    test_support::mesh::on_every_node(nodes, PATIENCE, what, check)
 }
 
 /// Which revision of the gate answers on `node`: `None` when its evaluation failed. Each call has

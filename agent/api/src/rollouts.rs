@@ -13,7 +13,8 @@ use serde_json::Value;
 use agent_engine::ShadowCounts;
 use agent_policy::PolicyPatch;
 use agent_policy::rollout::{
-    CanarySettings, CandidateInput, Plan, Rollout, RolloutError, State as RolloutState, Subject,
+    CanarySettings, CandidateInput, Plan, Rollout, RolloutError, RolloutService,
+    State as RolloutState, Subject,
 };
 use agent_rollout::{CanaryCounts, NodeReport, REPORT_KEY};
 use agent_store::audit_ring::Query as AuditQuery;
@@ -319,24 +320,27 @@ pub async fn promote(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let Path(id) = id?;
-    let rollout = open_shadow(&state, id).await?;
-    let service = state.rollouts.clone();
-    let rollout = blocking(move || service.promote(&rollout.id)).await?;
-    state.rollout_wake.notify_one();
-    Ok(Json(view(rollout, &reports(&state).await)))
+    end_shadow(&state, id?.0, RolloutService::promote).await
 }
 
 pub async fn withdraw_shadow(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let Path(id) = id?;
-    let rollout = open_shadow(&state, id).await?;
+    end_shadow(&state, id?.0, RolloutService::cancel).await
+}
+
+/// Ends policy `id`'s open shadow version with `end` (promote or cancel).
+async fn end_shadow(
+    state: &AppState,
+    id: u64,
+    end: fn(&RolloutService, &str) -> Result<Rollout, RolloutError>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let rollout = open_shadow(state, id).await?;
     let service = state.rollouts.clone();
-    let rollout = blocking(move || service.cancel(&rollout.id)).await?;
+    let rollout = blocking(move || end(&service, &rollout.id)).await?;
     state.rollout_wake.notify_one();
-    Ok(Json(view(rollout, &reports(&state).await)))
+    Ok(Json(view(rollout, &reports(state).await)))
 }
 
 #[derive(Deserialize)]

@@ -76,3 +76,24 @@ pub fn alive_count(agent: &crate::Agent) -> usize {
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count())
 }
+
+/// Waits until `check` holds on every node (`n1`, `n2`, ... in the failure's message), for at
+/// most `patience`.
+pub fn on_every_node(
+    nodes: &[crate::Agent],
+    patience: std::time::Duration,
+    what: &str,
+    check: impl Fn(&crate::Agent) -> Result<(), String>,
+) {
+    crate::wait_until(patience, || {
+        let failing: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| check(n).err().map(|why| format!("n{}: {why}", i + 1)))
+            .collect();
+        failing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{what}: {failing:?}"))
+    });
+}
