@@ -177,8 +177,8 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
     std::fs::write(
         &config,
         format!(
-            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n\n\
-             [[bundles.sources]]\nname = \"polled\"\nurl = \"http://{}/bundles/polled.tar.gz\"\n\
+            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n\n\
+             [[bundles]]\nname = \"polled\"\nurl = \"http://{}/bundles/polled.tar.gz\"\n\
              min_delay_sec = 1\nmax_delay_sec = 1\n",
             key_file.display().to_string(),
             server.addr
@@ -374,7 +374,7 @@ fn a_bundle_is_a_unit_of_rollout_canary_and_rollback() {
     std::fs::write(
         &config,
         format!(
-            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
+            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
             key_file.display().to_string()
         ),
     )

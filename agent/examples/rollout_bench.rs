@@ -194,7 +194,7 @@ fn bundle_rollout(nodes: usize, runs: usize, bytes: usize) -> Vec<Duration> {
     std::fs::write(
         &config,
         format!(
-            "[bundles.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
+            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
             key_file.display().to_string()
         ),
     )

@@ -85,12 +85,12 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     agent_engine::rego::set_memory_limit(config.rego.max_memory_bytes);
     let rego_engine = Arc::new(RegoEngine::new(rego_settings));
     // Bundle keys are read before anything is activated: a bad key file stops the start.
-    let verification = agent_policy::opa::bundle::Verification::load(&config.bundles)
+    let verification = agent_policy::opa::bundle::Verification::load(&config.bundle)
         .map_err(anyhow::Error::msg)?;
     let bundle_limits = agent_policy::opa::bundle::Limits {
-        max_bytes: config.bundles.max_bytes,
-        max_uncompressed_bytes: config.bundles.max_uncompressed_bytes,
-        max_files: config.bundles.max_files,
+        max_bytes: config.bundle.max_bytes,
+        max_uncompressed_bytes: config.bundle.max_uncompressed_bytes,
+        max_files: config.bundle.max_files,
     };
     let rego = Arc::new(
         RegoService::with_bundles(
@@ -256,8 +256,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         Arc::clone(&rego),
         mesh.clone(),
         node_id.clone(),
-        config.bundles.sources.clone(),
-        config.bundles.max_bytes,
+        config.bundles.clone(),
+        config.bundle.max_bytes,
     )?;
 
     let evaluate_limit =
@@ -292,8 +292,8 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
         rollout_wake,
         rollout_report,
         bundles: api::BundlesApi {
-            max_bytes: usize::try_from(config.bundles.max_bytes).unwrap_or(usize::MAX),
-            configured: config.bundles.configured_names().into(),
+            max_bytes: usize::try_from(config.bundle.max_bytes).unwrap_or(usize::MAX),
+            configured: agent_policy::opa::bundle::configured_names(&config.bundles).into(),
         },
     };
     let listener = TcpListener::bind(config.http_listen)

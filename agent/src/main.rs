@@ -73,7 +73,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BundleCommand {
-    /// Push an OPA bundle (.tar.gz, signed when the agents have [bundles.keys]) to an agent:
+    /// Push an OPA bundle (.tar.gz, signed when the agents have [bundle.keys]) to an agent:
     /// it is verified and activated there, then rolled out to the whole mesh.
     Push {
         /// The bundle archive.

@@ -58,12 +58,12 @@ pub struct AppState {
     pub bundles: BundlesApi,
 }
 
-/// What the bundle routes need of `[bundles]`.
+/// What the bundle routes need of `[bundle]`.
 #[derive(Clone, Debug, Default)]
 pub struct BundlesApi {
-    /// Largest archive `PUT /v1/bundles/{name}` takes (`bundles.max_bytes`).
+    /// Largest archive `PUT /v1/bundles/{name}` takes (`bundle.max_bytes`).
     pub max_bytes: usize,
-    /// The polled bundles (`[[bundles.sources]]`): `GET /health?bundles=true` waits for them.
+    /// The polled bundles (`[[bundles]]`): `GET /health?bundles=true` waits for them.
     pub configured: Arc<[String]>,
 }
 

@@ -252,7 +252,7 @@ pub(crate) async fn canary(
             StatusCode::CONFLICT,
             "rollout_conflict",
             format!(
-                "bundle {name:?} is polled from a bundle server ([[bundles.sources]]): its versions come from there, not from a canary"
+                "bundle {name:?} is polled from a bundle server ([[bundles]]): its versions come from there, not from a canary"
             ),
         ));
     }

@@ -1,5 +1,5 @@
 //! One bundle server: a request with the ETag the mesh holds (`If-None-Match`), `304` meaning
-//! the mesh is up to date, a `200` read under `bundles.max_bytes` and written through
+//! the mesh is up to date, a `200` read under `bundle.max_bytes` and written through
 //! `RegoService::put_bundle` with its ETag. Every request is noted in the bundle's status.
 
 use std::path::Path;
@@ -133,7 +133,7 @@ impl Fetcher {
             .to_owned();
         let too_large = |got: u64| {
             format!(
-                "the bundle from {} is over bundles.max_bytes ({}; {got} bytes or more)",
+                "the bundle from {} is over bundle.max_bytes ({}; {got} bytes or more)",
                 self.source.url, self.max_bytes
             )
         };

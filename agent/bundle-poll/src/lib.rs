@@ -1,4 +1,4 @@
-//! The bundle poller: for each `[[bundles.sources]]` entry, one alive node of the mesh at a time
+//! The bundle poller: for each `[[bundles]]` entry, one alive node of the mesh at a time
 //! downloads the bundle from its server, and the mesh hands it to every other node (one download
 //! per mesh, not per node). Which node polls is decided without messages: the alive members are
 //! ranked by rendezvous hashing of (bundle name, node id) with a pinned hash (`rank.rs`), and only
@@ -49,7 +49,7 @@ impl Poller {
 }
 
 /// Starts polling `sources` for this node (`node_id`), with `mesh` when the node has one.
-/// `max_bytes` bounds a download (`bundles.max_bytes`).
+/// `max_bytes` bounds a download (`bundle.max_bytes`).
 pub fn spawn(
     rego: Arc<RegoService>,
     mesh: Option<Arc<Mesh>>,

@@ -18,7 +18,7 @@ pub struct PushQuery {
 }
 
 /// `PUT /v1/bundles/{name}`: 200 with the revision activated, 400 saying what is wrong (and in
-/// which file), 413 over `bundles.max_bytes`. With a canary plan in the query, 202 with the
+/// which file), 413 over `bundle.max_bytes`. With a canary plan in the query, 202 with the
 /// rollout: the bundle reaches a share of the nodes first (see `POST /rollouts`).
 pub async fn put_bundle(
     State(state): State<AppState>,

@@ -23,7 +23,7 @@ pub use agent_decision::summary::SummaryConfig;
 pub use agent_http::{AuthConfig, HttpConfig, LimitsConfig};
 pub use agent_mesh::MeshConfig;
 pub use agent_mqtt::{MqttConfig, UpstreamConfig};
-pub use agent_policy::opa::bundle::BundlesConfig;
+pub use agent_policy::opa::bundle::{BundlesConfig, SourceConfig};
 pub use agent_policy::opa::{FailMode, RegoConfig};
 
 /// Prefix of environment variables that override config keys (`audit.capacity` is
@@ -91,7 +91,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub rego: RegoConfig,
-    pub bundles: BundlesConfig,
+    /// `[bundle]`: how every OPA bundle is read and verified.
+    pub bundle: BundlesConfig,
+    /// `[[bundles]]`: the bundle servers to poll, one entry each.
+    pub bundles: Vec<SourceConfig>,
     pub mesh: MeshConfig,
     pub mqtt: MqttConfig,
     pub outbox: OutboxConfig,
@@ -117,7 +120,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             rego: RegoConfig::default(),
-            bundles: BundlesConfig::default(),
+            bundle: BundlesConfig::default(),
+            bundles: Vec::new(),
             mesh: MeshConfig::default(),
             mqtt: MqttConfig::default(),
             outbox: OutboxConfig::default(),
@@ -142,7 +146,7 @@ enum Kind {
 }
 
 /// Keys that hold tables or lists of tables: the config file sets them, no variable can.
-const FILE_ONLY_KEYS: &[&str] = &["bundles.keys", "bundles.sources"];
+const FILE_ONLY_KEYS: &[&str] = &["bundle.keys", "bundles"];
 
 /// Every key, with its type; an environment variable for any other key is refused as a typo.
 const KEYS: &[(&str, Kind)] = &[
@@ -173,10 +177,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("rego.cache_entries", Kind::Integer),
     ("rego.max_data_bytes", Kind::Integer),
     ("rego.max_memory_bytes", Kind::Integer),
-    ("bundles.max_bytes", Kind::Integer),
-    ("bundles.max_uncompressed_bytes", Kind::Integer),
-    ("bundles.max_files", Kind::Integer),
-    ("bundles.keyid", Kind::Text),
+    ("bundle.max_bytes", Kind::Integer),
+    ("bundle.max_uncompressed_bytes", Kind::Integer),
+    ("bundle.max_files", Kind::Integer),
+    ("bundle.keyid", Kind::Text),
     ("mesh.tls_dir", Kind::Text),
     ("mesh.cluster_id", Kind::Text),
     ("mesh.gossip_listen", Kind::Text),
@@ -261,7 +265,8 @@ impl Config {
         self.limits.validate()?;
         self.audit.validate()?;
         self.rego.validate()?;
-        self.bundles.validate()?;
+        self.bundle.validate()?;
+        agent_policy::opa::bundle::validate_sources(&self.bundles)?;
         self.mesh.validate()?;
         self.mqtt.validate()?;
         self.summary.validate()?;

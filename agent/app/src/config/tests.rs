@@ -71,10 +71,10 @@ fn every_key_has_an_env_var_that_works() {
             ("MESH_AGENT_REGO_FAIL_MODE", "fail_open"),
             ("MESH_AGENT_REGO_CACHE_TTL_SEC", "0"),
             ("MESH_AGENT_REGO_CACHE_ENTRIES", "3"),
-            ("MESH_AGENT_BUNDLES_MAX_BYTES", "2048"),
-            ("MESH_AGENT_BUNDLES_MAX_UNCOMPRESSED_BYTES", "4096"),
-            ("MESH_AGENT_BUNDLES_MAX_FILES", "5"),
-            ("MESH_AGENT_BUNDLES_KEYID", "k1"),
+            ("MESH_AGENT_BUNDLE_MAX_BYTES", "2048"),
+            ("MESH_AGENT_BUNDLE_MAX_UNCOMPRESSED_BYTES", "4096"),
+            ("MESH_AGENT_BUNDLE_MAX_FILES", "5"),
+            ("MESH_AGENT_BUNDLE_KEYID", "k1"),
             ("MESH_AGENT_MESH_TLS_DIR", "/tls"),
             ("MESH_AGENT_MESH_CLUSTER_ID", "c"),
             ("MESH_AGENT_MESH_GOSSIP_LISTEN", "127.0.0.1:2"),
@@ -158,13 +158,14 @@ fn every_key_has_an_env_var_that_works() {
             max_data_bytes: 16 * 1024 * 1024,
             max_memory_bytes: 512 * 1024 * 1024,
         },
-        bundles: BundlesConfig {
+        bundle: BundlesConfig {
             max_bytes: 2048,
             max_uncompressed_bytes: 4096,
             max_files: 5,
             keyid: "k1".into(),
             ..BundlesConfig::default()
         },
+        bundles: Vec::new(),
         mesh: MeshConfig {
             tls_dir: Some("/tls".into()),
             cluster_id: "c".into(),
@@ -293,21 +294,24 @@ fn errors_say_where_and_what() {
 #[test]
 fn bundles_come_from_the_file_and_are_checked() {
     let file = write(
-        "[bundles.keys.k1]\nalgorithm = \"ES256\"\nkey_file = \"/k.pem\"\n\
-         [[bundles.sources]]\nname = \"authz\"\nurl = \"http://127.0.0.1:9/b.tar.gz\"\n",
+        "[bundle.keys.k1]\nalgorithm = \"ES256\"\nkey_file = \"/k.pem\"\n\
+         [[bundles]]\nname = \"authz\"\nurl = \"http://127.0.0.1:9/b.tar.gz\"\n",
     );
     let config = Config::load(Some(file.path()), env(&[])).unwrap();
-    assert_eq!(config.bundles.sources[0].min_delay_sec, 60);
-    assert_eq!(config.bundles.sources[0].max_delay_sec, 120);
-    assert_eq!(config.bundles.configured_names(), ["authz"]);
-    let https = write(
-        "[[bundles.sources]]\nname = \"authz\"\nurl = \"https://bundles.example/b.tar.gz\"\n",
+    assert_eq!(config.bundles[0].min_delay_sec, 60);
+    assert_eq!(config.bundles[0].max_delay_sec, 120);
+    assert_eq!(
+        agent_policy::opa::bundle::configured_names(&config.bundles),
+        ["authz"]
     );
+    assert!(config.bundle.keys.contains_key("k1"));
+    let https =
+        write("[[bundles]]\nname = \"authz\"\nurl = \"https://bundles.example/b.tar.gz\"\n");
     let err = Config::load(Some(https.path()), env(&[]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("bundles.sources.ca_file"), "{err}");
-    let err = Config::load(None, env(&[("MESH_AGENT_BUNDLES_SOURCES", "x")]))
+    assert!(err.contains("bundles.ca_file"), "{err}");
+    let err = Config::load(None, env(&[("MESH_AGENT_BUNDLES", "x")]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("set it in the config file"), "{err}");

@@ -55,7 +55,7 @@ impl<R: Read> Read for Budget<R> {
 pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleError> {
     if archive.len() as u64 > limits.max_bytes {
         return Err(BundleError::too_large(format!(
-            "the bundle is {} bytes, over bundles.max_bytes ({})",
+            "the bundle is {} bytes, over bundle.max_bytes ({})",
             archive.len(),
             limits.max_bytes
         )));
@@ -72,7 +72,7 @@ pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleE
     };
     let too_large = |limits: &Limits| {
         BundleError::too_large(format!(
-            "the bundle unpacks to more than bundles.max_uncompressed_bytes ({} bytes); refused",
+            "the bundle unpacks to more than bundle.max_uncompressed_bytes ({} bytes); refused",
             limits.max_uncompressed_bytes
         ))
     };
@@ -96,7 +96,7 @@ pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleE
         let path = clean_path(&raw)?;
         if files.len() == limits.max_files {
             return Err(BundleError::too_large(format!(
-                "the bundle holds more than bundles.max_files ({}) files",
+                "the bundle holds more than bundle.max_files ({}) files",
                 limits.max_files
             )));
         }
@@ -109,7 +109,7 @@ pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleE
         total = total.saturating_add(size);
         if total > limits.max_uncompressed_bytes {
             return Err(BundleError::too_large(format!(
-                "{path}: the bundle's files take more than bundles.max_uncompressed_bytes ({} bytes)",
+                "{path}: the bundle's files take more than bundle.max_uncompressed_bytes ({} bytes)",
                 limits.max_uncompressed_bytes
             )));
         }
@@ -133,7 +133,7 @@ pub fn read(archive: &[u8], limits: &Limits) -> Result<Vec<ArchiveFile>, BundleE
 fn archive_error(err: std::io::Error, last: Option<&ArchiveFile>) -> BundleError {
     if err.to_string().contains("budget exceeded") {
         return BundleError::too_large(
-            "the bundle unpacks to more than bundles.max_uncompressed_bytes; refused",
+            "the bundle unpacks to more than bundle.max_uncompressed_bytes; refused",
         );
     }
     match last {

@@ -1,14 +1,16 @@
-//! The `[bundles]` config section: the keys bundles are verified with (OPA's `keys`), the limits a
-//! bundle is read under, and the bundle servers to poll (`[[bundles.sources]]`, OPA's `bundles`).
+//! Bundle configuration, two sections: `[bundle]`, how every bundle is read and verified (the
+//! limits, and the keys, OPA's `keys`), and `[[bundles]]`, the bundle servers to poll (OPA's
+//! `bundles` with `polling`), one entry each.
 //!
 //! ```toml
-//! [bundles]
+//! [bundle]
 //! keyid = "global_key"          # optional: the key every bundle is verified with (else the JWT's kid)
-//! [bundles.keys.global_key]
+//! [bundle.keys.global_key]
 //! algorithm = "ES256"           # RS256/384/512, PS256/384/512, ES256/384, HS256/384/512
 //! key_file = "/etc/mesh-agent/bundle-key.pem"   # PEM public key or certificate; HS*: the secret
 //! scope = "write"               # optional: the scope the signature must carry
-//! [[bundles.sources]]
+//!
+//! [[bundles]]
 //! name = "authz"
 //! url = "https://bundles.example/authz.tar.gz"
 //! min_delay_sec = 60
@@ -40,8 +42,6 @@ pub struct BundlesConfig {
     pub keyid: String,
     /// Verification keys by key id. With any key configured, an unsigned bundle is refused.
     pub keys: BTreeMap<String, KeyConfig>,
-    /// Bundle servers to poll; each bundle is downloaded by one node of the mesh at a time.
-    pub sources: Vec<SourceConfig>,
 }
 
 /// One verification key (OPA's `keys.<id>`).
@@ -102,7 +102,6 @@ impl Default for BundlesConfig {
             max_files: 1_000,
             keyid: String::new(),
             keys: BTreeMap::new(),
-            sources: Vec::new(),
         }
     }
 }
@@ -114,7 +113,7 @@ impl BundlesConfig {
         // carries at most 64 MiB: 32 MiB of archive leaves room.
         if !(1024..=32 * 1024 * 1024).contains(&self.max_bytes) {
             return Err(InvalidSetting::new(
-                "bundles.max_bytes",
+                "bundle.max_bytes",
                 "must be between 1024 and 33554432 (32 MiB): a bundle travels whole in one store document, and a mesh pull carries at most 64 MiB",
             ));
         }
@@ -122,71 +121,76 @@ impl BundlesConfig {
             || self.max_uncompressed_bytes > 1024 * 1024 * 1024
         {
             return Err(InvalidSetting::new(
-                "bundles.max_uncompressed_bytes",
-                "must be at least bundles.max_bytes and at most 1073741824 (1 GiB)",
+                "bundle.max_uncompressed_bytes",
+                "must be at least bundle.max_bytes and at most 1073741824 (1 GiB)",
             ));
         }
         if !(1..=100_000).contains(&self.max_files) {
             return Err(InvalidSetting::new(
-                "bundles.max_files",
+                "bundle.max_files",
                 "must be between 1 and 100000",
             ));
         }
         if let Some(id) = self.keys.keys().find(|id| id.is_empty()) {
             return Err(InvalidSetting::new(
-                "bundles.keys",
+                "bundle.keys",
                 format!("a key id must not be empty ({id:?})"),
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for (index, source) in self.sources.iter().enumerate() {
-            if let Err(message) = super::validate_name(&source.name) {
-                return Err(InvalidSetting::new(
-                    "bundles.sources.name",
-                    format!("(source {index}) {message}"),
-                ));
-            }
-            if !names.insert(source.name.as_str()) {
-                return Err(InvalidSetting::new(
-                    "bundles.sources.name",
-                    format!("{:?} is configured twice", source.name),
-                ));
-            }
-            let https = source.url.starts_with("https://");
-            if !https && !source.url.starts_with("http://") {
-                return Err(InvalidSetting::new(
-                    "bundles.sources.url",
-                    format!(
-                        "(bundle {:?}) must be an http:// or https:// URL, found {:?}",
-                        source.name, source.url
-                    ),
-                ));
-            }
-            if https && source.ca_file.is_none() {
-                return Err(InvalidSetting::new(
-                    "bundles.sources.ca_file",
-                    format!(
-                        "(bundle {:?}) is needed for an https:// URL: the agent trusts no built-in roots",
-                        source.name
-                    ),
-                ));
-            }
-            if source.min_delay_sec == 0 || source.max_delay_sec < source.min_delay_sec {
-                return Err(InvalidSetting::new(
-                    "bundles.sources.min_delay_sec",
-                    format!(
-                        "(bundle {:?}) min_delay_sec must be at least 1 and at most max_delay_sec",
-                        source.name
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
+}
 
-    /// The names of the bundles this node must have activated before `GET /health?bundles=true`
-    /// answers 200 (OPA: the configured bundles).
-    pub fn configured_names(&self) -> Vec<String> {
-        self.sources.iter().map(|s| s.name.clone()).collect()
+/// Checks the `[[bundles]]` entries: names, URLs, delays.
+pub fn validate_sources(sources: &[SourceConfig]) -> Result<(), InvalidSetting> {
+    let mut names = std::collections::HashSet::new();
+    for (index, source) in sources.iter().enumerate() {
+        if let Err(message) = super::validate_name(&source.name) {
+            return Err(InvalidSetting::new(
+                "bundles.name",
+                format!("(source {index}) {message}"),
+            ));
+        }
+        if !names.insert(source.name.as_str()) {
+            return Err(InvalidSetting::new(
+                "bundles.name",
+                format!("{:?} is configured twice", source.name),
+            ));
+        }
+        let https = source.url.starts_with("https://");
+        if !https && !source.url.starts_with("http://") {
+            return Err(InvalidSetting::new(
+                "bundles.url",
+                format!(
+                    "(bundle {:?}) must be an http:// or https:// URL, found {:?}",
+                    source.name, source.url
+                ),
+            ));
+        }
+        if https && source.ca_file.is_none() {
+            return Err(InvalidSetting::new(
+                "bundles.ca_file",
+                format!(
+                    "(bundle {:?}) is needed for an https:// URL: the agent trusts no built-in roots",
+                    source.name
+                ),
+            ));
+        }
+        if source.min_delay_sec == 0 || source.max_delay_sec < source.min_delay_sec {
+            return Err(InvalidSetting::new(
+                "bundles.min_delay_sec",
+                format!(
+                    "(bundle {:?}) min_delay_sec must be at least 1 and at most max_delay_sec",
+                    source.name
+                ),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// The names of the bundles this node must have activated before `GET /health?bundles=true`
+/// answers 200 (OPA: the configured bundles).
+pub fn configured_names(sources: &[SourceConfig]) -> Vec<String> {
+    sources.iter().map(|s| s.name.clone()).collect()
 }

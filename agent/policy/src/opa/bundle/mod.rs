@@ -8,7 +8,7 @@
 //! modules under OPA's ids for bundle modules (`<bundle name>/<path in the archive>`), and the
 //! bundle's data tree (each `data.json` at its directory's path). `document` is how a bundle is
 //! stored (the archive itself, so that every node verifies the signed bytes), and `config` the
-//! `[bundles]` section.
+//! `[bundle]` section.
 
 pub mod archive;
 pub mod config;
@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use agent_engine::rego::{ModuleSource, outline};
 
 pub use archive::Limits;
-pub use config::{BundlesConfig, KeyConfig, SourceConfig};
+pub use config::{BundlesConfig, KeyConfig, SourceConfig, configured_names, validate_sources};
 pub use document::StoredBundle;
 pub use manifest::Manifest;
 pub use signature::{Algorithm, Verification};
@@ -42,7 +42,7 @@ pub struct BundleError {
 pub enum BundleErrorKind {
     /// Malformed: not a bundle, a bad file, outside its roots.
     Invalid,
-    /// Over a limit (`bundles.max_*`).
+    /// Over a limit (`bundle.max_*`).
     TooLarge,
     /// Unsigned when a key is configured, or its signature or a digest does not verify.
     Unverified,

@@ -1,7 +1,7 @@
 //! Bundle signatures as OPA makes and checks them (`bundle/verify.go`). `.signatures.json` is
 //! `{"signatures": ["<JWT>"]}`: exactly one JWT, signed with a configured key, whose payload
 //! lists every file of the bundle (`files: [{name, hash, algorithm}]`) and may carry `keyid` and
-//! `scope`. The key is the configured `bundles.keyid`, else the JWT header's `kid`, else the
+//! `scope`. The key is the configured `bundle.keyid`, else the JWT header's `kid`, else the
 //! payload's `keyid`; its algorithm is the configured one (a JWT claiming another is refused);
 //! the payload's `scope` must equal the key's. Then every file must be listed with its digest
 //! (see `hash`), and every listed file must be in the bundle.
@@ -78,11 +78,11 @@ impl std::fmt::Debug for Verification {
 }
 
 impl Verification {
-    /// Reads the key files of `[bundles.keys]`. An error names the key and the file.
+    /// Reads the key files of `[bundle.keys]`. An error names the key and the file.
     pub fn load(config: &BundlesConfig) -> Result<Verification, String> {
         if !config.keyid.is_empty() && !config.keys.contains_key(&config.keyid) {
             return Err(format!(
-                "bundles.keyid names key {:?}, which is not under [bundles.keys]",
+                "bundle.keyid names key {:?}, which is not under [bundle.keys]",
                 config.keyid
             ));
         }
@@ -90,13 +90,13 @@ impl Verification {
         for (id, key) in &config.keys {
             let bytes = std::fs::read(&key.key_file).map_err(|err| {
                 format!(
-                    "bundles.keys.{id}: cannot read key_file {}: {err}",
+                    "bundle.keys.{id}: cannot read key_file {}: {err}",
                     key.key_file.display()
                 )
             })?;
             let decoding = decoding_key(key.algorithm, &bytes).map_err(|err| {
                 format!(
-                    "bundles.keys.{id}: key_file {}: {err}",
+                    "bundle.keys.{id}: key_file {}: {err}",
                     key.key_file.display()
                 )
             })?;
@@ -153,7 +153,7 @@ impl Verification {
             if self.required() {
                 return Err(BundleError::unverified(
                     "bundle missing .signatures.json file (a verification key is configured: \
-                     bundles.keys)",
+                     bundle.keys)",
                 ));
             }
             return Ok(());
@@ -161,7 +161,7 @@ impl Verification {
         if !self.required() {
             return Err(BundleError::unverified(
                 ".signatures.json: verification key not provided (the bundle is signed, and \
-                 this node has no bundles.keys)",
+                 this node has no bundle.keys)",
             ));
         }
         let config: SignaturesFile = serde_json::from_slice(signatures).map_err(|err| {

@@ -277,11 +277,11 @@ fn gzip_bombs_traversal_and_junk_are_refused_with_reasons() {
         ..LIMITS
     };
     let err = Bundle::read("b", &archive(&content()), &none, &tight).unwrap_err();
-    assert!(err.message.contains("bundles.max_bytes"), "{err}");
+    assert!(err.message.contains("bundle.max_bytes"), "{err}");
     let names: Vec<String> = (0..60).map(|i| format!("/f{i}.txt")).collect();
     let many: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
     let err = Bundle::read("b", &archive(&many), &none, &LIMITS).unwrap_err();
-    assert!(err.message.contains("bundles.max_files"), "{err}");
+    assert!(err.message.contains("bundle.max_files"), "{err}");
     // Names that climb out, absolute or not.
     for name in ["../evil.rego", "/acme/../../etc/passwd"] {
         let err = Bundle::read("b", &archive(&[(name, b"package x")]), &none, &LIMITS).unwrap_err();

@@ -21,7 +21,7 @@ use super::super::bundle::{Bundle, Limits, StoredBundle, manifest};
 use super::super::data_tree;
 use super::RegoService;
 
-/// The limits of a service built without `[bundles]` (its defaults).
+/// The limits of a service built without `[bundle]` (its defaults).
 pub(super) const DEFAULT_LIMITS: Limits = Limits {
     max_bytes: 8 * 1024 * 1024,
     max_uncompressed_bytes: 64 * 1024 * 1024,

@@ -66,7 +66,7 @@ impl RegoService {
     }
 
     /// [`new`](Self::new), verifying bundles with `verification` and reading them under `limits`
-    /// (`[bundles]`). Stored bundles are verified with these keys before they are activated.
+    /// (`[bundle]`). Stored bundles are verified with these keys before they are activated.
     pub fn with_bundles(
         store: Arc<Store>,
         engine: Arc<RegoEngine>,
