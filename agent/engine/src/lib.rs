@@ -140,6 +140,9 @@ impl Engine {
         let mut verdicts = Vec::with_capacity(set.len());
         let mut policy_started = started;
         let mut rego_input = None;
+        // Whether any policy failed, and by its time limit: noted as they happen, so the common
+        // path (no failure) pays nothing for the health count.
+        let (mut failed, mut timed_out) = (false, false);
         let mut rego = || {
             let input = rego_input
                 .get_or_insert_with(|| matcher::rego_input(incident, facts))
@@ -151,6 +154,8 @@ impl Engine {
                 Ok(outcome) => (outcome, None),
                 Err(err) => {
                     self.metrics.evaluation_errors.inc();
+                    failed = true;
+                    timed_out |= matches!(err, EvalError::TimeLimit { .. });
                     (Outcome::from_match(false), Some(err))
                 }
             };
@@ -170,11 +175,7 @@ impl Engine {
         self.metrics
             .evaluation_duration
             .observe(elapsed.as_secs_f64());
-        let failed = verdicts.iter().filter_map(|v| v.error.as_ref());
-        let timeout = failed
-            .clone()
-            .any(|err| matches!(err, EvalError::TimeLimit { .. }));
-        self.health.record(failed.count() > 0, timeout);
+        self.health.record(failed, timed_out);
         let mut shadows = Vec::with_capacity(set.shadows().len());
         for (i, shadow) in set.shadows().iter().enumerate() {
             let shadow_started = Instant::now();

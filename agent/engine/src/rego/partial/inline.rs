@@ -8,10 +8,11 @@ use std::rc::Rc;
 use regorus::Value;
 use regorus::unstable::{Rule, RuleHead};
 
-use super::eval::{BodyOut, Evaluator, HeadValue, Piece, Side, fill, location, unsupported};
+use super::eval::{BodyOut, Evaluator, HeadValue, location, unsupported};
 use super::render::path_text;
 use super::residual::{Residual, Term};
 use super::rules::Def;
+use super::template::{Piece, Side, fill};
 use super::{MAX_INLINE_DEPTH, MAX_RESIDUAL_QUERIES, PartialError};
 use crate::rego::Location;
 

@@ -21,6 +21,8 @@ mod render;
 mod residual;
 mod rules;
 pub mod sql;
+mod statement;
+mod template;
 pub mod ucast;
 
 #[cfg(test)]
