@@ -24,6 +24,7 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+mod bindings;
 mod outline;
 mod parse_cost;
 pub mod partial;

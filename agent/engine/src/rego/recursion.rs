@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 
+use super::bindings::{import_aliases, pattern_vars, statement_vars};
 use super::{CompileError, Location};
 
 /// A rule (all definitions sharing one static head path).
@@ -34,7 +35,7 @@ pub fn check(modules: &[Ref<Module>]) -> Result<(), CompileError> {
         // `package a.b` is `data.a.b`.
         let mut package = vec!["data".to_owned()];
         package.extend(static_path(&module.package.refr));
-        let aliases = imports(module);
+        let aliases = import_aliases(module, &["data"]);
         for rule in &module.policy {
             let (head, args, bodies) = match rule.as_ref() {
                 Rule::Spec { head, bodies, .. } => {
@@ -222,26 +223,6 @@ fn find_cycle(nodes: &[Node], packages: &[Vec<String>]) -> Result<(), CompileErr
     Ok(())
 }
 
-/// `import data.a.b` makes `b` mean `data.a.b`; `import data.a.b as c` makes `c` mean it.
-fn imports(module: &Module) -> BTreeMap<String, Vec<String>> {
-    let mut aliases = BTreeMap::new();
-    for import in &module.imports {
-        let path = static_path(&import.refr);
-        if path.first().map(String::as_str) != Some("data") {
-            continue;
-        }
-        let alias = match &import.r#as {
-            Some(span) => span.text().to_owned(),
-            None => match path.last() {
-                Some(last) => last.clone(),
-                None => continue,
-            },
-        };
-        aliases.insert(alias, path);
-    }
-    aliases
-}
-
 /// The leading static components of a reference: `data.a["b"].c[x].d` -> `[data, a, b, c]`.
 pub(super) fn static_path(expr: &Expr) -> Vec<String> {
     let mut reversed = Vec::new();
@@ -307,44 +288,13 @@ impl Walker<'_> {
 
     /// Records the variables a pattern binds (an argument, the left side of `:=`, `some x`).
     fn bind(&mut self, pattern: &Expr) {
-        match pattern {
-            Expr::Var { value, .. } => {
-                if let Ok(name) = value.as_string() {
-                    self.declare(name.as_ref());
-                }
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                items.iter().for_each(|item| self.bind(item))
-            }
-            Expr::Object { fields, .. } => fields.iter().for_each(|(_, _, v)| self.bind(v)),
-            _ => {}
-        }
+        pattern_vars(pattern, &mut |name| self.declare(name));
     }
 
     /// Declares the variables a query's own statements bind (not those of nested queries, which
     /// get their own scope when walked).
     fn collect_locals(&mut self, query: &Query) {
-        for stmt in &query.stmts {
-            match &stmt.literal {
-                Literal::SomeVars { vars, .. } => {
-                    for var in vars {
-                        self.declare(var.text());
-                    }
-                }
-                Literal::SomeIn { key, value, .. } => {
-                    if let Some(key) = key {
-                        self.bind(key);
-                    }
-                    self.bind(value);
-                }
-                Literal::Every { .. } => {}
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
-                    if let Expr::AssignExpr { lhs, .. } = expr.as_ref() {
-                        self.bind(lhs);
-                    }
-                }
-            }
-        }
+        statement_vars(&query.stmts, true, &mut |name| self.declare(name));
     }
 
     fn query(&mut self, query: &Query) {

@@ -13,6 +13,7 @@ use regorus::Value;
 use regorus::unstable::{ArithOp, AssignOp, BinOp, BoolOp, Expr, Literal, LiteralStmt, Query};
 
 use super::residual::is_identifier;
+use crate::rego::bindings::{pattern_vars, statement_vars};
 
 /// How names resolve in one module (or in the top-level query, which has no package).
 #[derive(Debug, Default, Clone)]
@@ -82,18 +83,7 @@ impl<'a> Scope<'a> {
 
     /// Declares what a pattern binds (`x`, `[x, y]`).
     pub fn bind(&mut self, pattern: &Expr) {
-        match pattern {
-            Expr::Var { value, .. } => {
-                if let Ok(name) = value.as_string() {
-                    self.declare(name.as_ref());
-                }
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                items.iter().for_each(|item| self.bind(item))
-            }
-            Expr::Object { fields, .. } => fields.iter().for_each(|(_, _, v)| self.bind(v)),
-            _ => {}
-        }
+        pattern_vars(pattern, &mut |name| self.declare(name));
     }
 
     /// Declares the variables a query's own statements declare (`some`, `:=`, `some ... in`).
@@ -102,32 +92,7 @@ impl<'a> Scope<'a> {
     }
 
     pub fn declare_stmts(&mut self, stmts: &[LiteralStmt]) {
-        for stmt in stmts {
-            match &stmt.literal {
-                Literal::SomeVars { vars, .. } => {
-                    for var in vars {
-                        self.declare(var.text());
-                    }
-                }
-                Literal::SomeIn { key, value, .. } => {
-                    if let Some(key) = key {
-                        self.bind(key);
-                    }
-                    self.bind(value);
-                }
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
-                    if let Expr::AssignExpr {
-                        op: AssignOp::ColEq,
-                        lhs,
-                        ..
-                    } = expr.as_ref()
-                    {
-                        self.bind(lhs);
-                    }
-                }
-                Literal::Every { .. } => {}
-            }
-        }
+        statement_vars(stmts, false, &mut |name| self.declare(name));
     }
 }
 

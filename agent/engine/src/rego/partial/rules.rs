@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use regorus::unstable::{Module, Ref, Rule, RuleHead};
 
 use super::render::{ModuleNames, static_ref};
+use crate::rego::bindings::import_aliases;
 use crate::rego::recursion::static_path;
 
 /// One rule definition and the module it is in.
@@ -34,21 +35,7 @@ impl Rules {
         for (index, module) in modules.iter().enumerate() {
             let mut package = vec!["data".to_owned()];
             package.extend(static_path(&module.package.refr));
-            let mut aliases = BTreeMap::new();
-            for import in &module.imports {
-                let path = static_path(&import.refr);
-                if !matches!(path.first().map(String::as_str), Some("data" | "input")) {
-                    continue;
-                }
-                let alias = match &import.r#as {
-                    Some(span) => span.text().to_owned(),
-                    None => match path.last() {
-                        Some(last) => last.clone(),
-                        None => continue,
-                    },
-                };
-                aliases.insert(alias, path);
-            }
+            let aliases = import_aliases(module, &["data", "input"]);
             let mut rules = BTreeSet::new();
             for rule in &module.policy {
                 let head = match rule.as_ref() {
