@@ -77,6 +77,19 @@ fn a_shadow_version_is_evaluated_everywhere_never_acts_and_counts_its_disagreeme
             .map(|_| ())
             .ok_or(r.to_string())
     });
+    // The list shows it without its candidate (its size instead); the rollout itself has it.
+    let (_, all) = nodes[0].get("/rollouts");
+    let listed = all
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["id"] == rollout.as_str()))
+        .expect("the shadow in /rollouts");
+    assert!(listed.get("candidate").is_none(), "{listed}");
+    assert!(listed["candidate_bytes"].as_u64() > Some(0), "{listed}");
+    let (_, one) = nodes[0].get(&format!("/rollouts/{rollout}"));
+    assert_eq!(
+        one["candidate"]["policy"]["definition"]["action"], "shadow_only_action",
+        "{one}"
+    );
     // An ordinary write of the policy waits for the shadow to be promoted or withdrawn.
     let (status, refused) = nodes[2].put(&path, &json!({"priority": 6}));
     assert_eq!(status, 409, "{refused}");

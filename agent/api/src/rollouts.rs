@@ -122,13 +122,24 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(work).await??)
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RolloutView>>, ApiError> {
+/// `GET /rollouts`: every rollout without its candidate (`candidate_bytes` says how large it is;
+/// `GET /rollouts/{id}` has it), so the list stays small whatever the candidates hold.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
     let service = state.rollouts.clone();
     let rollouts = blocking(move || service.list()).await?;
     let reports = reports(&state).await;
-    Ok(Json(
-        rollouts.into_iter().map(|r| view(r, &reports)).collect(),
-    ))
+    let listed = rollouts
+        .iter()
+        .map(|rollout| {
+            let mut listed =
+                serde_json::to_value(view(rollout.clone(), &reports)).unwrap_or(Value::Null);
+            if let Some(candidate) = listed.as_object_mut().and_then(|o| o.remove("candidate")) {
+                listed["candidate_bytes"] = Value::from(candidate.to_string().len());
+            }
+            listed
+        })
+        .collect();
+    Ok(Json(listed))
 }
 
 pub async fn get(
@@ -425,9 +436,10 @@ pub async fn shadow_report(
     let service = state.rollouts.clone();
     let rollout = blocking(move || service.list())
         .await?
-        .into_iter()
+        .iter()
         .rev()
         .find(|r| r.subject == Subject::Policy { id } && matches!(r.plan, Plan::Shadow))
+        .cloned()
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "policy {id} has no shadow version (publish one with POST /policies/{id}/shadow)"

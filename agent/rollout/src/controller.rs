@@ -94,7 +94,7 @@ pub fn spawn(
                 } => {}
             }
             let service = Arc::clone(&rollouts);
-            let all = match agent_base::blocking::run(move || service.list_shared()).await {
+            let all = match agent_base::blocking::run(move || service.list()).await {
                 Ok(Ok(list)) => list,
                 Ok(Err(err)) => {
                     warn!(error = %err, "cannot read rollouts");

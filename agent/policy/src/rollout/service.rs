@@ -99,13 +99,8 @@ impl RolloutService {
         self.store.node_id()
     }
 
-    /// Every rollout, oldest first.
-    pub fn list(&self) -> Result<Vec<Rollout>, RolloutError> {
-        Ok(self.list_shared()?.as_ref().clone())
-    }
-
     /// Every rollout, oldest first, shared: decoded once per store revision.
-    pub fn list_shared(&self) -> Result<Arc<Vec<Rollout>>, RolloutError> {
+    pub fn list(&self) -> Result<Arc<Vec<Rollout>>, RolloutError> {
         // Read before the documents: a change committed in between makes the next call read
         // again, never keeps an older list under a newer revision.
         let revision = self.store.revision()?;
@@ -137,8 +132,9 @@ impl RolloutService {
     pub fn open_for(&self, subject: &Subject) -> Result<Option<Rollout>, RolloutError> {
         Ok(self
             .list()?
-            .into_iter()
-            .find(|r| r.state.is_open() && &r.subject == subject))
+            .iter()
+            .find(|r| r.state.is_open() && &r.subject == subject)
+            .cloned())
     }
 
     /// Publishes `patch` applied to policy `policy_id` as its shadow version.
@@ -382,11 +378,8 @@ impl RolloutService {
     /// Refuses a new rollout of `subject` while one of it (or of data overlapping it) is open,
     /// and past [`MAX_OPEN`] open rollouts.
     fn refuse_open(&self, subject: &Subject) -> Result<(), RolloutError> {
-        let open: Vec<Rollout> = self
-            .list()?
-            .into_iter()
-            .filter(|r| r.state.is_open())
-            .collect();
+        let all = self.list()?;
+        let open: Vec<&Rollout> = all.iter().filter(|r| r.state.is_open()).collect();
         if let Some(other) = open.iter().find(|r| r.subject.overlaps(subject)) {
             return Err(RolloutError::Conflict(format!(
                 "{} already has rollout {} open ({}); promote, cancel or wait for it",
