@@ -166,10 +166,13 @@ fn bundle_status(node: &Agent, name: &str) -> Value {
     node.get("/v1/status").1["result"]["bundles"][name].clone()
 }
 
-#[test]
-fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
-    let key = key();
-    let server = BundleServer::start();
+/// Five agents in mesh `cluster` that verify bundles with `key`, with `extra` in their config
+/// file, once all see each other; the directory and the CA hold their files (keep them alive).
+fn mesh_verifying_with(
+    key: &Key,
+    cluster: &str,
+    extra: &str,
+) -> ((tempfile::TempDir, Ca), Vec<Agent>) {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("bundle-key.pem");
     std::fs::write(&key_file, &key.public_pem).unwrap();
@@ -177,24 +180,36 @@ fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
     std::fs::write(
         &config,
         format!(
-            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n\n\
-             [[bundles]]\nname = \"polled\"\nurl = \"http://{}/bundles/polled.tar.gz\"\n\
-             min_delay_sec = 1\nmax_delay_sec = 1\n",
-            key_file.display().to_string(),
-            server.addr
+            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n\n{extra}",
+            key_file.display().to_string()
         ),
     )
     .unwrap();
-
     let ca = Ca::new();
     let config_arg = config.display().to_string();
-    let nodes = test_support::mesh::start(&ca, "bundles", 5, |options, _| {
+    let nodes = test_support::mesh::start(&ca, cluster, 5, |options, _| {
         options.arg("--config").arg(config_arg.clone())
     });
     on_every_node(&nodes, "all five alive", |n| {
         let alive = test_support::mesh::alive_count(n);
         (alive == 5).then_some(()).ok_or(format!("{alive} alive"))
     });
+    ((dir, ca), nodes)
+}
+
+#[test]
+fn bundles_are_verified_everywhere_and_polled_once_per_mesh() {
+    let key = key();
+    let server = BundleServer::start();
+    let (_dir, nodes) = mesh_verifying_with(
+        &key,
+        "bundles",
+        &format!(
+            "[[bundles]]\nname = \"polled\"\nurl = \"http://{}/bundles/polled.tar.gz\"\n\
+             min_delay_sec = 1\nmax_delay_sec = 1\n",
+            server.addr
+        ),
+    );
 
     // The configured bundle is not served yet: not healthy with ?bundles=true, healthy without.
     for node in &nodes {
@@ -367,27 +382,7 @@ fn decided_revision(node: &Agent) -> Option<String> {
 #[test]
 fn a_bundle_is_a_unit_of_rollout_canary_and_rollback() {
     let key = key();
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("bundle-key.pem");
-    std::fs::write(&key_file, &key.public_pem).unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[bundle.keys.test]\nalgorithm = \"ES256\"\nkey_file = {:?}\n",
-            key_file.display().to_string()
-        ),
-    )
-    .unwrap();
-    let ca = Ca::new();
-    let config_arg = config.display().to_string();
-    let nodes = test_support::mesh::start(&ca, "bundle-rollout", 5, |options, _| {
-        options.arg("--config").arg(config_arg.clone())
-    });
-    on_every_node(&nodes, "all five alive", |n| {
-        let alive = test_support::mesh::alive_count(n);
-        (alive == 5).then_some(()).ok_or(format!("{alive} alive"))
-    });
+    let (_dir, nodes) = mesh_verifying_with(&key, "bundle-rollout", "");
     let v1 = bundle("authz", "v1", &["alice"], Some(&key), false);
     let (status, answer) = put_bundle(&nodes[0], "authz", &v1);
     assert_eq!(status, 200, "{answer}");
