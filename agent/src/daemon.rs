@@ -118,7 +118,11 @@ pub async fn run(config: Config, reload: crate::reload::Sources) -> anyhow::Resu
     );
     let engine =
         Arc::new(Engine::new(rego_engine, metrics.engine.clone()).with_health(Arc::clone(&health)));
-    let policies = Arc::new(PolicyService::new(Arc::clone(&store), Arc::clone(&engine))?);
+    // One reader of the stored rollouts for both services (and the rollout service after them).
+    let policies = Arc::new(
+        PolicyService::new(Arc::clone(&store), Arc::clone(&engine))?
+            .with_rollout_reader(rego.rollout_reader()),
+    );
 
     if let Some(dir) = &config.policies_dir {
         // A directory that does not compile stops the start.

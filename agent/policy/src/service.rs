@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use agent_engine::{Engine, EngineMetrics, ShadowSpec};
 use agent_store::{PolicyFields, Store, StoreError};
 
-use crate::rollout::{Overlays, PolicyCandidate, Subject, candidate_record, read_rollouts};
+use crate::rollout::{Overlays, PolicyCandidate, RolloutReader, Subject, candidate_record};
 use crate::{Definition, NewPolicy, PolicyError, PolicyPatch, validate_name};
 
 /// What importing a policy file entry did.
@@ -31,20 +31,36 @@ pub struct PolicyService {
     /// Policies with an open rollout (shadow or canary), and the rollout's id: an ordinary write
     /// of them is refused until it ends. Refreshed on every reload.
     in_rollout: Mutex<HashMap<u64, String>>,
+    /// The stored rollouts (shared with the other services through `with_rollout_reader`).
+    rollouts: RolloutReader,
 }
 
 impl PolicyService {
     /// Builds the service and loads the engine from what the store holds.
     pub fn new(store: Arc<Store>, engine: Arc<Engine>) -> Result<PolicyService, PolicyError> {
+        let rollouts = RolloutReader::new(Arc::clone(&store));
         let service = PolicyService {
             store,
             metrics: engine.metrics().clone(),
             engine,
             write_lock: Mutex::new(()),
             in_rollout: Mutex::new(HashMap::new()),
+            rollouts,
         };
         service.reload()?;
         Ok(service)
+    }
+
+    /// Reads rollouts through `reader`, shared with the other services, instead of a reader of
+    /// its own: each reads them after every merge, and one decoding serves all.
+    pub fn with_rollout_reader(mut self, reader: RolloutReader) -> PolicyService {
+        self.rollouts = reader;
+        self
+    }
+
+    /// The reader of stored rollouts this service uses.
+    pub fn rollout_reader(&self) -> RolloutReader {
+        self.rollouts.clone()
     }
 
     pub fn create(&self, new: NewPolicy) -> Result<PolicyRecord, PolicyError> {
@@ -350,7 +366,7 @@ impl PolicyService {
     fn reload_locked(&self) -> Result<(), PolicyError> {
         let mut records = self.store.list()?;
         let revision = self.store.revision()?;
-        let rollouts = read_rollouts(&self.store)?;
+        let rollouts = self.rollouts.read()?;
         let overlays = Overlays::of(&rollouts, self.store.node_id());
         let created = |id: &str| {
             rollouts

@@ -19,7 +19,7 @@ mod service;
 pub use model::{
     BundleCandidate, CanaryPlan, Candidate, Plan, PolicyCandidate, Rollout, State, Subject,
 };
-pub use overlay::{Overlays, candidate_record, read_rollouts};
+pub use overlay::{Overlays, RolloutReader, candidate_record};
 pub use service::{
     CanarySettings, CandidateInput, KEEP_ENDED, KEEP_ENDED_MS, MAX_OPEN, RolloutError,
     RolloutService,

@@ -3,6 +3,7 @@
 //! ordinary write may change meanwhile. Computed from the stored rollouts on every reload.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use mesh_proto::{DocKind, Hlc, PolicyRecord};
 use serde_json::Value;
@@ -72,9 +73,49 @@ impl Overlays {
     }
 }
 
+/// The stored rollouts, decoded once per store revision and shared by everyone who reads them on
+/// this node (the policy service, the Rego service, the rollout service and its controller): a
+/// bundle's candidate is megabytes of JSON, and all of them read after every merge.
+#[derive(Clone)]
+pub struct RolloutReader {
+    store: Arc<Store>,
+    cached: Arc<Mutex<Option<Decoded>>>,
+}
+
+/// The rollouts as of a store revision.
+type Decoded = (u64, Arc<Vec<Rollout>>);
+
+impl RolloutReader {
+    pub fn new(store: Arc<Store>) -> RolloutReader {
+        RolloutReader {
+            store,
+            cached: Arc::default(),
+        }
+    }
+
+    /// Every rollout, oldest first.
+    pub fn read(&self) -> Result<Arc<Vec<Rollout>>, StoreError> {
+        // The revision is read before the documents: a change committed in between makes the
+        // next call read again, never keeps an older list under a newer revision.
+        let revision = self.store.revision()?;
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, list)) = cached.as_ref()
+            && *at == revision
+        {
+            return Ok(Arc::clone(list));
+        }
+        let list = Arc::new(read_rollouts(&self.store)?);
+        *cached = Some((revision, Arc::clone(&list)));
+        Ok(list)
+    }
+}
+
 /// Every stored rollout, oldest first; one that cannot be read (written by another build) is
 /// logged and left out.
-pub fn read_rollouts(store: &Store) -> Result<Vec<Rollout>, StoreError> {
+fn read_rollouts(store: &Store) -> Result<Vec<Rollout>, StoreError> {
     let mut rollouts: Vec<Rollout> = store
         .list_documents(DocKind::Rollout)?
         .into_iter()

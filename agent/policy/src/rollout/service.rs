@@ -13,7 +13,7 @@ use agent_base::clock::now_ms;
 use agent_store::{DocWrite, Store, StoreError};
 
 use super::model::{BundleCandidate, CanaryPlan, Candidate, Plan, Rollout, State, Subject};
-use super::overlay::read_rollouts;
+use super::overlay::RolloutReader;
 use super::rank::canary_nodes;
 use crate::opa::bundle::StoredBundle;
 use crate::opa::data_tree;
@@ -75,9 +75,8 @@ pub struct RolloutService {
     rego: Arc<RegoService>,
     /// Serializes read-modify-write of rollouts on this node.
     lock: Mutex<()>,
-    /// The rollouts as of a store revision: read again only after something changed (the
-    /// controller lists them twice a second, and a bundle's candidate is megabytes of JSON).
-    cached: Mutex<Option<(u64, Arc<Vec<Rollout>>)>>,
+    /// The stored rollouts, shared with the services (the controller lists them twice a second).
+    reader: RolloutReader,
 }
 
 impl RolloutService {
@@ -88,10 +87,10 @@ impl RolloutService {
     ) -> RolloutService {
         RolloutService {
             store,
+            reader: policies.rollout_reader(),
             policies,
             rego,
             lock: Mutex::new(()),
-            cached: Mutex::new(None),
         }
     }
 
@@ -101,21 +100,7 @@ impl RolloutService {
 
     /// Every rollout, oldest first, shared: decoded once per store revision.
     pub fn list(&self) -> Result<Arc<Vec<Rollout>>, RolloutError> {
-        // Read before the documents: a change committed in between makes the next call read
-        // again, never keeps an older list under a newer revision.
-        let revision = self.store.revision()?;
-        let mut cached = self
-            .cached
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((at, list)) = cached.as_ref()
-            && *at == revision
-        {
-            return Ok(Arc::clone(list));
-        }
-        let list = Arc::new(read_rollouts(&self.store)?);
-        *cached = Some((revision, Arc::clone(&list)));
-        Ok(list)
+        Ok(self.reader.read()?)
     }
 
     pub fn get(&self, id: &str) -> Result<Rollout, RolloutError> {

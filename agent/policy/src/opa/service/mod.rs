@@ -19,7 +19,7 @@ use super::OpaError;
 use super::bundle::{Limits, Verification};
 use super::data_tree;
 use super::metrics::OpaMetrics;
-use crate::rollout::Overlays;
+use crate::rollout::{Overlays, RolloutReader};
 
 pub use bundles::{BundleInfo, BundleStatus, PollNote, PutBundle};
 
@@ -45,6 +45,8 @@ pub struct RegoService {
     overlay_failures: Mutex<Vec<(String, String)>>,
     /// The bundle candidates of `overlays`, read and verified once: (rollout, bundle).
     overlay_bundles: Mutex<Vec<(String, Arc<super::bundle::Bundle>)>>,
+    /// The stored rollouts (shared with the other services through `with_rollout_reader`).
+    rollouts: RolloutReader,
 }
 
 impl RegoService {
@@ -76,6 +78,7 @@ impl RegoService {
         verification: Verification,
         limits: Limits,
     ) -> Result<RegoService, OpaError> {
+        let rollouts = RolloutReader::new(Arc::clone(&store));
         let service = RegoService {
             store,
             engine,
@@ -89,12 +92,19 @@ impl RegoService {
             overlays: Mutex::new(Overlays::default()),
             overlay_failures: Mutex::new(Vec::new()),
             overlay_bundles: Mutex::new(Vec::new()),
+            rollouts,
         };
         service.read_overlays()?;
         if let Err(err) = service.load_all("start") {
             error!(error = %err, "stored Rego modules do not compile; Rego is unavailable until fixed")
         }
         Ok(service)
+    }
+
+    /// The reader of stored rollouts this service uses; give it to the policy service
+    /// (`PolicyService::with_rollout_reader`) so both decode them once.
+    pub fn rollout_reader(&self) -> RolloutReader {
+        self.rollouts.clone()
     }
 
     /// Refuses data writes that would take all data documents past `bytes` together. Every data

@@ -17,7 +17,7 @@ use mesh_proto::DocumentRecord;
 use super::super::OpaError;
 use super::super::data_tree;
 use super::{PutBundle, RegoService};
-use crate::rollout::{Overlays, Subject, read_rollouts};
+use crate::rollout::{Overlays, Subject};
 
 impl RegoService {
     /// The set of `modules`, `data` and `bundles` with this node's canary candidates applied. A
@@ -96,7 +96,7 @@ impl RegoService {
 
     /// Re-reads what the open rollouts ask of this node.
     pub(super) fn read_overlays(&self) -> Result<(), OpaError> {
-        let rollouts = read_rollouts(&self.store)?;
+        let rollouts = self.rollouts.read()?;
         let overlays = Overlays::of(&rollouts, self.store.node_id());
         self.overlay_failures
             .lock()
